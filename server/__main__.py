@@ -1,0 +1,28 @@
+"""`python -m server`: parse argv, build the Config, run the Server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from server.config import parse_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if config.workers > 1:
+        from server.workers import run_workers
+
+        return run_workers(config)
+    from server.lifecycle import Server
+
+    return Server(config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

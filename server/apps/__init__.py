@@ -1,0 +1,1 @@
+"""Applications served by the HTTP protocol: the built-in one and WSGI."""

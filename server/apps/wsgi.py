@@ -1,0 +1,132 @@
+"""A PEP 3333 adapter: serve any WSGI application on the HTTP protocol.
+
+The app runs synchronously inside the loop, as every request does here, so a
+slow app stalls every connection: this is for apps that answer quickly.  The
+request body is already complete (bounded by ``--max-body-bytes``) when the
+app is called, and the response iterable is consumed before the response is
+sent; a Content-Length is added when the app gives none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from server.protocols.http import Request, Response
+
+logger = logging.getLogger("server.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def load_app(spec: str) -> WsgiApp:
+    """Import 'module:callable' (the callable may be a dotted attribute path).
+
+    Raises:
+        ValueError: the spec is malformed or does not name a callable.
+        ImportError: the module cannot be imported.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--app must look like 'module:callable', got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{spec!r} is not callable")
+    app: WsgiApp = obj
+    return app
+
+
+class WsgiAdapter:
+    """Calls a WSGI app for each request.
+
+    Args:
+        app: the WSGI callable.
+        server_name, server_port: for SERVER_NAME / SERVER_PORT.
+        multiprocess: true when several workers serve the port.
+    """
+
+    def __init__(
+        self, app: WsgiApp, server_name: str, server_port: int, multiprocess: bool = False
+    ) -> None:
+        self._app = app
+        self._base: dict[str, Any] = {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": server_name,
+            "SERVER_PORT": str(server_port),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+        }
+
+    def environ(self, request: Request) -> dict[str, Any]:
+        path, _, query = request.target.partition(b"?")
+        env = dict(self._base)
+        env["REQUEST_METHOD"] = request.method.decode("ascii")
+        # PEP 3333: native strings hold bytes decoded as latin-1.
+        env["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        env["QUERY_STRING"] = query.decode("latin-1")
+        env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
+        env["wsgi.input"] = io.BytesIO(request.body)
+        env["CONTENT_LENGTH"] = str(len(request.body)) if request.body else ""
+        for name, value in request.headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            val = value.decode("latin-1")
+            if key == "CONTENT_TYPE":
+                env["CONTENT_TYPE"] = val
+                continue
+            if key == "CONTENT_LENGTH":
+                continue  # the body is complete: its real length is above
+            key = "HTTP_" + key
+            env[key] = env[key] + "," + val if key in env else val
+        return env
+
+    def __call__(self, request: Request) -> Response:
+        status_line: list[str] = []
+        headers: list[tuple[str, str]] = []
+        written: list[bytes] = []
+
+        def start_response(
+            status: str, response_headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], None]:
+            if exc_info is not None:
+                try:
+                    if written:  # PEP 3333: headers sent already, re-raise
+                        raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None
+            elif status_line:
+                raise AssertionError("start_response called twice without exc_info")
+            status_line[:] = [status]
+            headers[:] = response_headers
+            return written.append
+
+        result = self._app(self.environ(request), start_response)
+        try:
+            written.extend(chunk for chunk in result if chunk)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if not status_line:
+            raise RuntimeError("the WSGI app returned without calling start_response")
+        body = b"".join(written)
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        if not any(k.lower() == b"content-length" for k, _ in out):
+            out.append((b"content-length", b"%d" % len(body)))
+        return Response(int(status_line[0][:3]), out, body)

@@ -1,0 +1,93 @@
+"""The interface between the hot loop and an I/O mechanism.
+
+It says what the server needs, not what the kernel offers: the loop asks for
+events, queues bytes to send and asks for connections to be closed.  Both
+backends report completion-style events (bytes *received*, not "readable"),
+so the epoll backend does its recv/send on readiness and hides that, the way
+trio's Windows backend hides completions behind readiness, reversed.
+
+Events are plain tuples ``(kind, conn_id, payload)``: on this machine a tuple
+costs 23 ns to build, a slotted dataclass 105 ns and a frozen one 272 ns
+(``timeit``, Python 3.11), and the loop builds one per message.
+
+- ``(ACCEPTED, conn_id, None)``: a new connection.
+- ``(RECEIVED, conn_id, data)``: bytes from the peer; ``b""`` is EOF (the
+  peer shut down its side; ours may still send, as h11 expects).
+- ``(CLOSED, conn_id, error)``: the connection is gone and its id will not
+  appear again; ``error`` is an ``OSError`` or None.  Every accepted
+  connection ends with exactly one CLOSED, whoever closed it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+BackendName = Literal["epoll", "uring"]
+
+ACCEPTED: Final = 0
+RECEIVED: Final = 1
+CLOSED: Final = 2
+
+Event = tuple[int, int, Any]
+
+# A connection whose unsent output exceeds this stops being read until it
+# drains below the low mark, so a client that sends without reading cannot
+# make the server buffer without bound.
+OUTPUT_HIGH_WATER_BYTES: Final = 1 << 20
+OUTPUT_LOW_WATER_BYTES: Final = 256 << 10
+
+# After EMFILE/ENFILE on accept, wait this long before accepting again; the
+# open connections keep being served meanwhile.
+ACCEPT_RETRY_DELAY_S: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatistics:
+    """A snapshot of one backend's counters (trio's ``_EpollStatistics``)."""
+
+    backend: BackendName
+    open_connections: int
+    ops_in_flight: int
+    accepted: int
+    bytes_in: int
+    bytes_out: int
+    wait_calls: int  # epoll_wait, or io_uring_enter
+    syscalls: int  # every syscall the backend made for I/O
+    sqes_submitted: int
+    cqes_reaped: int
+    accept_errors: int
+    paused_reads: int
+
+
+class Backend(Protocol):
+    """What the hot loop drives; `EpollBackend` and `UringBackend` satisfy it."""
+
+    name: BackendName
+
+    def listen(self, sock: socket.socket) -> None:
+        """Start accepting on `sock`, which the backend now owns."""
+
+    def stop_accepting(self) -> None:
+        """Stop accepting and close the listening socket (new connects are refused)."""
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block once, for at most `timeout` seconds, and return every event ready."""
+        ...
+
+    def send(self, conn_id: int, data: bytes) -> None:
+        """Queue `data`; the backend finishes short writes, in order."""
+
+    def close(self, conn_id: int) -> None:
+        """Close once queued output is sent; CLOSED follows."""
+
+    def abort(self, conn_id: int) -> None:
+        """Close now, dropping unsent output; CLOSED follows."""
+
+    def shutdown(self) -> None:
+        """Close every connection and release the mechanism's resources."""
+
+    def statistics(self) -> BackendStatistics:
+        """Counters so far."""
+        ...

@@ -1,0 +1,439 @@
+"""Completion I/O with io_uring, through ``uring_backend.Ring``.
+
+How this mechanism behaves, and what follows for this module:
+
+- One multishot accept stays armed on the listener and posts a CQE per new
+  connection; the CQE's ``res`` is the new fd.  It ends (no
+  ``IORING_CQE_F_MORE``) on any error: EMFILE/ENFILE re-arm after a timeout
+  op of ``ACCEPT_RETRY_DELAY_S``, so open connections keep being served.
+  Accepted sockets inherit ``TCP_NODELAY`` from the listener (Linux copies
+  it on accept), so no per-connection ``setsockopt`` is needed.
+- Each connection has one multishot recv with buffer selection: the kernel
+  picks a provided buffer only when bytes arrive, so an idle connection holds
+  no receive memory.  The recv ends on EOF (``res == 0``), on error, or with
+  ``-ENOBUFS`` when the buffer ring ran dry; the last is re-armed, since the
+  ring returns the batch's buffers before the next submit.  It can also end
+  with ``F_MORE`` clear and data (e.g. after a CQ overflow): also re-armed.
+- At most one send is in flight per connection, so bytes leave in order; a
+  short send resumes at an offset into the same ``bytes`` (no copy), and
+  whatever was queued meanwhile is joined into the next send.  ``Ring``
+  keeps each send's ``bytes`` referenced until its completion.
+- An fd must not be closed while ops on it are in flight (the ring holds a
+  file reference and the ops would outlive the close); closing cancels the
+  connection's ops with ``IORING_ASYNC_CANCEL_FD``, waits for their final
+  CQEs, then closes with an ``IORING_OP_CLOSE`` in the same batch as other
+  work.  The record (and its send buffer) lives until the close completes.
+- ``user_data`` carries the op in its top byte and the connection id below;
+  connection ids are never reused, so a late CQE cannot hit a newer
+  connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections import deque
+from enum import IntEnum
+from typing import Final
+
+from server.backends.base import (
+    ACCEPT_RETRY_DELAY_S,
+    ACCEPTED,
+    CLOSED,
+    OUTPUT_HIGH_WATER_BYTES,
+    OUTPUT_LOW_WATER_BYTES,
+    RECEIVED,
+    BackendName,
+    BackendStatistics,
+    Event,
+)
+from server.config import Config
+from uring_backend import Ring
+from uring_backend.ring import F_MORE
+
+CID_BITS: Final = 56
+CID_MASK: Final = (1 << CID_BITS) - 1
+LISTENER_CID: Final = 0
+SHUTDOWN_DRAIN_S: Final = 2.0
+
+
+class Op(IntEnum):
+    ACCEPT = 1
+    RECV = 2
+    SEND = 3
+    CANCEL = 4
+    CLOSE = 5
+    WAKEUP = 6
+    ACCEPT_RETRY = 7
+    CANCEL_ACCEPT = 8
+
+
+# user_data = op (8 bits) << 56 | connection id (56 bits)
+def encode(op: Op, cid: int) -> int:
+    return (op << CID_BITS) | cid
+
+
+def decode(user_data: int) -> tuple[int, int]:
+    return user_data >> CID_BITS, user_data & CID_MASK
+
+
+_ACCEPT_UD: Final = encode(Op.ACCEPT, LISTENER_CID)
+_ACCEPT_RETRY_UD: Final = encode(Op.ACCEPT_RETRY, LISTENER_CID)
+_CANCEL_ACCEPT_UD: Final = encode(Op.CANCEL_ACCEPT, LISTENER_CID)
+_WAKEUP_UD: Final = encode(Op.WAKEUP, LISTENER_CID)
+_RESET: Final = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
+
+
+class _Conn:
+    __slots__ = (
+        "cancelling",
+        "cid",
+        "close_queued",
+        "closing",
+        "eof",
+        "error",
+        "fd",
+        "out",
+        "out_bytes",
+        "reading",
+        "recv_armed",
+        "send_buf",
+        "send_off",
+    )
+
+    def __init__(self, cid: int, fd: int) -> None:
+        self.cid = cid
+        self.fd = fd
+        self.recv_armed = False  # a multishot recv is in flight
+        self.reading = True  # we want bytes (false on EOF, backpressure, close)
+        self.send_buf: bytes | None = None  # the one send in flight
+        self.send_off = 0
+        self.out: deque[bytes] = deque()  # queued behind the send in flight
+        self.out_bytes = 0
+        self.closing = False
+        self.cancelling = False
+        self.close_queued = False
+        self.eof = False
+        self.error: OSError | None = None
+
+
+class UringBackend:
+    """Backend on io_uring; see the module docstring."""
+
+    name: BackendName = "uring"
+
+    def __init__(self, config: Config, wakeup_fd: int | None = None) -> None:
+        self._config = config
+        self._ring = Ring(
+            config.ring_entries,
+            buffers=config.recv_buffers,
+            buffer_size=config.recv_buffer_size,
+            sqpoll=config.sqpoll,
+        )
+        self._conns: dict[int, _Conn] = {}
+        self._parked: deque[int] = deque()  # accepted fds beyond max_connections
+        self._listener: socket.socket | None = None
+        self._accept_armed = False
+        self._accepting = False
+        self._shutting_down = False
+        self._wakeup_fd = wakeup_fd
+        if wakeup_fd is not None:
+            self._ring.prep_poll_multishot(wakeup_fd, _WAKEUP_UD)
+        self._next_cid = 1
+        self._events: list[Event] = []
+        self._accepted = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._extra_syscalls = 0
+        self._accept_errors = 0
+        self._paused_reads = 0
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    # -- the interface ---------------------------------------------------------
+
+    def listen(self, sock: socket.socket) -> None:
+        self._listener = sock
+        self._accepting = True
+        self._arm_accept()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+        if self._accept_armed:
+            self._disarm_accept()  # the listener closes when the accept ends
+        else:
+            self._close_listener()
+        while self._parked:
+            os.close(self._parked.popleft())
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        events = self._events
+        self._events = []
+        if events:
+            timeout = 0
+        completions = self._ring.wait(timeout)
+        conns = self._conns
+        for ud, res, flags, data in completions:
+            op = ud >> CID_BITS
+            if op == Op.RECV:
+                conn = conns.get(ud & CID_MASK)
+                if conn is not None:
+                    self._handle_recv(conn, res, flags, data, events)
+            elif op == Op.SEND:
+                conn = conns.get(ud & CID_MASK)
+                if conn is not None:
+                    self._handle_send(conn, res)
+            elif op == Op.ACCEPT:
+                self._handle_accept(res, flags, events)
+            elif op == Op.CLOSE:
+                self._handle_close(ud & CID_MASK, events)
+            elif op == Op.CANCEL:
+                conn = conns.get(ud & CID_MASK)
+                if conn is not None:  # the cancelled ops report themselves
+                    conn.cancelling = False
+            elif op == Op.WAKEUP:
+                self._handle_wakeup(flags)
+            elif op == Op.ACCEPT_RETRY:
+                if self._accepting:
+                    self._arm_accept()
+            elif op == Op.CANCEL_ACCEPT:
+                pass
+        if self._events:
+            events.extend(self._events)
+            self._events = []
+        return events
+
+    def send(self, conn_id: int, data: bytes) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closing or not data:
+            return
+        if conn.send_buf is None:
+            conn.send_buf = data
+            conn.send_off = 0
+            self._ring.prep_send(conn.fd, data, encode(Op.SEND, conn.cid))
+        else:
+            conn.out.append(data)
+            conn.out_bytes += len(data)
+            if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.reading:
+                self._paused_reads += 1
+                conn.reading = False
+                self._cancel(conn)
+
+    def close(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None and not conn.closing:
+            conn.closing = True
+            conn.reading = False
+            self._finish(conn)
+
+    def abort(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            conn.out.clear()
+            conn.out_bytes = 0
+            conn.closing = True
+            conn.reading = False
+            self._cancel(conn)
+            self._finish(conn)
+
+    def shutdown(self) -> None:
+        """Abort everything, drain the completions, close the ring."""
+        self._shutting_down = True
+        self.stop_accepting()
+        for cid in list(self._conns):
+            self.abort(cid)
+        if self._wakeup_fd is not None:
+            self._ring.prep_cancel(_WAKEUP_UD, encode(Op.CANCEL, LISTENER_CID))
+        waited = 0.0
+        while (self._conns or self._ring.statistics().ops_in_flight) and waited < SHUTDOWN_DRAIN_S:
+            self.wait(0.05)
+            waited += 0.05
+        self._close_listener()
+        self._ring.close()
+
+    def statistics(self) -> BackendStatistics:
+        rs = self._ring.statistics()
+        return BackendStatistics(
+            backend="uring",
+            open_connections=len(self._conns),
+            ops_in_flight=rs.ops_in_flight,
+            accepted=self._accepted,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            wait_calls=rs.io_uring_enter_calls,
+            syscalls=rs.io_uring_enter_calls + self._extra_syscalls,
+            sqes_submitted=rs.sqes_submitted,
+            cqes_reaped=rs.cqes_reaped,
+            accept_errors=self._accept_errors,
+            paused_reads=self._paused_reads,
+        )
+
+    # -- completion handlers ---------------------------------------------------
+
+    def _handle_accept(self, res: int, flags: int, events: list[Event]) -> None:
+        if not flags & F_MORE:
+            self._accept_armed = False
+        if res >= 0:
+            if not self._accepting:
+                os.close(res)
+                self._extra_syscalls += 1
+            elif len(self._conns) >= self._config.max_connections:
+                self._parked.append(res)
+                self._disarm_accept()
+            else:
+                self._open(res, events)
+        elif res == -errno.ECANCELED:
+            if not self._accepting:
+                self._close_listener()
+            return
+        else:
+            self._accept_errors += 1
+            if self._accepting and not self._accept_armed:
+                self._ring.prep_timeout(ACCEPT_RETRY_DELAY_S, _ACCEPT_RETRY_UD)
+            return
+        if (
+            self._accepting
+            and not self._accept_armed
+            and len(self._conns) < self._config.max_connections
+        ):
+            self._arm_accept()
+
+    def _handle_recv(
+        self, conn: _Conn, res: int, flags: int, data: bytes | None, events: list[Event]
+    ) -> None:
+        more = flags & F_MORE
+        if not more:
+            conn.recv_armed = False
+        if res > 0:
+            self._bytes_in += res
+            if not conn.closing:
+                events.append((RECEIVED, conn.cid, data))
+            if not more and conn.reading:
+                self._arm_recv(conn)
+            return
+        if res == 0:
+            conn.eof = True
+            conn.reading = False
+            if not conn.closing:
+                events.append((RECEIVED, conn.cid, b""))
+        elif res == -errno.ENOBUFS:
+            if conn.reading:
+                self._arm_recv(conn)
+        elif res != -errno.ECANCELED:
+            self._fail(conn, -res)
+        if conn.closing:
+            self._finish(conn)
+        elif conn.reading and not conn.recv_armed and res == -errno.ECANCELED:
+            self._arm_recv(conn)  # cancelled for backpressure, then resumed
+
+    def _handle_send(self, conn: _Conn, res: int) -> None:
+        buf = conn.send_buf
+        assert buf is not None
+        if res < 0:
+            conn.send_buf = None
+            if res != -errno.ECANCELED:
+                self._fail(conn, -res)
+            self._finish(conn)
+            return
+        self._bytes_out += res
+        conn.send_off += res
+        if conn.send_off < len(buf):  # short send: resume at the offset
+            self._ring.prep_send(conn.fd, buf, encode(Op.SEND, conn.cid), conn.send_off)
+            return
+        out = conn.out
+        if out:
+            nxt = out.popleft() if len(out) == 1 else b"".join(out)
+            out.clear()
+            conn.out_bytes = 0
+            conn.send_buf = nxt
+            conn.send_off = 0
+            self._ring.prep_send(conn.fd, nxt, encode(Op.SEND, conn.cid))
+            return
+        conn.send_buf = None
+        if conn.closing:
+            self._finish(conn)
+        elif not conn.reading and not conn.eof and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
+            conn.reading = True  # backpressure released
+            if not conn.recv_armed:
+                self._arm_recv(conn)
+
+    def _handle_close(self, cid: int, events: list[Event]) -> None:
+        conn = self._conns.pop(cid, None)
+        if conn is None:
+            return
+        events.append((CLOSED, cid, conn.error))
+        while self._parked and len(self._conns) < self._config.max_connections:
+            self._open(self._parked.popleft(), events)
+        if self._accepting and not self._accept_armed and not self._parked:
+            self._arm_accept()
+
+    def _handle_wakeup(self, flags: int) -> None:
+        assert self._wakeup_fd is not None
+        try:
+            while os.read(self._wakeup_fd, 512):
+                pass
+        except OSError:
+            pass
+        self._extra_syscalls += 1
+        if not flags & F_MORE and not self._shutting_down:
+            self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _open(self, fd: int, events: list[Event]) -> None:
+        cid = self._next_cid
+        self._next_cid += 1
+        conn = _Conn(cid, fd)
+        self._conns[cid] = conn
+        self._accepted += 1
+        self._arm_recv(conn)
+        events.append((ACCEPTED, cid, None))
+
+    def _arm_accept(self) -> None:
+        if self._listener is not None and not self._accept_armed:
+            self._accept_armed = True
+            self._ring.prep_accept_multishot(self._listener.fileno(), _ACCEPT_UD)
+
+    def _disarm_accept(self) -> None:
+        if self._accept_armed and not self._ring.in_flight(_CANCEL_ACCEPT_UD):
+            self._ring.prep_cancel(_ACCEPT_UD, _CANCEL_ACCEPT_UD)
+
+    def _close_listener(self) -> None:
+        if self._listener is not None and not self._accept_armed:
+            self._listener.close()
+            self._listener = None
+
+    def _arm_recv(self, conn: _Conn) -> None:
+        conn.recv_armed = True
+        self._ring.prep_recv_multishot(conn.fd, encode(Op.RECV, conn.cid))
+
+    def _cancel(self, conn: _Conn) -> None:
+        """Cancel every op on the connection's fd (its recv, and a send when aborting)."""
+        if (conn.recv_armed or conn.send_buf is not None) and not conn.cancelling:
+            conn.cancelling = True
+            self._ring.prep_cancel_fd(conn.fd, encode(Op.CANCEL, conn.cid))
+
+    def _fail(self, conn: _Conn, err: int) -> None:
+        conn.error = OSError(err, os.strerror(err))
+        conn.out.clear()
+        conn.out_bytes = 0
+        conn.closing = True
+        conn.reading = False
+        self._cancel(conn)
+
+    def _finish(self, conn: _Conn) -> None:
+        """Close the fd once the connection is closing and nothing is in flight."""
+        if not conn.closing or conn.close_queued:
+            return
+        if conn.send_buf is not None or conn.out:
+            return  # a graceful close waits for the output
+        if conn.recv_armed:
+            if not conn.cancelling:
+                conn.cancelling = True
+                self._ring.prep_cancel_fd(conn.fd, encode(Op.CANCEL, conn.cid))
+            return
+        conn.close_queued = True
+        self._ring.prep_close(conn.fd, encode(Op.CLOSE, conn.cid))

@@ -1,0 +1,167 @@
+"""Configuration: the CLI, its environment variables, and the backend registry."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from server.backends.base import BackendName
+
+if TYPE_CHECKING:
+    from server.backends.base import Backend
+
+ProtocolName = Literal["http", "echo"]
+
+# Imported lazily, so `--backend epoll` runs where the extension is missing.
+BACKENDS: dict[BackendName, str] = {
+    "epoll": "server.backends.epoll:EpollBackend",
+    "uring": "server.backends.uring:UringBackend",
+}
+
+ENV_PREFIX = "RINGSERVE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a server run is built from; defaults are the safe ones."""
+
+    backend: BackendName = "uring"
+    protocol: ProtocolName = "http"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backlog: int = 1024
+    max_connections: int = 10_000
+    ring_entries: int = 256
+    recv_buffer_size: int = 4096
+    recv_buffers: int = 2048
+    sqpoll: bool = False
+    keepalive_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+    grace_period: float = 10.0
+    app: str | None = None
+    log_level: str = "info"
+    workers: int = 1
+
+
+def load_backend(config: Config, wakeup_fd: int | None = None) -> Backend:
+    """Import and construct the configured backend.
+
+    Raises:
+        uring_backend.UringUnavailable: the uring backend cannot create a ring.
+        ImportError: the uring extension is not built.
+    """
+    module_name, _, cls_name = BACKENDS[config.backend].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    backend: Backend = cls(config, wakeup_fd=wakeup_fd)
+    return backend
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(ENV_PREFIX + name.upper(), default)
+
+
+def _power_of_two(text: str) -> int:
+    value = int(text)
+    if value < 1 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{value} is not a power of two")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="python -m server",
+        description="A single-threaded TCP server with io_uring and epoll backends. "
+        f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> "
+        f"(e.g. {ENV_PREFIX}BACKEND=epoll); the command line wins.",
+    )
+
+    def add(
+        flag: str,
+        kind: Callable[[str], Any],
+        help_text: str,
+        choices: list[str] | None = None,
+    ) -> None:
+        name = flag.lstrip("-").replace("-", "_")
+        default = _env(name, getattr(d, name))
+        help_text += " (default: %(default)s)"
+        p.add_argument(flag, type=kind, default=default, help=help_text, choices=choices)
+
+    add("--backend", str, "I/O mechanism", choices=list(get_args(BackendName)))
+    add("--protocol", str, "what to speak on each connection", choices=list(get_args(ProtocolName)))
+    add("--host", str, "address to bind")
+    add("--port", _port, "TCP port to bind (0 picks a free one)")
+    add("--backlog", _positive_int, "listen() backlog")
+    add("--max-connections", _positive_int, "connections served at once; more wait in the backlog")
+    add("--ring-entries", _power_of_two, "io_uring SQ entries (the CQ is 8x)")
+    add("--recv-buffer-size", _positive_int, "bytes per provided receive buffer (uring)")
+    add("--recv-buffers", _power_of_two, "provided receive buffers (uring)")
+    add("--keepalive-timeout", _positive_float, "seconds an idle keep-alive connection is kept")
+    add(
+        "--idle-timeout",
+        _positive_float,
+        "seconds without progress before a busy connection is timed out",
+    )
+    add("--max-header-bytes", _positive_int, "largest request head; larger gets 431")
+    add("--max-body-bytes", _positive_int, "largest request body; larger gets 413")
+    add("--grace-period", _positive_float, "seconds to finish in-flight requests on SIGTERM")
+    add("--app", str, "serve a WSGI application 'module:callable' instead of the built-in app")
+    add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
+    add("--workers", _positive_int, "processes sharing the port with SO_REUSEPORT")
+    sqpoll_default = str(_env("sqpoll", "")).lower() in ("1", "true", "yes")
+    p.add_argument(
+        "--sqpoll",
+        action="store_true",
+        default=sqpoll_default,
+        help="io_uring kernel SQ polling thread (burns a CPU; uring only)",
+    )
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Build a Config from argv and the environment; exits 2 on bad input."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    values = {f.name: getattr(ns, f.name) for f in fields(Config)}
+    # Environment values bypass argparse's type/choices; validate them too.
+    for action in parser._actions:
+        name = action.dest
+        if name not in values:
+            continue
+        env_name = ENV_PREFIX + name.upper()
+        convert = action.type
+        if isinstance(values[name], str) and callable(convert) and convert is not str:
+            try:
+                values[name] = convert(values[name])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name}: {exc}")
+        if action.choices and values[name] not in action.choices:
+            parser.error(f"{env_name}: invalid choice {values[name]!r}")
+    return Config(**values)

@@ -1,0 +1,227 @@
+"""Server: startup, serve, signal capture, graceful shutdown (uvicorn's shape)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+from server.backends.base import Backend
+from server.config import Config, load_backend
+from server.loop import Loop
+from server.protocols import ServerProtocol
+from server.protocols.echo import EchoConnection
+from server.protocols.http import App, Counters, HttpConnection, HttpLimits
+
+logger = logging.getLogger("server")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def make_listener(config: Config, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket.
+
+    Accepted sockets inherit TCP_NODELAY from it (Linux copies the option
+    on accept), so neither backend spends a syscall per connection on it.
+    """
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(config.backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
+    return sock
+
+
+class Server:
+    """One single-threaded server process.
+
+    Args:
+        config: the run's configuration.
+        listener: an already listening socket (tests, workers); by default
+            one is made from the config.
+    """
+
+    def __init__(self, config: Config, listener: socket.socket | None = None) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.started_at = time.monotonic()
+        self._listener = listener
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self.backend: Backend | None = None
+        self.loop: Loop | None = None
+        self.address: tuple[str, int] = (config.host, config.port)
+
+    # -- the three phases ----------------------------------------------------
+
+    def startup(self) -> None:
+        """Listen, build the backend and the loop.
+
+        Raises:
+            StartupError: the port, the app or the backend is unusable.
+        """
+        config = self.config
+        try:
+            self.backend = load_backend(config, wakeup_fd=self._wakeup_r.fileno())
+        except ImportError as exc:
+            raise StartupError(
+                f"the uring backend is not built ({exc}); run `make setup`, or use --backend epoll"
+            ) from exc
+        except RuntimeError as exc:  # UringUnavailable, without importing it
+            raise StartupError(str(exc)) from exc
+        try:
+            factory = self._protocol_factory()
+            listener = self._listener or make_listener(config, reuse_port=config.workers > 1)
+        except BaseException:
+            self.backend.shutdown()
+            raise
+        self.address = listener.getsockname()[:2]
+        rest = config.keepalive_timeout if config.protocol == "http" else config.idle_timeout
+        self.loop = Loop(self.backend, factory, rest_timeout=rest, busy_timeout=config.idle_timeout)
+        self.backend.listen(listener)
+
+    def serve(self) -> None:
+        assert self.loop is not None
+        self.loop.run(self.config.grace_period)
+
+    def shutdown(self) -> None:
+        if self.backend is not None:
+            self.backend.shutdown()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+
+    def run(self) -> int:
+        """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
+        try:
+            self.startup()
+        except StartupError as exc:
+            print(f"ringserve: error: {exc}", file=sys.stderr)
+            self.shutdown()
+            return EXIT_STARTUP_FAILED
+        logger.info("%s", self.banner())
+        try:
+            with self.capture_signals():
+                self.serve()
+        finally:
+            self.shutdown()
+            # After shutdown, so the line also shows that nothing was left
+            # open or in flight.
+            print(json.dumps({"event": "exit", **self.statistics()}, sort_keys=True), flush=True)
+        return EXIT_OK
+
+    # -- helpers -------------------------------------------------------------
+
+    def banner(self) -> str:
+        host, port = self.address
+        extra = ""
+        if self.config.backend == "uring":
+            ring = getattr(self.backend, "ring", None)
+            if ring is not None:
+                extra = f" (taskrun={ring.taskrun}, sq={ring.sq_entries}, cq={ring.cq_entries})"
+        return (
+            f"ringserve {self.config.protocol} on {self.config.backend}{extra}, "
+            f"kernel {platform.release()}, pid {os.getpid()}, "
+            f"listening on http://{host}:{port}"
+            if self.config.protocol == "http"
+            else f"ringserve echo on {self.config.backend}{extra}, kernel {platform.release()}, "
+            f"pid {os.getpid()}, listening on {host}:{port}"
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        """Backend counters plus server-level ones, as one flat dict."""
+        out: dict[str, Any] = {}
+        if self.backend is not None:
+            out.update(asdict(self.backend.statistics()))
+        out["requests"] = self.counters.requests
+        out["protocol_errors"] = self.counters.errors
+        if self.loop is not None:
+            out["timeouts"] = self.loop.timeouts
+        out["uptime_s"] = round(time.monotonic() - self.started_at, 3)
+        out["pid"] = os.getpid()
+        return out
+
+    def _protocol_factory(self) -> Callable[[], ServerProtocol]:
+        config = self.config
+        if config.protocol == "echo":
+            return EchoConnection
+        app = self._load_app()
+        limits = HttpLimits(config.max_header_bytes, config.max_body_bytes)
+        counters = self.counters
+
+        def make() -> ServerProtocol:
+            return HttpConnection(app, limits, counters)
+
+        return make
+
+    def _load_app(self) -> App:
+        if self.config.app is None:
+            from server.apps.builtin import BuiltinApp
+
+            return BuiltinApp(self.statistics)
+        from server.apps.wsgi import WsgiAdapter, load_app
+
+        try:
+            wsgi_app = load_app(self.config.app)
+        except (ImportError, ValueError) as exc:
+            raise StartupError(f"cannot load --app {self.config.app}: {exc}") from exc
+        return WsgiAdapter(wsgi_app, self.config.host, self.config.port, self.config.workers > 1)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM request a graceful stop; SIGUSR1 prints statistics.
+
+        Handlers only set flags; the loop acts on them at the end of its
+        pass.  The wakeup fd makes a blocked wait return at once.
+        """
+        loop = self.loop
+        assert loop is not None
+
+        def stop(signum: int, frame: object) -> None:
+            if loop.stop_requested:  # second signal: stop waiting for the grace period
+                raise KeyboardInterrupt
+            logger.info("received %s; finishing in-flight requests", signal.Signals(signum).name)
+            loop.stop_requested = True
+
+        def dump(signum: int, frame: object) -> None:
+            loop.on_pass.append(self._print_stats)
+
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        previous = {s: signal.getsignal(s) for s in handled}
+        old_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGUSR1, dump)
+        try:
+            yield
+        except KeyboardInterrupt:
+            logger.warning("stopping now, without waiting for in-flight requests")
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _print_stats(self) -> None:
+        print(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True), flush=True)

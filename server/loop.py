@@ -1,0 +1,160 @@
+"""The hot loop, and nothing else.
+
+Each pass: one ``backend.wait()``, then every event is dispatched to its
+connection's protocol object, and output is queued with ``backend.send()``.
+With the uring backend everything queued in a pass reaches the kernel in one
+``io_uring_enter``, at the top of the next ``wait()``.
+
+Rules for code in here: no allocation beyond what an event needs, no
+attribute lookups that can be hoisted out of the loop, and logging only
+behind a level check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from server.backends.base import ACCEPTED, RECEIVED, Backend
+from server.protocols import ServerProtocol
+
+logger = logging.getLogger("server.loop")
+
+MAX_SWEEP_INTERVAL_S: Final = 1.0
+
+
+class Loop:
+    """Drives one backend with one protocol factory.
+
+    Args:
+        backend: the I/O mechanism.
+        protocol_factory: makes the protocol object of a new connection.
+        rest_timeout: seconds a connection with no request in progress may
+            stay silent (HTTP keep-alive timeout; echo idle timeout).
+        busy_timeout: seconds a connection with a request in progress may go
+            without receiving anything.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        protocol_factory: Callable[[], ServerProtocol],
+        rest_timeout: float,
+        busy_timeout: float,
+    ) -> None:
+        self.backend = backend
+        self.protocol_factory = protocol_factory
+        self.rest_timeout = rest_timeout
+        self.busy_timeout = busy_timeout
+        self.sweep_interval = min(MAX_SWEEP_INTERVAL_S, rest_timeout / 4, busy_timeout / 4)
+        self.protocols: dict[int, ServerProtocol] = {}
+        self.last_seen: dict[int, float] = {}
+        self.timeouts = 0
+        self.protocol_errors = 0
+        # Set from signal handlers; read once per pass.
+        self.stop_requested = False
+        self.on_pass: list[Callable[[], None]] = []
+
+    def run(self, grace_period: float) -> None:
+        """Serve until a stop is requested and busy connections finish.
+
+        After a stop request the backend stops accepting, idle connections
+        close at once and busy ones get `grace_period` seconds to finish
+        their response.
+        """
+        backend = self.backend
+        wait = backend.wait
+        send = backend.send
+        close = backend.close
+        abort = backend.abort
+        factory = self.protocol_factory
+        protocols = self.protocols
+        last_seen = self.last_seen
+        on_pass = self.on_pass
+        monotonic = time.monotonic
+        debug = logger.isEnabledFor(logging.DEBUG)
+        next_sweep = monotonic() + self.sweep_interval
+        deadline: float | None = None
+        timeout = self.sweep_interval
+
+        while True:
+            events = wait(timeout)
+            now = monotonic()
+            for kind, cid, payload in events:
+                if kind == RECEIVED:
+                    proto = protocols.get(cid)
+                    if proto is None:
+                        continue
+                    try:
+                        out = proto.receive_data(payload)
+                    except Exception:
+                        # A bug for one connection must not touch the others.
+                        self.protocol_errors += 1
+                        logger.exception("protocol error on connection %d; closing it", cid)
+                        abort(cid)
+                        continue
+                    if out:
+                        send(cid, out)
+                    if proto.should_close:
+                        close(cid)
+                    last_seen[cid] = now
+                elif kind == ACCEPTED:
+                    protocols[cid] = proto = factory()
+                    last_seen[cid] = now
+                    if deadline is not None:
+                        proto.stop_keepalive()
+                else:  # CLOSED
+                    protocols.pop(cid, None)
+                    last_seen.pop(cid, None)
+                    if debug:
+                        logger.debug("connection %d closed: %s", cid, payload)
+            if on_pass:
+                for callback in on_pass:
+                    callback()
+                on_pass.clear()
+            if self.stop_requested and deadline is None:
+                deadline = now + grace_period
+                self._begin_stop()
+            if deadline is not None:
+                if not protocols:
+                    return
+                if now >= deadline:
+                    logger.warning("grace period over; closing %d connections", len(protocols))
+                    return
+            if now >= next_sweep:
+                self._sweep(now)
+                next_sweep = now + self.sweep_interval
+            timeout = max(0.0, next_sweep - now)
+
+    def _begin_stop(self) -> None:
+        self.backend.stop_accepting()
+        for cid, proto in list(self.protocols.items()):
+            proto.stop_keepalive()
+            if proto.should_close:
+                self.backend.close(cid)
+
+    def _sweep(self, now: float) -> None:
+        """Time out connections that have been silent too long."""
+        rest_cutoff = now - self.rest_timeout
+        busy_cutoff = now - self.busy_timeout
+        expired = [
+            cid
+            for cid, seen in self.last_seen.items()
+            if seen < (busy_cutoff if self.protocols[cid].busy else rest_cutoff)
+        ]
+        for cid in expired:
+            proto = self.protocols[cid]
+            if proto.should_close:
+                continue  # already closing: waiting on output to drain
+            self.timeouts += 1
+            try:
+                last_words = proto.timed_out()
+            except Exception:
+                logger.exception("protocol error on timeout of connection %d", cid)
+                last_words = b""
+            if last_words:
+                self.backend.send(cid, last_words)
+            self.backend.close(cid)
+            self.last_seen[cid] = now + self.busy_timeout  # give the close time

@@ -1,0 +1,35 @@
+"""Sans-IO connection handlers: bytes in, bytes out, no sockets.
+
+Both backends drive the same objects through ``ServerProtocol``, so any
+difference in a benchmark comes from I/O alone.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ServerProtocol(Protocol):
+    """One connection's protocol state, as the hot loop sees it.
+
+    Attributes:
+        should_close: once true, the loop closes the connection after the
+            output already returned has been sent.
+        busy: a request has started and is not answered yet; a busy
+            connection is given ``idle_timeout``, an idle one the
+            keep-alive timeout, and shutdown waits for busy ones only.
+    """
+
+    should_close: bool
+    busy: bool
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes from the peer (``b""`` means EOF); return bytes to send."""
+        ...
+
+    def timed_out(self) -> bytes:
+        """The connection timed out: return last words (may be empty); it closes."""
+        ...
+
+    def stop_keepalive(self) -> None:
+        """Close after the response being handled (used at shutdown)."""

@@ -1,0 +1,279 @@
+"""HTTP/1.1 over h11: one ``h11.Connection`` per socket, bytes in, bytes out.
+
+The handler drains ``next_event()`` until h11 needs data, answers each
+complete request in order by calling a synchronous app, and starts the next
+cycle for keep-alive (uvicorn's ``h11_impl.handle_events`` does the same).
+Pipelined requests are therefore answered in order: h11 buffers the bytes of
+request N+1 until ``start_next_cycle()`` after response N.
+
+Limits, each answered with a response and then a close:
+
+- a malformed request: h11's ``error_status_hint`` (400 in general);
+- a request head larger than ``max_header_bytes``: 431 (h11 raises once its
+  incomplete-event buffer exceeds ``max_incomplete_event_size``);
+- a body larger than ``max_body_bytes``: 413, decided from Content-Length
+  before reading the body (and before any ``100 Continue``), or while
+  counting a chunked body;
+- a request that does not complete within the idle timeout: 408.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+
+import h11
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Request:
+    """A complete request, body included, as the app sees it."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    http_version: bytes
+    body: bytes
+
+
+@dataclass(slots=True)
+class Response:
+    """What an app returns. Apps should set content-length; h11 frames the rest."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+
+
+App = Callable[[Request], Response]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+
+
+class Counters:
+    """Server-wide totals the protocol objects add to (read by /stats)."""
+
+    __slots__ = ("errors", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+
+
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+SERVER_HEADER = (b"server", b"ringserve")
+
+
+class _DateHeader:
+    """RFC 9110 wants a Date header; formatting it once a second is enough."""
+
+    __slots__ = ("header", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.header = (b"date", b"")
+
+    def get(self) -> tuple[bytes, bytes]:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.header = (b"date", formatdate(now, usegmt=True).encode())
+        return self.header
+
+
+_date = _DateHeader()
+
+
+def error_response(status: int, version: bytes = b"1.1") -> bytes:
+    """Raw bytes for an error response, for when h11 can no longer send one."""
+    reason = HTTPStatus(status).phrase.encode()
+    body = b"%d %s\n" % (status, reason)
+    return (
+        b"HTTP/%s %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (version, status, reason, len(body), body)
+    )
+
+
+class HttpConnection:
+    """Sans-IO HTTP/1.1 server connection.
+
+    Args:
+        app: called once per complete request.
+        limits: header and body size limits.
+        counters: totals shared by all connections.
+    """
+
+    __slots__ = (
+        "_app",
+        "_body",
+        "_body_bytes",
+        "_conn",
+        "_counters",
+        "_keepalive",
+        "_limits",
+        "_request",
+        "busy",
+        "should_close",
+    )
+
+    def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
+        self._app = app
+        self._limits = limits
+        self._counters = counters
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._request: h11.Request | None = None
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._keepalive = True
+        self.should_close = False
+        self.busy = False
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes (``b""`` = EOF); return the bytes of every response ready.
+
+        Never raises for anything the peer sends.
+        """
+        if self.should_close:
+            return b""
+        conn = self._conn
+        out: list[bytes] = []
+        try:
+            conn.receive_data(data)
+            self._handle_events(out)
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, out)
+        self.busy = not self.should_close and (
+            conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
+        )
+        return b"".join(out)
+
+    def timed_out(self) -> bytes:
+        out: list[bytes] = []
+        if self.busy:
+            self._fail(408, out)
+        self.should_close = True
+        return b"".join(out)
+
+    def stop_keepalive(self) -> None:
+        self._keepalive = False
+        if not self.busy:
+            self.should_close = True
+
+    # -- internals -----------------------------------------------------------
+
+    def _handle_events(self, out: list[bytes]) -> None:
+        conn = self._conn
+        while True:
+            event = conn.next_event()
+            if type(event) is h11.Data:
+                self._body_bytes += len(event.data)
+                if self._body_bytes > self._limits.max_body_bytes:
+                    self._fail(413, out)
+                    return
+                self._body.append(event.data)
+            elif type(event) is h11.Request:
+                if not self._start(event, out):
+                    return
+            elif type(event) is h11.EndOfMessage:
+                self._respond(out)
+                if conn.our_state is h11.MUST_CLOSE:
+                    self.should_close = True
+                    return
+            elif event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    out.append(conn.send(_CONTINUE))
+                return
+            elif event is h11.PAUSED:
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                    continue
+                self.should_close = True  # e.g. CONNECT/Upgrade: not served
+                return
+            elif type(event) is h11.ConnectionClosed:
+                self.should_close = True
+                return
+
+    def _start(self, request: h11.Request, out: list[bytes]) -> bool:
+        self._request = request
+        self._body = []
+        self._body_bytes = 0
+        for name, value in request.headers:
+            if name == b"content-length":
+                if int(value) > self._limits.max_body_bytes:
+                    self._fail(413, out)
+                    return False
+                break
+        return True
+
+    def _respond(self, out: list[bytes]) -> None:
+        request = self._request
+        assert request is not None
+        self._request = None
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._body = []
+        req = Request(request.method, request.target, request.headers, request.http_version, body)
+        try:
+            resp = self._app(req)
+        except Exception:
+            self._counters.errors += 1
+            body = b"500 Internal Server Error\n"
+            resp = Response(
+                500,
+                [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+                body,
+            )
+        self._counters.requests += 1
+        headers = [*resp.headers, SERVER_HEADER, _date.get()]
+        if not self._keepalive:
+            headers.append((b"connection", b"close"))
+        conn = self._conn
+        try:
+            response = h11.Response(
+                status_code=resp.status, headers=headers, reason=_REASONS.get(resp.status, b"")
+            )
+            out.append(conn.send(response))
+            if resp.body and request.method != b"HEAD":
+                out.append(conn.send(h11.Data(data=resp.body)))
+            out.append(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            # The app produced something h11 refuses (bad header, body longer
+            # than its content-length): the peer gets a 500 and a close.
+            self._counters.errors += 1
+            out.clear()
+            out.append(error_response(500))
+            self.should_close = True
+
+    def _fail(self, status: int, out: list[bytes]) -> None:
+        """Answer a client error with `status`, then close."""
+        self._counters.errors += 1
+        self.should_close = True
+        reason = _REASONS[status]
+        body = b"%d %s\n" % (status, reason)
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+            SERVER_HEADER,
+            _date.get(),
+        ]
+        conn = self._conn
+        try:
+            response = h11.Response(status_code=status, headers=headers, reason=reason)
+            out.append(conn.send(response))
+            out.append(conn.send(h11.Data(data=body)))
+            out.append(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE, h11.ERROR):
+                out.append(error_response(status))
+            # else a response is already partly sent: closing is the answer

@@ -1,0 +1,58 @@
+"""``--workers N``: N single-threaded server processes sharing one port.
+
+Each worker binds its own listening socket with ``SO_REUSEPORT`` (the kernel
+spreads new connections across them) and builds its own backend, so each
+has its own ring.  The parent only forwards SIGINT/SIGTERM and waits; it
+exits 0 when every worker did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from server.config import Config
+
+logger = logging.getLogger("server.workers")
+
+
+def run_workers(config: Config) -> int:
+    """Fork `config.workers` servers and wait for them; returns the exit code."""
+    from server.lifecycle import Server, StartupError, make_listener
+
+    if config.port == 0:
+        print("ringserve: error: --workers needs a fixed --port", file=sys.stderr)
+        return 1
+    try:  # bind once in the parent first, so a busy port fails before forking
+        probe = make_listener(config, reuse_port=True)
+    except StartupError as exc:
+        print(f"ringserve: error: {exc}", file=sys.stderr)
+        return 1
+    pids: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            probe.close()
+            code = 1
+            try:
+                code = Server(config).run()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    probe.close()
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    worst = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    return worst

@@ -1,0 +1,376 @@
+"""The only module that touches the compiled liburing binding.
+
+Everything above this module sees ints, bytes and small dataclasses; cdata
+never leaves it.  How the ring is used:
+
+- ``prep_*`` methods queue one SQE each (one foreign call, no allocation:
+  ``bytes`` go straight to a ``char *`` parameter, without a copy).
+- ``wait()`` is the loop's single crossing per pass: it returns the buffers
+  whose bytes were copied out during the previous pass, submits everything
+  queued with one ``io_uring_enter``, waits, and copies the CQEs into three
+  preallocated arrays while advancing the CQ once.
+- Every buffer handed to the kernel (a send's ``bytes``) is held in
+  ``_inflight`` under its ``user_data`` until the op's last completion (one
+  without ``IORING_CQE_F_MORE``).  The kernel reads that memory
+  asynchronously; if Python freed it first, the kernel would send garbage.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any, Final
+
+from uring_backend import _liburing
+
+ffi: Any = _liburing.ffi
+lib: Any = _liburing.lib
+
+F_BUFFER: Final[int] = lib.IORING_CQE_F_BUFFER
+F_MORE: Final[int] = lib.IORING_CQE_F_MORE
+BUFFER_SHIFT: Final[int] = lib.IORING_CQE_BUFFER_SHIFT
+
+SETUP_SQPOLL: Final[int] = lib.IORING_SETUP_SQPOLL
+SETUP_CQSIZE: Final[int] = lib.IORING_SETUP_CQSIZE
+SETUP_SUBMIT_ALL: Final[int] = lib.IORING_SETUP_SUBMIT_ALL
+SETUP_COOP_TASKRUN: Final[int] = lib.IORING_SETUP_COOP_TASKRUN
+SETUP_SINGLE_ISSUER: Final[int] = lib.IORING_SETUP_SINGLE_ISSUER
+SETUP_DEFER_TASKRUN: Final[int] = lib.IORING_SETUP_DEFER_TASKRUN
+
+# Tried in order until the kernel accepts one.  Without DEFER_TASKRUN or
+# COOP_TASKRUN, completions are posted by interrupting the task (task-work
+# IPIs) and a measured prototype ran *slower* than epoll; so both are tried
+# first.  DEFER_TASKRUN needs SINGLE_ISSUER (6.1+), COOP_TASKRUN 5.19+.
+_FLAG_LADDER: Final = (
+    ("defer", SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN),
+    ("coop", SETUP_SINGLE_ISSUER | SETUP_COOP_TASKRUN),
+    ("coop", SETUP_COOP_TASKRUN),
+    ("none", 0),
+)
+
+BUFFER_GROUP: Final[int] = 0
+MAX_BUFFERS: Final[int] = 32768  # kernel limit on a provided-buffer ring
+CLOSE_DRAIN_TIMEOUT_NS: Final[int] = 1_000_000_000
+
+# Completions are reported as (user_data, res, flags, data): `data` holds the
+# bytes copied out of a provided buffer when F_BUFFER is set, else None.
+Completion = tuple[int, int, int, "bytes | None"]
+
+
+class UringUnavailable(RuntimeError):
+    """No io_uring instance can be created here; the message names why."""
+
+    def __init__(self, err: int) -> None:
+        self.errno = err
+        super().__init__(_explain(err))
+
+
+def _explain(err: int) -> str:
+    name = errno.errorcode.get(err, str(err))
+    base = f"io_uring_setup failed: {os.strerror(err)} ({name})."
+    if err == errno.EPERM:
+        return (
+            f"{base} io_uring is forbidden here: either a seccomp filter "
+            "denies io_uring_setup (Docker's default profile does since "
+            "Engine 25; run with --security-opt "
+            "seccomp=docker/seccomp-io_uring.json) or the sysctl "
+            f"kernel.io_uring_disabled is set (now: {_sysctl_disabled()}; "
+            "0 allows it). Use --backend epoll to run without io_uring."
+        )
+    if err == errno.ENOSYS:
+        return (
+            f"{base} The kernel has no io_uring (older than 5.1 or built "
+            "without CONFIG_IO_URING), or a seccomp profile answers ENOSYS "
+            "(podman's default does). Use --backend epoll."
+        )
+    if err == errno.ENOMEM:
+        return (
+            f"{base} The locked-memory limit (ulimit -l) is too small for "
+            "the ring; raise it or lower --ring-entries."
+        )
+    if err == errno.EINVAL:
+        return f"{base} The kernel rejected the ring parameters (kernel too old?)."
+    return base
+
+
+def _sysctl_disabled() -> str:
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return f.read().strip()
+    except OSError:
+        return "not present"
+
+
+def _check(ret: int) -> int:
+    """Turn liburing's negative-errno convention into OSError."""
+    if ret < 0:
+        raise OSError(-ret, os.strerror(-ret))
+    return ret
+
+
+@dataclass(frozen=True, slots=True)
+class RingStatistics:
+    """Counters that show batching: enters per op is the point of io_uring."""
+
+    io_uring_enter_calls: int
+    sqes_submitted: int
+    cqes_reaped: int
+    ops_in_flight: int
+    sq_full_submits: int
+
+
+class Ring:
+    """One io_uring instance with a provided-buffer ring for receives.
+
+    Args:
+        entries: SQ size, rounded up to a power of two by the kernel.
+        cq_factor: CQ size as a multiple of the SQ size; multishot ops post
+            many completions per submission.
+        buffers: number of provided receive buffers (power of two).
+        buffer_size: bytes per receive buffer.
+        sqpoll: use a kernel SQ polling thread (burns a CPU; opt-in).
+
+    Raises:
+        UringUnavailable: the kernel refused to create the ring.
+        ValueError: bad sizes.
+    """
+
+    def __init__(
+        self,
+        entries: int = 256,
+        *,
+        cq_factor: int = 8,
+        buffers: int = 1024,
+        buffer_size: int = 4096,
+        sqpoll: bool = False,
+    ) -> None:
+        if entries < 1 or entries & (entries - 1):
+            raise ValueError(f"ring entries must be a power of two, got {entries}")
+        if buffers < 1 or buffers & (buffers - 1) or buffers > MAX_BUFFERS:
+            raise ValueError(f"buffers must be a power of two <= {MAX_BUFFERS}")
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be positive")
+        self._r: Any = ffi.gc(lib.urb_new(), lib.urb_free)
+        if self._r == ffi.NULL:
+            raise MemoryError("urb_new")
+        base = SETUP_CQSIZE | SETUP_SUBMIT_ALL | (SETUP_SQPOLL if sqpoll else 0)
+        ret = -errno.EINVAL
+        self.taskrun = "none"
+        for name, extra in _FLAG_LADDER:
+            if sqpoll and extra & SETUP_DEFER_TASKRUN:
+                continue  # DEFER_TASKRUN cannot be combined with SQPOLL
+            ret = lib.urb_init(self._r, entries, entries * cq_factor, base | extra, 1000)
+            if ret != -errno.EINVAL:
+                self.taskrun = name
+                break
+        if ret < 0:
+            raise UringUnavailable(-ret)
+        self.setup_flags: int = lib.urb_flags(self._r)
+        self.features: int = lib.urb_features(self._r)
+        self.sq_entries: int = lib.urb_sq_entries(self._r)
+        self.cq_entries: int = lib.urb_cq_entries(self._r)
+        ret = lib.urb_setup_bufs(self._r, buffers, buffer_size, BUFFER_GROUP)
+        if ret < 0:
+            lib.urb_exit(self._r)
+            if ret == -errno.ENOMEM:
+                raise UringUnavailable(errno.ENOMEM)
+            _check(ret)
+        self.buffers = buffers
+        self.buffer_size = buffer_size
+        self._slab: Any = ffi.buffer(lib.urb_slab(self._r), buffers * buffer_size)
+        # Preallocated once: the drain writes here, never a per-event cdata.
+        self._max = self.cq_entries
+        self._ud: Any = ffi.new("uint64_t[]", self._max)
+        self._res: Any = ffi.new("int32_t[]", self._max)
+        self._flags: Any = ffi.new("uint32_t[]", self._max)
+        self._counters: Any = ffi.new("uint64_t[4]")
+        self._bids: list[int] = []  # buffer ids to give back on the next wait
+        self._inflight: dict[int, bytes | None] = {}
+        self._closed = False
+
+    # -- queueing -----------------------------------------------------------
+
+    def _track(self, user_data: int, ref: bytes | None) -> None:
+        if user_data in self._inflight:
+            raise ValueError(f"user_data {user_data:#x} is already in flight")
+        self._inflight[user_data] = ref
+
+    def prep_nop(self, user_data: int) -> None:
+        self._track(user_data, None)
+        _check(lib.urb_prep_nop(self._r, user_data))
+
+    def prep_accept_multishot(self, fd: int, user_data: int) -> None:
+        """Accept connections on listening socket `fd` until cancelled.
+
+        Each completion's `res` is a new non-blocking, close-on-exec fd.
+        """
+        self._track(user_data, None)
+        _check(lib.urb_prep_accept_multishot(self._r, fd, user_data))
+
+    def prep_recv_multishot(self, fd: int, user_data: int) -> None:
+        """Receive into provided buffers until EOF, error or cancel.
+
+        Completions carry the bytes; the buffer goes back to the kernel on
+        the next `wait()`.  `res == 0` is EOF; `-ENOBUFS` means the buffer
+        ring ran dry and the recv must be re-armed.
+        """
+        self._track(user_data, None)
+        _check(lib.urb_prep_recv_multishot(self._r, fd, user_data))
+
+    def prep_send(self, fd: int, data: bytes, user_data: int, offset: int = 0) -> None:
+        """Send `data[offset:]`; `data` stays referenced until completion.
+
+        A completion's `res` may be less than requested (a short send); the
+        caller resumes with a larger `offset`.
+        """
+        self._track(user_data, data)
+        _check(lib.urb_prep_send(self._r, fd, data, offset, len(data) - offset, user_data))
+
+    def prep_close(self, fd: int, user_data: int) -> None:
+        self._track(user_data, None)
+        _check(lib.urb_prep_close(self._r, fd, user_data))
+
+    def prep_shutdown(self, fd: int, how: int, user_data: int) -> None:
+        self._track(user_data, None)
+        _check(lib.urb_prep_shutdown(self._r, fd, how, user_data))
+
+    def prep_cancel(self, target: int, user_data: int) -> None:
+        """Cancel the op queued with `target` as its user_data."""
+        self._track(user_data, None)
+        _check(lib.urb_prep_cancel(self._r, target, user_data))
+
+    def prep_cancel_fd(self, fd: int, user_data: int) -> None:
+        """Cancel every op in flight on `fd`."""
+        self._track(user_data, None)
+        _check(lib.urb_prep_cancel_fd(self._r, fd, user_data))
+
+    def prep_timeout(self, seconds: float, user_data: int) -> None:
+        """Complete with -ETIME after `seconds`."""
+        self._track(user_data, None)
+        _check(lib.urb_prep_timeout(self._r, int(seconds * 1e9), user_data))
+
+    def prep_poll_multishot(self, fd: int, user_data: int) -> None:
+        """Post a completion each time `fd` becomes readable."""
+        self._track(user_data, None)
+        _check(lib.urb_prep_poll_multishot(self._r, fd, 0x001, user_data))  # POLLIN
+
+    # -- the batch ---------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, min_complete: int = 1) -> list[Completion]:
+        """Submit everything queued and collect completions, in one enter.
+
+        Args:
+            timeout: seconds to wait for `min_complete` completions; None
+                waits forever, 0 only polls.
+            min_complete: completions to wait for.
+
+        Returns:
+            Completions in CQ order; empty on timeout or signal.
+
+        Raises:
+            OSError: io_uring_enter failed for another reason.
+        """
+        bids = self._bids
+        nb = len(bids)
+        timeout_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+        n = lib.urb_cycle(
+            self._r,
+            bids if nb else ffi.NULL,
+            nb,
+            min_complete,
+            timeout_ns,
+            self._ud,
+            self._res,
+            self._flags,
+            self._max,
+        )
+        if nb:
+            self._bids = []
+        if n <= 0:
+            if n in (0, -errno.ETIME, -errno.EINTR, -errno.EAGAIN, -errno.EBUSY):
+                return []
+            _check(n)
+        uds: list[int] = ffi.unpack(self._ud, n)
+        ress: list[int] = ffi.unpack(self._res, n)
+        flags: list[int] = ffi.unpack(self._flags, n)
+        slab = self._slab
+        size = self.buffer_size
+        inflight = self._inflight
+        give_back = self._bids
+        out: list[Completion] = []
+        append = out.append
+        for i in range(n):
+            ud = uds[i]
+            fl = flags[i]
+            data: bytes | None = None
+            if fl & F_BUFFER:
+                bid = fl >> BUFFER_SHIFT
+                off = bid * size
+                data = slab[off : off + ress[i]]
+                give_back.append(bid)
+            if not fl & F_MORE:
+                inflight.pop(ud, None)
+            append((ud, ress[i], fl, data))
+        return out
+
+    @property
+    def pending_buffers(self) -> int:
+        """Buffers copied out but not yet given back (returned on next wait)."""
+        return len(self._bids)
+
+    def in_flight(self, user_data: int) -> bool:
+        return user_data in self._inflight
+
+    def statistics(self) -> RingStatistics:
+        lib.urb_counters(self._r, self._counters)
+        c = self._counters
+        return RingStatistics(
+            io_uring_enter_calls=int(c[0]),
+            sqes_submitted=int(c[1]),
+            cqes_reaped=int(c[2]),
+            ops_in_flight=len(self._inflight),
+            sq_full_submits=int(c[3]),
+        )
+
+    # -- teardown ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel what is in flight, wait for it, and tear the ring down.
+
+        Teardown in the kernel is asynchronous, so buffers of ops still in
+        flight are kept alive (in `_ORPHANS`) if they do not complete within
+        a second rather than freed under the kernel.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._inflight:
+            cancel_ud = 0xFFFF_FFFF_FFFF_FFFF
+            try:
+                self._inflight.pop(cancel_ud, None)
+                self.prep_cancel_any(cancel_ud)
+                deadline = CLOSE_DRAIN_TIMEOUT_NS
+                while self._inflight and deadline > 0:
+                    self.wait(0.05)
+                    deadline -= 50_000_000
+            except OSError:
+                pass
+            if self._inflight:
+                _ORPHANS.append(self._inflight)
+        lib.urb_exit(self._r)
+
+    def prep_cancel_any(self, user_data: int) -> None:
+        """Cancel every op in flight on this ring."""
+        self._track(user_data, None)
+        _check(lib.urb_prep_cancel_any(self._r, user_data))
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# References to buffers of ops that never completed before their ring closed.
+_ORPHANS: list[dict[int, bytes | None]] = []
