@@ -107,6 +107,13 @@ class Server:
         assert self.loop is not None
         self.loop.run(self.config.grace_period)
 
+    def request_stop(self) -> None:
+        """Ask for a graceful stop from any thread (what SIGTERM does)."""
+        if self.loop is not None:
+            self.loop.stop_requested = True
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
+
     def shutdown(self) -> None:
         if self.backend is not None:
             self.backend.shutdown()

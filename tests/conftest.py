@@ -1,0 +1,145 @@
+"""Shared fixtures: a real server on 127.0.0.1 in a thread, per backend.
+
+The server is built *inside* its thread: a ring made with
+IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN belongs to the task that created
+it.  Leaving the context stops it gracefully and asserts a clean teardown:
+no connection open, no op in flight, and the process's fd count back where
+it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from server.config import Config
+from server.lifecycle import Server
+
+
+def uring_available() -> str | None:
+    """None if a ring can be created here, else the reason it cannot."""
+    try:
+        from uring_backend import Ring, UringUnavailable
+    except ImportError as exc:
+        return f"uring extension not built: {exc}"
+    try:
+        Ring(8, buffers=8, buffer_size=64).close()
+    except UringUnavailable as exc:
+        return str(exc)
+    return None
+
+
+URING_SKIP = uring_available()
+BACKENDS = [
+    "epoll",
+    pytest.param("uring", marks=pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))),
+]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class ServerThread:
+    """A Server running in a background thread; see `serve_in_thread`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server: Server | None = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ringserve", daemon=True)
+        self.final_stats: dict[str, Any] = {}
+
+    def _run(self) -> None:
+        try:
+            self.server = Server(self.config)
+            self.server.startup()
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self.server.serve()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.server.shutdown()
+            self.final_stats = self.server.statistics()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("server did not start within 10 s")
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def stats(self) -> dict[str, Any]:
+        assert self.server is not None
+        return self.server.statistics()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.server is not None:
+            self.server.request_stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("server thread did not stop")
+        if self.error is not None:
+            raise self.error
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    backend: str, check_teardown: bool = True, **overrides: Any
+) -> Iterator[ServerThread]:
+    """Run a server on 127.0.0.1 (a free port) with Config overrides.
+
+    On exit: graceful stop, then (unless check_teardown is False) assert
+    zero open connections, zero ops in flight and no leaked fds.
+    """
+    fds_before = open_fds()
+    config = dataclasses.replace(Config(), backend=backend, host="127.0.0.1", port=0, **overrides)
+    st = ServerThread(config)
+    st.start()
+    try:
+        yield st
+    finally:
+        st.stop()
+    if check_teardown:
+        assert st.final_stats["open_connections"] == 0, st.final_stats
+        assert st.final_stats["ops_in_flight"] == 0, st.final_stats
+        assert open_fds() == fds_before, "file descriptors leaked"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_server(
+    backend_name: str,
+) -> Iterator[Callable[..., contextlib.AbstractContextManager[ServerThread]]]:
+    """Factory: `with make_server(protocol="echo", ...) as srv:` on the parametrized backend."""
+
+    def factory(**overrides: Any) -> contextlib.AbstractContextManager[ServerThread]:
+        return serve_in_thread(backend_name, **overrides)
+
+    yield factory
