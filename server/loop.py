@@ -146,9 +146,12 @@ class Loop:
         ]
         for cid in expired:
             proto = self.protocols[cid]
-            if proto.should_close:
-                continue  # already closing: waiting on output to drain
             self.timeouts += 1
+            if proto.should_close:
+                # Closing took a whole timeout: the peer neither reads the
+                # rest of our output nor sends its EOF.
+                self.backend.abort(cid)
+                continue
             try:
                 last_words = proto.timed_out()
             except Exception:

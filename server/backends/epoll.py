@@ -50,7 +50,18 @@ _HANGUP: Final = select.EPOLLHUP | select.EPOLLERR
 
 
 class _Conn:
-    __slots__ = ("cid", "closing", "eof", "error", "fd", "mask", "out", "out_bytes", "sock")
+    __slots__ = (
+        "cid",
+        "closing",
+        "eof",
+        "error",
+        "fd",
+        "lingering",
+        "mask",
+        "out",
+        "out_bytes",
+        "sock",
+    )
 
     def __init__(self, cid: int, sock: socket.socket) -> None:
         self.cid = cid
@@ -60,6 +71,7 @@ class _Conn:
         self.out_bytes = 0
         self.mask = EPOLLIN
         self.closing = False
+        self.lingering = False
         self.eof = False
         self.error: OSError | None = None
 
@@ -172,14 +184,14 @@ class EpollBackend:
 
     def close(self, conn_id: int) -> None:
         conn = self._conns.get(conn_id)
-        if conn is None or conn.fd < 0:
+        if conn is None or conn.fd < 0 or conn.closing:
             return
+        conn.closing = True
         if conn.out:
-            conn.closing = True
             if conn.mask & EPOLLIN:
                 self._modify(conn, conn.mask & ~EPOLLIN)
             return
-        self._release(conn)
+        self._linger(conn)
 
     def abort(self, conn_id: int) -> None:
         conn = self._conns.get(conn_id)
@@ -267,7 +279,11 @@ class EpollBackend:
             return
         if data:
             self._bytes_in += len(data)
-            events.append((RECEIVED, conn.cid, data))
+            if not conn.lingering:
+                events.append((RECEIVED, conn.cid, data))
+            return
+        if conn.lingering:
+            self._release(conn)
             return
         # EOF: stop reading (level-triggered EPOLLIN would fire forever) but
         # keep the socket open; the protocol decides when to close.
@@ -294,7 +310,7 @@ class EpollBackend:
                 return
             out.popleft()
         if conn.closing:
-            self._release(conn)
+            self._linger(conn)
             return
         mask = conn.mask & ~EPOLLOUT
         if not conn.eof and not mask & EPOLLIN and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
@@ -317,6 +333,27 @@ class EpollBackend:
         conn.out.clear()
         conn.out_bytes = 0
         self._release(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Close gracefully once output is sent.
+
+        Closing a socket that still has unread input makes the kernel send
+        RST, which can destroy the response just sent (a 400 or 413 after a
+        body the server did not read).  So, unless the peer already sent
+        EOF, shut down our side and read and discard until the peer's EOF;
+        the loop aborts a connection that lingers past its timeout.
+        """
+        if conn.eof:
+            self._release(conn)
+            return
+        self._syscalls += 1
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._release(conn)
+            return
+        conn.lingering = True
+        self._modify(conn, EPOLLIN)
 
     def _release(self, conn: _Conn) -> None:
         """Close the socket now and report CLOSED on the next wait()."""

@@ -67,6 +67,7 @@ class Op(IntEnum):
     WAKEUP = 6
     ACCEPT_RETRY = 7
     CANCEL_ACCEPT = 8
+    SHUTDOWN = 9
 
 
 # user_data = op (8 bits) << 56 | connection id (56 bits)
@@ -87,6 +88,7 @@ _RESET: Final = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 
 class _Conn:
     __slots__ = (
+        "aborted",
         "cancelling",
         "cid",
         "close_queued",
@@ -94,6 +96,7 @@ class _Conn:
         "eof",
         "error",
         "fd",
+        "lingering",
         "out",
         "out_bytes",
         "reading",
@@ -112,6 +115,8 @@ class _Conn:
         self.out: deque[bytes] = deque()  # queued behind the send in flight
         self.out_bytes = 0
         self.closing = False
+        self.lingering = False  # our side shut down; discarding input until EOF
+        self.aborted = False
         self.cancelling = False
         self.close_queued = False
         self.eof = False
@@ -199,6 +204,11 @@ class UringBackend:
             elif op == Op.ACCEPT_RETRY:
                 if self._accepting:
                     self._arm_accept()
+            elif op == Op.SHUTDOWN:
+                conn = conns.get(ud & CID_MASK)
+                if conn is not None and res < 0:  # peer already gone
+                    conn.eof = True
+                    self._finish(conn)
             elif op == Op.CANCEL_ACCEPT:
                 pass
         if self._events:
@@ -235,6 +245,7 @@ class UringBackend:
             conn.out.clear()
             conn.out_bytes = 0
             conn.closing = True
+            conn.aborted = True
             conn.reading = False
             self._cancel(conn)
             self._finish(conn)
@@ -421,6 +432,7 @@ class UringBackend:
         conn.out.clear()
         conn.out_bytes = 0
         conn.closing = True
+        conn.aborted = True
         conn.reading = False
         self._cancel(conn)
 
@@ -430,6 +442,18 @@ class UringBackend:
             return
         if conn.send_buf is not None or conn.out:
             return  # a graceful close waits for the output
+        if not conn.aborted and not conn.eof:
+            # Closing with unread input makes the kernel send RST, which can
+            # destroy the response just sent (a 400 or 413 after a body we
+            # did not read).  Shut down our side and discard input until the
+            # peer's EOF; the loop aborts a connection lingering too long.
+            if not conn.lingering:
+                conn.lingering = True
+                conn.reading = True
+                self._ring.prep_shutdown(conn.fd, socket.SHUT_WR, encode(Op.SHUTDOWN, conn.cid))
+            if not conn.recv_armed:
+                self._arm_recv(conn)
+            return
         if conn.recv_armed:
             if not conn.cancelling:
                 conn.cancelling = True
