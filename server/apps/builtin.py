@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from server.protocols.http import Request, Response
+from server.protocols.http import Request, Response, split_target
 
 HELLO = b"Hello from ringserve\n"
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
@@ -35,7 +35,7 @@ class BuiltinApp:
         self._stats = stats
 
     def __call__(self, request: Request) -> Response:
-        path, _, _ = request.target.partition(b"?")
+        path, _ = split_target(request.target)
         method = request.method
         if path == b"/":
             if method in (b"GET", b"HEAD"):

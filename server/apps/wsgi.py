@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.protocols.http import Request, Response
+from server.protocols.http import Request, Response, split_target
 
 logger = logging.getLogger("server.wsgi")
 
@@ -75,7 +75,7 @@ class WsgiAdapter:
         }
 
     def environ(self, request: Request) -> dict[str, Any]:
-        path, _, query = request.target.partition(b"?")
+        path, query = split_target(request.target)
         env = dict(self._base)
         env["REQUEST_METHOD"] = request.method.decode("ascii")
         # PEP 3333: native strings hold bytes decoded as latin-1.
@@ -85,6 +85,10 @@ class WsgiAdapter:
         env["wsgi.input"] = io.BytesIO(request.body)
         env["CONTENT_LENGTH"] = str(len(request.body)) if request.body else ""
         for name, value in request.headers:
+            if b"_" in name:
+                # "X_Forwarded_For" would land on the same key as
+                # "X-Forwarded-For": dropped, as nginx and gunicorn do.
+                continue
             key = name.decode("latin-1").upper().replace("-", "_")
             val = value.decode("latin-1")
             if key == "CONTENT_TYPE":
@@ -127,6 +131,11 @@ class WsgiAdapter:
             raise RuntimeError("the WSGI app returned without calling start_response")
         body = b"".join(written)
         out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        if not any(k.lower() == b"content-length" for k, _ in out):
+        status = int(status_line[0][:3])
+        reason = status_line[0][4:].encode("latin-1")
+        # RFC 9110 8.6: no Content-Length on 1xx/204, and none invented for
+        # 304 or HEAD, where it would have to be the GET body's length.
+        bodyless = status < 200 or status in (204, 304) or request.method == b"HEAD"
+        if not bodyless and not any(k.lower() == b"content-length" for k, _ in out):
             out.append((b"content-length", b"%d" % len(body)))
-        return Response(int(status_line[0][:3]), out, body)
+        return Response(status, out, body, reason or None)

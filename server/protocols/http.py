@@ -48,6 +48,23 @@ class Response:
     status: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
+    reason: bytes | None = None  # None: the standard phrase for `status`
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Path and query of a request target, origin-form or absolute-form.
+
+    RFC 9112 3.2.2: a server MUST accept the absolute form
+    (``GET http://host/p?q``), whose path is what follows the authority.
+    """
+    if target[:1] != b"/" and b"://" in target:
+        rest = target.partition(b"://")[2]
+        slash = rest.find(b"/")
+        target = (
+            rest[slash:] if slash >= 0 else b"/" + rest.partition(b"?")[1] + rest.partition(b"?")[2]
+        )
+    path, _, query = target.partition(b"?")
+    return path, query
 
 
 App = Callable[[Request], Response]
@@ -187,9 +204,13 @@ class HttpConnection:
                     return
             elif type(event) is h11.EndOfMessage:
                 self._respond(out)
-                if conn.our_state is h11.MUST_CLOSE:
-                    self.should_close = True
+                if self.should_close or conn.our_state is not h11.DONE:
+                    self.should_close = True  # MUST_CLOSE, or ERROR after a refused response
                     return
+                if conn.their_state is h11.DONE:
+                    # Without bytes of a next request h11 answers NEED_DATA,
+                    # not PAUSED, so the cycle is restarted here.
+                    conn.start_next_cycle()
             elif event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
                     out.append(conn.send(_CONTINUE))
@@ -205,18 +226,36 @@ class HttpConnection:
                 return
 
     def _start(self, request: h11.Request, out: list[bytes]) -> bool:
+        """Check a request head against the limits; False if it was refused."""
         self._request = request
         self._body = []
         self._body_bytes = 0
+        # h11 enforces max_incomplete_event_size only while a head is still
+        # incomplete; a whole head arriving in one read is measured here.
+        head_bytes = len(request.method) + len(request.target) + 13
+        content_length = -1
+        chunked = False
         for name, value in request.headers:
+            head_bytes += len(name) + len(value) + 4
             if name == b"content-length":
-                if int(value) > self._limits.max_body_bytes:
-                    self._fail(413, out)
-                    return False
-                break
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if head_bytes > self._limits.max_header_bytes:
+            self._fail(431, out)
+            return False
+        if content_length > self._limits.max_body_bytes:
+            self._fail(413, out)
+            return False
+        if chunked and content_length >= 0:
+            # RFC 9112 6.1: both framings on one request is a smuggling
+            # shape; the body is framed by Transfer-Encoding and the
+            # connection must close after the response.
+            self._keepalive = False
         return True
 
     def _respond(self, out: list[bytes]) -> None:
+        mark = len(out)
         request = self._request
         assert request is not None
         self._request = None
@@ -239,9 +278,8 @@ class HttpConnection:
             headers.append((b"connection", b"close"))
         conn = self._conn
         try:
-            response = h11.Response(
-                status_code=resp.status, headers=headers, reason=_REASONS.get(resp.status, b"")
-            )
+            reason = resp.reason if resp.reason is not None else _REASONS.get(resp.status, b"")
+            response = h11.Response(status_code=resp.status, headers=headers, reason=reason)
             out.append(conn.send(response))
             if resp.body and request.method != b"HEAD":
                 out.append(conn.send(h11.Data(data=resp.body)))
@@ -249,8 +287,9 @@ class HttpConnection:
         except h11.LocalProtocolError:
             # The app produced something h11 refuses (bad header, body longer
             # than its content-length): the peer gets a 500 and a close.
+            # Earlier pipelined responses in `out` stay; this one is replaced.
             self._counters.errors += 1
-            out.clear()
+            del out[mark:]
             out.append(error_response(500))
             self.should_close = True
 
@@ -268,12 +307,15 @@ class HttpConnection:
             _date.get(),
         ]
         conn = self._conn
+        state = conn.our_state
+        mark = len(out)
         try:
             response = h11.Response(status_code=status, headers=headers, reason=reason)
             out.append(conn.send(response))
             out.append(conn.send(h11.Data(data=body)))
             out.append(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE, h11.ERROR):
+            del out[mark:]
+            if state in (h11.IDLE, h11.SEND_RESPONSE):
                 out.append(error_response(status))
-            # else a response is already partly sent: closing is the answer
+            # else a response was already sent or begun: closing is the answer
