@@ -12,7 +12,7 @@ BACKEND ?= uring
 PROTOCOL ?= http
 ARGS ?=
 
-.PHONY: setup system-deps serve test lint typecheck bench clean
+.PHONY: setup system-deps serve test lint typecheck bench clean docker-lint docker-test seccomp-profile
 
 setup: system-deps $(STAMP)
 
@@ -32,6 +32,7 @@ system-deps:
 	fi
 
 $(STAMP): pyproject.toml setup.py uring_backend/_build.py
+	rm -f uring_backend/_liburing*.so  # a stale in-place build would shadow the new one
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,loadtest,dev]'
@@ -52,6 +53,20 @@ test: setup lint typecheck
 
 bench: setup
 	$(PY) -m loadtest.compare $(ARGS)
+
+# Docker image (see docker/README-section.md).  docker-test builds the image
+# with podman and runs it three ways; it installs podman, runc and mmdebstrap
+# itself when root.
+docker-lint: setup
+	$(VENV)/bin/hadolint Dockerfile
+
+docker-test: docker-lint
+	docker/smoke-test.sh
+
+# Regenerates docker/seccomp-io_uring.json from Docker's default profile
+# (fetched from Debian's golang-github-docker-docker-dev; see the script).
+seccomp-profile:
+	$(PYTHON) docker/make-seccomp-profile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info uring_backend/_liburing.c uring_backend/*.o uring_backend/*.so

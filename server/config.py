@@ -23,6 +23,8 @@ BACKENDS: dict[BackendName, str] = {
 }
 
 ENV_PREFIX = "RINGSERVE_"
+MAX_RING_ENTRIES = 8192
+MAX_RECV_BUFFERS = 32768
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,16 @@ def _env(name: str, default: object) -> object:
     return os.environ.get(ENV_PREFIX + name.upper(), default)
 
 
-def _power_of_two(text: str) -> int:
-    value = int(text)
-    if value < 1 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{value} is not a power of two")
-    return value
+def _power_of_two_up_to(limit: int, why: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        value = int(text)
+        if value < 1 or value & (value - 1):
+            raise argparse.ArgumentTypeError(f"{value} is not a power of two")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value} is over {limit} ({why})")
+        return value
+
+    return convert
 
 
 def _positive_int(text: str) -> int:
@@ -120,9 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", _port, "TCP port to bind (0 picks a free one)")
     add("--backlog", _positive_int, "listen() backlog")
     add("--max-connections", _positive_int, "connections served at once; more wait in the backlog")
-    add("--ring-entries", _power_of_two, "io_uring SQ entries (the CQ is 8x)")
+    add(
+        "--ring-entries",
+        _power_of_two_up_to(MAX_RING_ENTRIES, "the CQ, 8x the SQ, is capped at 65536"),
+        "io_uring SQ entries (the CQ is 8x)",
+    )
     add("--recv-buffer-size", _positive_int, "bytes per provided receive buffer (uring)")
-    add("--recv-buffers", _power_of_two, "provided receive buffers (uring)")
+    add(
+        "--recv-buffers",
+        _power_of_two_up_to(MAX_RECV_BUFFERS, "the kernel's limit for a buffer ring"),
+        "provided receive buffers (uring)",
+    )
     add("--keepalive-timeout", _positive_float, "seconds an idle keep-alive connection is kept")
     add(
         "--idle-timeout",

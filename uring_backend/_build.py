@@ -208,27 +208,40 @@ void urb_free(urb_ring *r)
 /*
  * io_uring_get_sqe() returns NULL when the SQ is full.  Submitting what is
  * queued frees the slots; that costs one extra enter, counted, and only
- * happens when a pass queues more than the SQ holds.
+ * happens when a pass queues more than the SQ holds.  Every prep returns
+ * -EBADF on a ring that was torn down (its SQ is unmapped by then), and the
+ * errno of a failed forced submit otherwise.
  */
-static struct io_uring_sqe *urb_sqe(urb_ring *r)
+static int urb_sqe(urb_ring *r, struct io_uring_sqe **out)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    struct io_uring_sqe *sqe;
+    unsigned pending;
+    int ret;
+
+    if (!r->initialised)
+        return -EBADF;
+    sqe = io_uring_get_sqe(&r->ring);
     if (!sqe) {
-        unsigned pending = io_uring_sq_ready(&r->ring);
-        if (io_uring_submit(&r->ring) < 0)
-            return NULL;
+        pending = io_uring_sq_ready(&r->ring);
+        ret = io_uring_submit(&r->ring);
         r->enters++;
+        if (ret < 0)
+            return ret;
         r->sq_full_submits++;
-        r->sqes += pending;
+        r->sqes += pending - io_uring_sq_ready(&r->ring);
         sqe = io_uring_get_sqe(&r->ring);
+        if (!sqe)
+            return -EBUSY;
     }
-    return sqe;
+    *out = sqe;
+    return 0;
 }
 
-#define URB_SQE(sqe)                 \
-    struct io_uring_sqe *sqe = urb_sqe(r); \
-    if (!sqe)                        \
-        return -EBUSY
+#define URB_SQE(sqe)                     \
+    struct io_uring_sqe *sqe = NULL;     \
+    int sqe_ret_ = urb_sqe(r, &sqe);     \
+    if (sqe_ret_ < 0)                    \
+        return sqe_ret_
 
 int urb_prep_nop(urb_ring *r, uint64_t ud)
 {
@@ -383,6 +396,8 @@ int urb_cycle(urb_ring *r, const uint16_t *bids, unsigned nbids,
     unsigned head, n = 0, i;
     int ret;
 
+    if (!r->initialised)
+        return -EBADF;
     if (nbids && r->br) {
         int mask = io_uring_buf_ring_mask(r->buf_count);
         for (i = 0; i < nbids; i++)

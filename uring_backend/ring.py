@@ -51,7 +51,10 @@ _FLAG_LADDER: Final = (
 
 BUFFER_GROUP: Final[int] = 0
 MAX_BUFFERS: Final[int] = 32768  # kernel limit on a provided-buffer ring
+MAX_SQ_ENTRIES: Final[int] = 32768  # IORING_MAX_ENTRIES
+MAX_CQ_ENTRIES: Final[int] = 65536  # IORING_MAX_CQ_ENTRIES
 CLOSE_DRAIN_TIMEOUT_NS: Final[int] = 1_000_000_000
+_CLOSE_CANCEL_UD: Final[int] = 0xFFFF_FFFF_FFFF_FFFF
 
 # Completions are reported as (user_data, res, flags, data): `data` holds the
 # bytes copied out of a provided buffer when F_BUFFER is set, else None.
@@ -145,8 +148,10 @@ class Ring:
         buffer_size: int = 4096,
         sqpoll: bool = False,
     ) -> None:
-        if entries < 1 or entries & (entries - 1):
-            raise ValueError(f"ring entries must be a power of two, got {entries}")
+        if entries < 1 or entries & (entries - 1) or entries > MAX_SQ_ENTRIES:
+            raise ValueError(f"ring entries must be a power of two <= {MAX_SQ_ENTRIES}")
+        if cq_factor < 1 or entries * cq_factor > MAX_CQ_ENTRIES:
+            raise ValueError(f"entries * cq_factor must be between 1 and {MAX_CQ_ENTRIES}")
         if buffers < 1 or buffers & (buffers - 1) or buffers > MAX_BUFFERS:
             raise ValueError(f"buffers must be a power of two <= {MAX_BUFFERS}")
         if buffer_size < 1:
@@ -190,23 +195,26 @@ class Ring:
         self._closed = False
 
     # -- queueing -----------------------------------------------------------
+    # Each prep checks that `user_data` is free, queues the SQE, and only then
+    # records the op as in flight: a prep that raises leaves nothing behind.
 
-    def _track(self, user_data: int, ref: bytes | None) -> None:
+    def _free(self, user_data: int) -> None:
         if user_data in self._inflight:
             raise ValueError(f"user_data {user_data:#x} is already in flight")
-        self._inflight[user_data] = ref
 
     def prep_nop(self, user_data: int) -> None:
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_nop(self._r, user_data))
+        self._inflight[user_data] = None
 
     def prep_accept_multishot(self, fd: int, user_data: int) -> None:
         """Accept connections on listening socket `fd` until cancelled.
 
         Each completion's `res` is a new non-blocking, close-on-exec fd.
         """
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_accept_multishot(self._r, fd, user_data))
+        self._inflight[user_data] = None
 
     def prep_recv_multishot(self, fd: int, user_data: int) -> None:
         """Receive into provided buffers until EOF, error or cancel.
@@ -215,45 +223,58 @@ class Ring:
         the next `wait()`.  `res == 0` is EOF; `-ENOBUFS` means the buffer
         ring ran dry and the recv must be re-armed.
         """
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_recv_multishot(self._r, fd, user_data))
+        self._inflight[user_data] = None
 
     def prep_send(self, fd: int, data: bytes, user_data: int, offset: int = 0) -> None:
         """Send `data[offset:]`; `data` stays referenced until completion.
 
         A completion's `res` may be less than requested (a short send); the
         caller resumes with a larger `offset`.
+
+        Raises:
+            ValueError: `offset` is outside `data`, or `user_data` is in flight.
         """
-        self._track(user_data, data)
+        if not 0 <= offset < len(data):
+            raise ValueError(f"offset {offset} outside a buffer of {len(data)} bytes")
+        self._free(user_data)
         _check(lib.urb_prep_send(self._r, fd, data, offset, len(data) - offset, user_data))
+        self._inflight[user_data] = data
 
     def prep_close(self, fd: int, user_data: int) -> None:
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_close(self._r, fd, user_data))
+        self._inflight[user_data] = None
 
     def prep_shutdown(self, fd: int, how: int, user_data: int) -> None:
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_shutdown(self._r, fd, how, user_data))
+        self._inflight[user_data] = None
 
     def prep_cancel(self, target: int, user_data: int) -> None:
         """Cancel the op queued with `target` as its user_data."""
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_cancel(self._r, target, user_data))
+        self._inflight[user_data] = None
 
     def prep_cancel_fd(self, fd: int, user_data: int) -> None:
         """Cancel every op in flight on `fd`."""
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_cancel_fd(self._r, fd, user_data))
+        self._inflight[user_data] = None
 
     def prep_timeout(self, seconds: float, user_data: int) -> None:
         """Complete with -ETIME after `seconds`."""
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_timeout(self._r, int(seconds * 1e9), user_data))
+        self._inflight[user_data] = None
 
     def prep_poll_multishot(self, fd: int, user_data: int) -> None:
         """Post a completion each time `fd` becomes readable."""
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_poll_multishot(self._r, fd, 0x001, user_data))  # POLLIN
+        self._inflight[user_data] = None
 
     # -- the batch ---------------------------------------------------------
 
@@ -346,10 +367,12 @@ class Ring:
             return
         self._closed = True
         if self._inflight:
-            cancel_ud = 0xFFFF_FFFF_FFFF_FFFF
             try:
-                self._inflight.pop(cancel_ud, None)
-                self.prep_cancel_any(cancel_ud)
+                # Not tracked: its own completion is simply not in the table.
+                # The owner should have cancelled accepts first: an accept
+                # completing during this drain would hand over an fd nobody
+                # takes.
+                _check(lib.urb_prep_cancel_any(self._r, _CLOSE_CANCEL_UD))
                 deadline = CLOSE_DRAIN_TIMEOUT_NS
                 while self._inflight and deadline > 0:
                     self.wait(0.05)
@@ -362,8 +385,9 @@ class Ring:
 
     def prep_cancel_any(self, user_data: int) -> None:
         """Cancel every op in flight on this ring."""
-        self._track(user_data, None)
+        self._free(user_data)
         _check(lib.urb_prep_cancel_any(self._r, user_data))
+        self._inflight[user_data] = None
 
     def __enter__(self) -> Ring:
         return self
