@@ -84,8 +84,10 @@ def _explain(err: int) -> str:
     if err == errno.ENOSYS:
         return (
             f"{base} The kernel has no io_uring (older than 5.1 or built "
-            "without CONFIG_IO_URING), or a seccomp profile answers ENOSYS "
-            "(podman's default does). Use --backend epoll."
+            "without CONFIG_IO_URING), or a seccomp filter answers ENOSYS "
+            "(podman's default profile does; run with --security-opt "
+            "seccomp=docker/seccomp-io_uring.json). Use --backend epoll to "
+            "run without io_uring."
         )
     if err == errno.ENOMEM:
         return (
