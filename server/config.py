@@ -35,7 +35,7 @@ class Config:
     protocol: ProtocolName = "http"
     host: str = "127.0.0.1"
     port: int = 8080
-    backlog: int = 1024
+    backlog: int = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
     max_connections: int = 10_000
     ring_entries: int = 256
     recv_buffer_size: int = 4096

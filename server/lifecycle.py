@@ -128,9 +128,10 @@ class Server:
             print(f"ringserve: error: {exc}", file=sys.stderr)
             self.shutdown()
             return EXIT_STARTUP_FAILED
-        logger.info("%s", self.banner())
         try:
             with self.capture_signals():
+                # Only now: whoever waits for this line may signal at once.
+                logger.info("%s", self.banner())
                 self.serve()
         finally:
             self.shutdown()

@@ -1,0 +1,523 @@
+"""Compare the uring and epoll backends under load: ``python -m loadtest.compare``.
+
+For every tool, connection count, repeat and backend it starts a fresh server
+(same settings each time; pinned to the first usable CPU with ``taskset``
+when there are two or more, the load generator pinned to the others), drives
+it, reads the server's counters over the generator's measured window, and
+stops it.  Repeats alternate the backends' order run by run and report
+medians.  At the end it prints a side-by-side table per tool, and writes
+``results.csv``, ``results.json``, ``runs.csv`` (every run) and a PNG per
+tool into ``--out``; ``logs/`` there keeps each server's and generator's
+output.
+
+Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
+stats reset) and ``saturation`` (``wrk`` for HTTP; `loadtest.echo_client`
+for echo).  Connection counts default to 1, 10, 100, 1000, plus 10000 when
+the open-file limit allows it; Locust runs at most ``--users`` users (each
+holds one connection), so higher counts are run once at that cap.
+
+Exit status: 0 done; 1 a server, generator or the machine failed (port in
+use, wrk missing, a server that does not start); 2 bad arguments.  Whatever
+happens, no server or generator is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from loadtest import sysinfo
+from loadtest.procs import (
+    GeneratorError,
+    ServerProcess,
+    ServerSnapshot,
+    ServerStartError,
+    WindowHooks,
+    kill_all,
+)
+from loadtest.report import plot, tables
+from loadtest.results import (
+    Metadata,
+    Result,
+    median_result,
+    result_from_run,
+    write_csv,
+    write_json,
+)
+from loadtest.tools import PROJECT_ROOT, LoadSpec, LoadTool, LocustTool, Target, saturation_tool
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BACKENDS = ("uring", "epoll")
+TOOLS = ("locust", "saturation")
+DEFAULT_CONNECTIONS = (1, 10, 100, 1000)
+LARGE_POINT = 10_000
+DEFAULT_USERS = 100
+# File descriptors a process needs beyond one per connection.
+FD_MARGIN = 128
+
+
+class SetupError(Exception):
+    """The machine cannot run the comparison as asked (wrk missing, port in use...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    protocol: str
+    backends: tuple[str, ...]
+    connections: tuple[int, ...]
+    duration: int
+    warmup: float
+    users: int
+    out: Path
+    tools: tuple[str, ...]
+    repeat: int
+    pipeline: int
+    host: str
+    port: int
+
+
+# -- arguments -------------------------------------------------------------------
+
+
+def _csv_list(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("empty list")
+    if len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats an item")
+    return items
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = _csv_list(text)
+        if bad := [i for i in items if i not in allowed]:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)} (choose from {', '.join(allowed)})"
+            )
+        return tuple(items)
+
+    return parse
+
+
+def _connections(text: str) -> tuple[int, ...]:
+    try:
+        counts = [int(i) for i in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers") from None
+    if any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError("connection counts must be at least 1")
+    return tuple(sorted(counts))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.compare",
+        description="Benchmark ringserve's uring and epoll backends side by side.",
+    )
+    p.add_argument(
+        "--protocol", choices=["http", "echo"], default="http", help="what the servers speak"
+    )
+    p.add_argument(
+        "--backends", type=_choices(BACKENDS), default=BACKENDS, help="default: uring,epoll"
+    )
+    p.add_argument(
+        "--connections",
+        type=_connections,
+        default=None,
+        help="connection counts (default: 1,10,100,1000, and 10000 when RLIMIT_NOFILE allows)",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive_int,
+        default=10,
+        help="measured seconds per point, whole (wrk and Locust count whole seconds) (10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_seconds,
+        default=2.0,
+        help="seconds of load discarded before each measurement; wrk and Locust round it "
+        "up to whole seconds (2)",
+    )
+    p.add_argument(
+        "--users",
+        type=_positive_int,
+        default=DEFAULT_USERS,
+        help=f"most Locust users (= connections) per point ({DEFAULT_USERS})",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output directory (results/<time>)")
+    p.add_argument("--tools", type=_choices(TOOLS), default=TOOLS, help="locust,saturation (both)")
+    p.add_argument("--repeat", type=_positive_int, default=1, help="runs per point (medians)")
+    p.add_argument(
+        "--pipeline",
+        type=_positive_int,
+        default=1,
+        help="echo saturation client: messages in flight per connection (1: ping-pong)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
+    p.add_argument("--port", type=_port, default=0, help="server port (0: a free one each run)")
+    return p
+
+
+def fd_limit() -> int:
+    """The most open files this process can have: the hard RLIMIT_NOFILE."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return sys.maxsize if hard == resource.RLIM_INFINITY else hard
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    """Parse and check the command line; exits with status 2 on a bad one."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    limit = fd_limit()
+    if ns.connections is None:
+        large_ok = limit >= LARGE_POINT + FD_MARGIN
+        ns.connections = DEFAULT_CONNECTIONS + ((LARGE_POINT,) if large_ok else ())
+    elif max(ns.connections) + FD_MARGIN > limit:
+        parser.error(
+            f"--connections {max(ns.connections)} needs an open-file limit of at least "
+            f"{max(ns.connections) + FD_MARGIN}; the hard limit is {limit} (see ulimit -Hn)"
+        )
+    out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Options(
+        protocol=ns.protocol,
+        backends=tuple(ns.backends),
+        connections=tuple(ns.connections),
+        duration=ns.duration,
+        warmup=ns.warmup,
+        users=ns.users,
+        out=out,
+        tools=tuple(ns.tools),
+        repeat=ns.repeat,
+        pipeline=ns.pipeline,
+        host=ns.host,
+        port=ns.port,
+    )
+
+
+# -- the machine ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    server_prefix: tuple[str, ...]
+    generator_prefix: tuple[str, ...]
+    generator_cpus: int
+    description: str
+
+
+def plan_pinning(cpus: Sequence[int], taskset: str | None) -> Pinning:
+    """Server on the first usable CPU, generators on the rest, when there are >= 2."""
+    if len(cpus) < 2:
+        return Pinning((), (), 1, f"not pinned: only {len(cpus)} usable CPU")
+    if taskset is None:
+        return Pinning((), (), len(cpus), "not pinned: taskset not found")
+    server_cpu = str(cpus[0])
+    rest = ",".join(str(c) for c in cpus[1:])
+    plural = "s" if len(cpus) > 2 else ""
+    return Pinning(
+        (taskset, "-c", server_cpu),
+        (taskset, "-c", rest),
+        len(cpus) - 1,
+        f"server on CPU {server_cpu} (taskset -c {server_cpu}), "
+        f"load generators on CPU{plural} {rest} (taskset -c {rest})",
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises SetupError if `port` cannot be bound (the server would fail the same way)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1)
+        except OSError as exc:
+            raise SetupError(f"cannot use port {port} on {host}: {exc.strerror}") from None
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Lift our soft RLIMIT_NOFILE to `needed` (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, fd_limit()), hard))
+
+
+def server_argv(prefix: Sequence[str], backend: str, opts: Options) -> list[str]:
+    return [
+        *prefix,
+        sys.executable, "-m", "server",
+        "--backend", backend, "--protocol", opts.protocol,
+        "--host", opts.host, "--port", str(opts.port),
+        "--log-level", "info",
+    ]  # fmt: skip
+
+
+def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metadata:
+    command = server_argv(pinning.server_prefix, "{uring|epoll}", opts)
+    command[len(pinning.server_prefix)] = "python"
+    if pinning.server_prefix:
+        command[0] = "taskset"
+    # The server also reads RINGSERVE_<OPTION> variables: record any that are set.
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
+    return Metadata(
+        started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        protocol=opts.protocol,
+        duration_s=opts.duration,
+        warmup_s=opts.warmup,
+        repeat=opts.repeat,
+        echo_pipeline=opts.pipeline,
+        kernel=platform.release(),
+        cpu_model=sysinfo.cpu_model(),
+        cpu_count=len(sysinfo.usable_cpus()),
+        python=platform.python_version(),
+        liburing=sysinfo.liburing_version(),
+        h11=sysinfo.package_version("h11"),
+        locust=sysinfo.package_version("locust"),
+        wrk=sysinfo.wrk_version(wrk),
+        pinning=pinning.description,
+        server_command=shlex.join([*env, *command]),
+    )
+
+
+# -- runs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    tool: LoadTool
+    backend: str
+    connections: int
+    run: int  # 1-based
+
+
+def plan_jobs(opts: Options, tools: Sequence[LoadTool]) -> list[Job]:
+    """Tool by tool, point by point; within a point the backends alternate their order."""
+    jobs = []
+    for tool in tools:
+        points = opts.connections
+        if tool.name == "locust":
+            points = tuple(sorted({min(c, opts.users) for c in points}))
+        for connections in points:
+            for run in range(1, opts.repeat + 1):
+                order = opts.backends if run % 2 else tuple(reversed(opts.backends))
+                jobs += [Job(tool, backend, connections, run) for backend in order]
+    return jobs
+
+
+class ServerWindow(WindowHooks):
+    """Snapshots the server's counters when the generator's window opens and closes."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.before: ServerSnapshot | None = None
+        self.after: ServerSnapshot | None = None
+
+    def open(self) -> None:
+        self.before = self.server.snapshot()
+
+    def close(self) -> None:
+        self.after = self.server.snapshot()
+
+
+def run_job(job: Job, opts: Options, pinning: Pinning, logs: Path) -> Result:
+    """One fresh server, one measurement, the server stopped again.
+
+    Raises:
+        ServerStartError: the server did not start.
+        GeneratorError: the generator or the server failed during the run.
+    """
+    stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
+    argv = server_argv(pinning.server_prefix, job.backend, opts)
+    with ServerProcess(argv, PROJECT_ROOT, logs / f"{stem}.server.log") as server:
+        host, port = server.start()
+        window = ServerWindow(server)
+        spec = LoadSpec(
+            connections=job.connections,
+            duration_s=opts.duration,
+            warmup_s=opts.warmup,
+            cpu_prefix=pinning.generator_prefix,
+            cpus=pinning.generator_cpus,
+            log_prefix=logs / stem,
+        )
+        measured = job.tool.run(Target(opts.protocol, host, port), spec, window)
+        if window.before is None or window.after is None:
+            raise GeneratorError(f"{job.tool.name} did not report a measurement window")
+        peak_rss_kib = server.peak_rss_kib()
+        status = server.stop()
+    return result_from_run(
+        opts.protocol,
+        job.tool.name,
+        job.backend,
+        job.connections,
+        measured,
+        window.before,
+        window.after,
+        peak_rss_kib,
+        status,
+    )
+
+
+def describe(result: Result) -> str:
+    sys_per = result.syscalls_per_request
+    return (
+        f"{result.requests_per_s:>10,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+        f"{result.errors} errors  "
+        f"{'-' if sys_per is None else f'{sys_per:.2f}'} syscalls/req  "
+        f"server {result.cpu_s:.2f} CPU-s  client CPU {result.client_cpu_util * 100:.0f}%"
+    )
+
+
+def run_all(
+    jobs: Sequence[Job], opts: Options, pinning: Pinning, logs: Path
+) -> tuple[list[Result], str | None]:
+    """Run every job with progress on stderr; stops at the first failure.
+
+    Returns the results so far and the failure's message (None if all ran).
+    """
+    results: list[Result] = []
+    width = len(str(len(jobs)))
+    started = time.monotonic()
+    for i, job in enumerate(jobs, start=1):
+        label = (
+            f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} "
+            f"c={job.connections:<5} {job.backend:<5} run {job.run}/{opts.repeat}"
+        )
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        try:
+            result = run_job(job, opts, pinning, logs)
+        except (ServerStartError, GeneratorError) as exc:
+            return results, f"{label}: {exc}"
+        results.append(result)
+        elapsed = time.monotonic() - started
+        print(f"{label}: {describe(result)}  [{elapsed:.0f} s]", file=sys.stderr, flush=True)
+        if result.server_exit_status != 0:
+            print(
+                f"{label}: warning: the server exited with status {result.server_exit_status}",
+                file=sys.stderr,
+            )
+    return results, None
+
+
+def summarize(runs: Sequence[Result]) -> list[Result]:
+    """Medians per (tool, connections, backend), in run order."""
+    groups: dict[tuple[str, int, str], list[Result]] = {}
+    for r in runs:
+        groups.setdefault((r.tool, r.connections, r.backend), []).append(r)
+    return [median_result(rs) for rs in groups.values()]
+
+
+def write_outputs(
+    out: Path, runs: Sequence[Result], opts: Options, meta: Metadata
+) -> tuple[list[Result], list[Path]]:
+    results = summarize(runs)
+    write_csv(out / "results.csv", results, meta)
+    write_json(out / "results.json", results, meta)
+    write_csv(out / "runs.csv", runs, meta)
+    pngs = plot(results, opts.backends, meta, out)
+    return results, [out / "results.csv", out / "results.json", out / "runs.csv", *pngs]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    wrk = shutil.which("wrk")
+    try:
+        tools: list[LoadTool] = [
+            LocustTool() if name == "locust" else saturation_tool(opts.protocol, wrk, opts.pipeline)
+            for name in opts.tools
+        ]
+        if opts.port != 0:
+            check_port_free(opts.host, opts.port)
+    except (SetupError, GeneratorError) as exc:
+        print(f"compare: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    raise_fd_limit(max(opts.connections) + FD_MARGIN)
+    pinning = plan_pinning(sysinfo.usable_cpus(), shutil.which("taskset"))
+    meta = collect_metadata(opts, pinning, wrk)
+    logs = opts.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(opts, tools)
+    print(
+        f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}, "
+        f"tools {', '.join(t.name for t in tools)}, connections "
+        f"{', '.join(map(str, opts.connections))} (Locust: at most {opts.users} users), "
+        f"{opts.duration} s per point after {opts.warmup:g} s warm-up, {opts.repeat} run(s) each"
+        f"\nkernel {meta.kernel}; {meta.cpu_model} x{meta.cpu_count}; Python {meta.python}; "
+        f"{meta.liburing}; h11 {meta.h11}; locust {meta.locust}; {meta.wrk}"
+        f"\npinning: {pinning.description}\noutput: {opts.out}",
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    status = EXIT_OK
+    runs: list[Result] = []
+    try:
+        runs, failure = run_all(jobs, opts, pinning, logs)
+        if failure is not None:
+            print(f"compare: error: {failure}", file=sys.stderr)
+            print(f"compare: the logs are in {logs}", file=sys.stderr)
+            status = EXIT_FAILED
+    except KeyboardInterrupt:
+        print("compare: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if leftovers := kill_all():
+            print(f"compare: killed leftover processes {leftovers}", file=sys.stderr)
+    if runs:
+        results, files = write_outputs(opts.out, runs, opts, meta)
+        print()
+        print(tables(results, opts.backends, meta))
+        print("\nwritten: " + ", ".join(str(f) for f in files))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Child processes for `compare`: the server under test and the load generators.
+
+Every process started here is registered and starts its own session (so its
+process group is its pid); `kill_all()` kills whatever is still running, and
+`compare` calls it in a ``finally``, so no server or generator outlives a run
+that fails or is interrupted.
+
+The server's counters are read with SIGUSR1: the server prints one JSON line
+``{"event": "stats", ...}`` on stdout at the end of its current loop pass.
+A generator marks its measured window with `loadtest.WINDOW_START_MARKER`
+and `loadtest.WINDOW_END_MARKER` on stderr; `run_generator` calls the
+window hooks when it reads them, so the server's counters cover exactly the
+window the generator reports on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import resource
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from loadtest import WINDOW_END_MARKER, WINDOW_START_MARKER
+
+SERVER_START_TIMEOUT_S = 20.0
+SNAPSHOT_TIMEOUT_S = 10.0
+RSS_SAMPLE_INTERVAL_S = 0.1
+_LISTENING = re.compile(r"listening on (?:http://)?(\[[^\]]+\]|[^\s:]+):(\d+)")
+
+_live: set[subprocess.Popen[str]] = set()
+_live_lock = threading.Lock()
+
+
+class ServerStartError(Exception):
+    """The server exited or stayed silent instead of listening."""
+
+
+class GeneratorError(Exception):
+    """A load generator failed, timed out or did not report its window."""
+
+
+def spawn(argv: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start `argv` in its own session, registered for `kill_all`."""
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """Kill `proc`'s process group and reap it.
+
+    It leads its own session, so the group also holds anything it started
+    (the echo client's workers) even after it exited itself.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    with _live_lock:
+        _live.discard(proc)
+
+
+def kill_all() -> list[int]:
+    """Kill every process started here that is still running; returns their pids."""
+    with _live_lock:
+        procs = list(_live)
+    killed = [p.pid for p in procs if p.poll() is None]
+    for proc in procs:
+        kill(proc)
+    return killed
+
+
+def _pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in stream:
+                sink(line)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants (0 if gone)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of every child this process has reaped so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSnapshot:
+    """The server's counters (its /stats dict) and its CPU seconds at one moment."""
+
+    stats: dict[str, Any]
+    cpu_s: float
+    at: float  # time.monotonic()
+
+
+class ServerProcess:
+    """A ``python -m server`` child: start, snapshot counters, sample RSS, stop.
+
+    Args:
+        argv: the whole command (with any ``taskset`` prefix).
+        cwd: where to run it (the project root, so ``-m server`` resolves).
+        log_path: the server's stderr goes here.
+    """
+
+    def __init__(self, argv: Sequence[str], cwd: Path, log_path: Path) -> None:
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.address: tuple[str, int] | None = None
+        self.exit_stats: dict[str, Any] | None = None
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._listening = threading.Event()
+        self._stderr_tail: list[str] = []
+        self._peak_rss = 0
+        self._stop_sampling = threading.Event()
+        self._log: IO[str] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> tuple[str, int]:
+        """Start the server and wait for its "listening on" line.
+
+        Raises:
+            ServerStartError: it exited or did not listen within `timeout` s;
+                the message carries its last stderr lines.
+        """
+        self._log = self.log_path.open("w")
+        self.proc = proc = spawn(self.argv, self.cwd)
+        assert proc.stdout is not None and proc.stderr is not None
+        _pump(proc.stdout, self._on_stdout)
+        _pump(proc.stderr, self._on_stderr)
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            exited = proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                time.sleep(0.1)  # let the reader catch the last words
+                self.kill()
+                why = f"exited with status {proc.returncode}"
+                if not exited:
+                    why = f"did not start listening within {timeout:.0f} s"
+                raise ServerStartError(f"the server {why}:\n{self._last_words()}")
+        self._wait_for_signal_handlers(deadline)
+        threading.Thread(target=self._sample_rss, daemon=True).start()
+        assert self.address is not None
+        return self.address
+
+    def _wait_for_signal_handlers(self, deadline: float) -> None:
+        """Wait until the server catches SIGUSR1 (its SigCgt mask in /proc says so).
+
+        It logs "listening on" before it installs its handlers, and until
+        then SIGUSR1 (or SIGTERM) would kill it.
+        """
+        bit = 1 << (signal.SIGUSR1 - 1)
+        status = Path(f"/proc/{self.pid}/status")
+        while time.monotonic() < deadline and self.alive():
+            try:
+                caught = next(
+                    line for line in status.read_text().splitlines() if line.startswith("SigCgt:")
+                )
+            except (OSError, StopIteration):
+                time.sleep(0.5)  # no /proc: give it a moment
+                return
+            if int(caught.split()[1], 16) & bit:
+                return
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit line; kill after `timeout` s. Returns the status."""
+        proc = self.proc
+        assert proc is not None
+        self._stop_sampling.set()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.exit_stats = self._next_line("exit", 2.0)
+        with _live_lock:
+            _live.discard(proc)
+        self._close_log()
+        return proc.returncode
+
+    def kill(self) -> None:
+        self._stop_sampling.set()
+        if self.proc is not None:
+            kill(self.proc)
+        self._close_log()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    # -- measurements --------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def snapshot(self, timeout: float = SNAPSHOT_TIMEOUT_S) -> ServerSnapshot:
+        """Counters via SIGUSR1 plus CPU seconds via psutil, taken together.
+
+        Raises:
+            GeneratorError: the server is gone or did not answer (the run is void).
+        """
+        cpu = process_tree_cpu_s(self.pid)
+        at = time.monotonic()
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            raise GeneratorError("the server died during the run") from None
+        stats = self._next_line("stats", timeout)
+        if stats is None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise GeneratorError(
+                    f"the server exited with status {self.proc.returncode} during the run:\n"
+                    + self._last_words()
+                )
+            raise GeneratorError(f"the server did not answer SIGUSR1 within {timeout:.0f} s")
+        return ServerSnapshot(stats, cpu, at)
+
+    def peak_rss_kib(self) -> int:
+        """The highest RSS seen: the kernel's VmHWM if readable, else the samples."""
+        peak = self._peak_rss
+        with contextlib.suppress(OSError, ValueError):
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+            peak = max(peak, int(hwm.split()[1]) * 1024)
+        return peak // 1024
+
+    # -- internals -----------------------------------------------------------
+
+    def _last_words(self) -> str:
+        """Its error lines if it printed any (not the usage text), else its last lines."""
+        errors = [line for line in self._stderr_tail if "error:" in line.lower()]
+        return "".join(errors[-3:] or self._stderr_tail[-5:]).strip() or "(nothing on stderr)"
+
+    def _next_line(self, event: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line.get("event") == event:
+                return line
+        return None
+
+    def _on_stdout(self, line: str) -> None:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                self._lines.put(json.loads(line))
+
+    def _on_stderr(self, line: str) -> None:
+        self._stderr_tail = [*self._stderr_tail[-19:], line]
+        log = self._log
+        if log is not None:
+            with contextlib.suppress(ValueError):
+                log.write(line)
+        if not self._listening.is_set() and (m := _LISTENING.search(line)):
+            self.address = (m.group(1).strip("[]"), int(m.group(2)))
+            self._listening.set()
+
+    def _sample_rss(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.pid)
+            while not self._stop_sampling.wait(RSS_SAMPLE_INTERVAL_S):
+                self._peak_rss = max(self._peak_rss, proc.memory_info().rss)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class WindowHooks:
+    """What to do when a generator's measured window opens and closes."""
+
+    def open(self) -> None:
+        """The window opens (after the warm-up)."""
+
+    def close(self) -> None:
+        """The window closes."""
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorRun:
+    """How a generator process went."""
+
+    returncode: int
+    stdout: str
+    stderr_tail: str
+    cpu_s: float  # the generator's CPU seconds inside the window
+    window_s: float  # wall-clock seconds between the hooks
+
+
+def run_generator(
+    name: str,
+    argv: Sequence[str],
+    cwd: Path,
+    hooks: WindowHooks,
+    log_path: Path,
+    timeout: float,
+    markers: bool,
+) -> GeneratorRun:
+    """Run a load generator to completion, calling `hooks` around its measured window.
+
+    With `markers`, the window is what the generator marks on stderr and its
+    CPU time is read with psutil at the markers.  Without, the window is the
+    process's whole life (the hooks run just before it starts and just after
+    it exits) and its CPU time comes from getrusage(RUSAGE_CHILDREN).
+
+    Raises:
+        GeneratorError: it timed out, or (with `markers`) never opened its window.
+    """
+    events: queue.Queue[str] = queue.Queue()
+    out: list[str] = []
+    tail: list[str] = []
+    with log_path.open("w") as log:
+
+        def on_stderr(line: str) -> None:
+            tail[:] = [*tail[-29:], line]
+            with contextlib.suppress(ValueError):
+                log.write(line)
+            if WINDOW_START_MARKER in line:
+                events.put("open")
+            elif WINDOW_END_MARKER in line:
+                events.put("close")
+
+        cpu_before = children_cpu_s()
+        opened_at = time.monotonic()
+        if not markers:
+            hooks.open()
+        proc = spawn(argv, cwd)
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [_pump(proc.stdout, out.append), _pump(proc.stderr, on_stderr)]
+
+        def wait_for_exit() -> None:
+            proc.wait()
+            events.put("exit")
+
+        threading.Thread(target=wait_for_exit, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        state = "before" if markers else "open"
+        cpu_open = cpu_close = 0.0
+        closed_at = opened_at
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise GeneratorError(f"{name} did not finish within {timeout:.0f} s") from None
+                if event == "open" and state == "before":
+                    cpu_open = process_tree_cpu_s(proc.pid)
+                    opened_at = time.monotonic()
+                    hooks.open()
+                    state = "open"
+                elif event == "close" and state == "open" and markers:
+                    cpu_close = process_tree_cpu_s(proc.pid)
+                    closed_at = time.monotonic()
+                    hooks.close()
+                    state = "closed"
+                elif event == "exit":
+                    break
+        finally:
+            kill(proc)
+        for reader in readers:
+            reader.join(5)
+        if not markers:
+            closed_at = time.monotonic()
+            hooks.close()
+            cpu_open, cpu_close = cpu_before, children_cpu_s()
+        elif state == "before":
+            raise GeneratorError(
+                f"{name} exited with status {proc.returncode} before its measurement "
+                f"window opened:\n{''.join(tail[-8:]).strip()}"
+            )
+        elif state == "open":  # exited without the end marker: close at exit
+            closed_at = time.monotonic()
+            hooks.close()
+    return GeneratorRun(
+        returncode=proc.returncode,
+        stdout="".join(out),
+        stderr_tail="".join(tail),
+        cpu_s=max(0.0, cpu_close - cpu_open),
+        window_s=closed_at - opened_at,
+    )
+
+
+def run_quietly(name: str, argv: Sequence[str], cwd: Path, timeout: float) -> int:
+    """Run a command (a warm-up) to completion, output discarded; returns its status."""
+    proc = spawn(argv, cwd)
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GeneratorError(f"{name} did not finish within {timeout:.0f} s") from None
+    finally:
+        kill(proc)
+    return proc.returncode

@@ -1,0 +1,179 @@
+"""Side-by-side tables and plots of `results.Result` records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.results import Metadata, Result
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    label: str
+    value: Callable[[Result], float | int | None]
+    fmt: str
+    ratio: bool = False  # add a first/second backend column
+
+
+THROUGHPUT = (
+    Metric("req/s", lambda r: r.requests_per_s, "{:,.0f}", ratio=True),
+    Metric("p50 ms", lambda r: r.p50_ms, "{:.2f}"),
+    Metric("p90 ms", lambda r: r.p90_ms, "{:.2f}"),
+    Metric("p99 ms", lambda r: r.p99_ms, "{:.2f}", ratio=True),
+    Metric("errors", lambda r: r.errors, "{:d}"),
+)
+COST = (
+    Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True),
+    Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}"),
+    Metric("server CPU us/req", lambda r: r.cpu_us_per_request, "{:.1f}", ratio=True),
+    Metric("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}"),
+    Metric("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}"),
+    Metric("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}"),
+)
+
+
+def _cell(metric: Metric, result: Result | None) -> str:
+    if result is None:
+        return "-"
+    value = metric.value(result)
+    return "-" if value is None else metric.fmt.format(value)
+
+
+def _ratio(metric: Metric, a: Result | None, b: Result | None) -> str:
+    if a is None or b is None:
+        return "-"
+    x, y = metric.value(a), metric.value(b)
+    # A zero (e.g. Locust's whole-millisecond p99 on loopback) makes no ratio.
+    return "-" if not x or not y else f"{x / y:.2f}"
+
+
+def render_table(
+    title: str, results: Sequence[Result], backends: Sequence[str], metrics: Sequence[Metric]
+) -> str:
+    """One row per connection count; each metric gets a column per backend.
+
+    With two backends, metrics marked `ratio` also get a "first/second"
+    column (``u/e`` = uring / epoll: above 1 means uring's figure is higher).
+    """
+    by_key = {(r.connections, r.backend): r for r in results}
+    paired = len(backends) == 2
+    ratio_label = "/".join(b[0] for b in backends[:2])
+    groups = [
+        (m.label, [*backends, ratio_label] if m.ratio and paired else list(backends))
+        for m in metrics
+    ]
+    rows = []
+    for point in sorted({r.connections for r in results}):
+        row = [str(point)]
+        for metric in metrics:
+            row += [_cell(metric, by_key.get((point, b))) for b in backends]
+            if metric.ratio and paired:
+                row.append(
+                    _ratio(
+                        metric, by_key.get((point, backends[0])), by_key.get((point, backends[1]))
+                    )
+                )
+        rows.append(row)
+    heads = ["conns"] + [h for _, hs in groups for h in hs]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    _widen_for_labels(widths, groups)
+    labels = [""] + [label for label, _ in groups]
+    label_line = _join(labels, widths, groups, center=True)
+    head_line = _join(heads, widths, groups)
+    lines = [title, label_line, head_line, "-" * len(head_line)]
+    lines += [_join(r, widths, groups) for r in rows]
+    return "\n".join(lines)
+
+
+def _widen_for_labels(widths: list[int], groups: Sequence[tuple[str, list[str]]]) -> None:
+    """Widen each group's last column so the group's label fits above it."""
+    col = 1
+    for label, heads in groups:
+        span = sum(widths[col : col + len(heads)]) + 2 * (len(heads) - 1)
+        widths[col + len(heads) - 1] += max(0, len(label) - span)
+        col += len(heads)
+
+
+def _join(
+    cells: Sequence[str],
+    widths: Sequence[int],
+    groups: Sequence[tuple[str, list[str]]],
+    center: bool = False,
+) -> str:
+    """Cells right-aligned, two spaces apart, " | " between groups.
+
+    With `center`, `cells` holds one label per group (after the first
+    column) and each is centred over its group.
+    """
+    parts = [cells[0].rjust(widths[0])]
+    col = 1
+    for i, (_, heads) in enumerate(groups, start=1):
+        span = widths[col : col + len(heads)]
+        if center:
+            parts.append(cells[i].center(sum(span) + 2 * (len(span) - 1)))
+        else:
+            chunk = zip(cells[col : col + len(heads)], span, strict=True)
+            parts.append("  ".join(c.rjust(w) for c, w in chunk))
+        col += len(heads)
+    return " | ".join(parts)
+
+
+def tables(results: Sequence[Result], backends: Sequence[str], meta: Metadata) -> str:
+    """Both tables (throughput and latency; cost per request) for every tool."""
+    out = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        runs = max(r.runs for r in mine)
+        head = (
+            f"{meta.protocol} / {tool}: median of {runs} run(s), {meta.duration_s} s per point "
+            f"after {meta.warmup_s:g} s warm-up"
+        )
+        out.append(render_table(head + " -- throughput and latency", mine, backends, THROUGHPUT))
+        out.append(render_table(head + " -- server cost", mine, backends, COST))
+    return "\n\n".join(out)
+
+
+def plot(
+    results: Sequence[Result], backends: Sequence[str], meta: Metadata, out_dir: Path
+) -> list[Path]:
+    """Per tool, one PNG: requests/s and p99 against connections, a line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for backend in backends:
+            points = sorted((r for r in mine if r.backend == backend), key=lambda r: r.connections)
+            if not points:
+                continue
+            xs = [r.connections for r in points]
+            ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=backend)
+            ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=backend)
+        connections = sorted({r.connections for r in mine})
+        for ax, ylabel in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+            if connections[-1] >= 10 * connections[0]:
+                ax.set_xscale("log")
+            ax.set_xticks(connections, [str(c) for c in connections])
+            ax.minorticks_off()
+            ax.set_xlabel("connections")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.suptitle(
+            f"ringserve {meta.protocol} / {tool} -- kernel {meta.kernel}, "
+            f"{meta.cpu_count} CPUs, {meta.duration_s} s per point",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        path = out_dir / f"{meta.protocol}_{tool}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

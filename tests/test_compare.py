@@ -1,0 +1,184 @@
+"""`python -m loadtest.compare` end to end: real servers, real Locust, real wrk.
+
+Short runs (a couple of seconds per point) that prove the whole path works and
+writes its files; they assert figures exist and are non-zero, never a speed.
+Each run's processes carry a unique environment tag, so the tests can check
+that nothing the comparison started is still running afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from loadtest.tools import locust_percentile, parse_wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TAG_VAR) == tag:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def compare(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the comparison; assert afterwards that it left no process behind."""
+    tag = uuid.uuid4().hex
+    full_env = {**os.environ, TAG_VAR: tag, **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.compare", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    left = tagged_processes(tag)
+    assert not left, f"left running: {[p.cmdline() for p in left]}"
+    return done
+
+
+def check_outputs(out: Path, tools: set[str], connections: set[int], stdout: str) -> None:
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    keys = {(r["tool"], r["backend"], r["connections"]) for r in records}
+    assert keys == {(t, b, c) for t in tools for b in ("uring", "epoll") for c in connections}
+    for r in records:
+        where = f"{r['tool']} {r['backend']} c={r['connections']}"
+        assert r["requests_per_s"] > 0, where
+        assert r["requests"] > 0 and r["server_requests"] > 0, where
+        assert r["errors"] == 0, where
+        assert r["syscalls_per_request"] > 0 and r["wait_calls_per_request"] > 0, where
+        assert r["cpu_s"] > 0 and r["peak_rss_kib"] > 0, where
+        assert r["p99_ms"] >= r["p50_ms"] >= 0 and r["avg_ms"] > 0, where
+        assert r["server_exit_status"] == 0, where
+        for key in ("kernel", "cpu_model", "cpu_count", "python", "liburing", "h11", "locust"):
+            assert r[key], (where, key)
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(records)
+    for tool in tools:
+        png = next(out.glob(f"*_{tool}.png"))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "u/e" in stdout and "syscalls/req" in stdout
+
+
+@needs_wrk
+def test_http_both_tools_both_backends(tmp_path: Path) -> None:
+    out = tmp_path / "http"
+    done = compare(
+        "--protocol", "http", "--backends", "uring,epoll", "--tools", "locust,saturation",
+        "--connections", "1,4", "--duration", "2", "--warmup", "0.5", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check_outputs(out, {"locust", "wrk"}, {1, 4}, done.stdout)
+    assert "pinning:" in done.stdout
+
+
+def test_echo_both_tools_both_backends(tmp_path: Path) -> None:
+    out = tmp_path / "echo"
+    done = compare(
+        "--protocol", "echo", "--tools", "locust,saturation",
+        "--connections", "2", "--duration", "1", "--warmup", "0.5", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check_outputs(out, {"locust", "echo-client"}, {2}, done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "uring,kqueue"], "unknown kqueue"),
+        (["--connections", "1,ten"], "not a list of integers"),
+        (["--connections", "0"], "at least 1"),
+        (["--duration", "1.5"], "whole number"),
+        (["--tools", "ab"], "unknown ab"),
+        (["--protocol", "ftp"], "invalid choice"),
+    ],
+)
+def test_bad_arguments(args: list[str], message: str) -> None:
+    done = compare(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = compare("--port", str(port), "--tools", "locust", "--out", str(tmp_path))
+    assert done.returncode == 1
+    assert f"cannot use port {port}" in done.stderr
+
+
+def test_server_that_fails_to_start(tmp_path: Path) -> None:
+    done = compare(
+        "--tools", "locust", "--connections", "1", "--duration", "1", "--out", str(tmp_path),
+        env={"RINGSERVE_BACKLOG": "-5"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "the server exited with status 2" in done.stderr
+    assert "--backlog: -5 must be at least 1" in done.stderr
+
+
+def test_missing_wrk(tmp_path: Path) -> None:
+    done = compare("--tools", "saturation", "--out", str(tmp_path), env={"PATH": "/nonexistent"})
+    assert done.returncode == 1
+    assert "wrk, which is not installed" in done.stderr
+
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:8080/
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   366.01us  493.03us   6.86ms   96.61%
+    Req/Sec    13.48k     2.16k   16.19k    72.73%
+  Latency Distribution
+     50%  261.00us
+     75%  297.00us
+     90%    1.50ms
+     99%    1.02s
+  14721 requests in 2.10s, 2.20MB read
+  Socket errors: connect 1, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:   7009.99
+Transfer/sec:      2.00MB
+"""
+
+
+def test_parse_wrk() -> None:
+    got = parse_wrk(WRK_OUTPUT)
+    assert got["requests"] == 14721
+    assert got["requests_per_s"] == pytest.approx(7009.99)
+    assert got["avg_ms"] == pytest.approx(0.36601)
+    assert got["p50_ms"] == pytest.approx(0.261)
+    assert got["p90_ms"] == pytest.approx(1.5)
+    assert got["p99_ms"] == pytest.approx(1020.0)
+    assert got["errors"] == 1 + 2 + 3 + 4
+    assert got["window_s"] == pytest.approx(2.1)
+
+
+def test_locust_percentile() -> None:
+    histogram = {0.0: 90, 1.0: 9, 14.0: 1}
+    assert locust_percentile(histogram, 0.5) == 0.0
+    assert locust_percentile(histogram, 0.99) == 1.0
+    assert locust_percentile(histogram, 1.0) == 14.0
+    assert locust_percentile({}, 0.5) == 0.0
