@@ -6,7 +6,7 @@ import argparse
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from server.backends.base import BackendName
@@ -64,10 +64,6 @@ def load_backend(config: Config, wakeup_fd: int | None = None) -> Backend:
     return backend
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(ENV_PREFIX + name.upper(), default)
-
-
 def _power_of_two_up_to(limit: int, why: str) -> Callable[[str], int]:
     def convert(text: str) -> int:
         value = int(text)
@@ -116,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help_text: str,
         choices: list[str] | None = None,
     ) -> None:
+        # default=None marks "not on the command line": parse_config then
+        # takes the environment variable, else the Config default.
         name = flag.lstrip("-").replace("-", "_")
-        default = _env(name, getattr(d, name))
-        help_text += " (default: %(default)s)"
-        p.add_argument(flag, type=kind, default=default, help=help_text, choices=choices)
+        help_text += f" (default: {getattr(d, name)}; env {ENV_PREFIX}{name.upper()})"
+        p.add_argument(flag, type=kind, default=None, help=help_text, choices=choices)
 
     add("--backend", str, "I/O mechanism", choices=list(get_args(BackendName)))
     add("--protocol", str, "what to speak on each connection", choices=list(get_args(ProtocolName)))
@@ -150,33 +147,44 @@ def build_parser() -> argparse.ArgumentParser:
     add("--app", str, "serve a WSGI application 'module:callable' instead of the built-in app")
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
     add("--workers", _positive_int, "processes sharing the port with SO_REUSEPORT")
-    sqpoll_default = str(_env("sqpoll", "")).lower() in ("1", "true", "yes")
     p.add_argument(
         "--sqpoll",
         action="store_true",
-        default=sqpoll_default,
+        default=False,
         help="io_uring kernel SQ polling thread (burns a CPU; uring only)",
     )
     return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Build a Config from argv and the environment; exits 2 on bad input."""
+    """Build a Config from argv, then the environment, then the defaults.
+
+    Exits 2 with a message naming the flag or the variable on bad input.
+    """
     parser = build_parser()
     ns = parser.parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in fields(Config)}
-    # Environment values bypass argparse's type/choices; validate them too.
+    defaults = Config()
+    values: dict[str, Any] = {}
     for action in parser._actions:
         name = action.dest
-        if name not in values:
+        if not hasattr(defaults, name):
             continue
+        value = getattr(ns, name)
         env_name = ENV_PREFIX + name.upper()
-        convert = action.type
-        if isinstance(values[name], str) and callable(convert) and convert is not str:
-            try:
-                values[name] = convert(values[name])
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                parser.error(f"{env_name}: {exc}")
-        if action.choices and values[name] not in action.choices:
-            parser.error(f"{env_name}: invalid choice {values[name]!r}")
+        if name == "sqpoll":
+            env = os.environ.get(env_name, "").lower()
+            value = value or env in ("1", "true", "yes")
+        elif value is None and env_name in os.environ:
+            value = os.environ[env_name]
+            convert = action.type
+            if callable(convert):
+                try:
+                    value = convert(value)
+                except (ValueError, argparse.ArgumentTypeError) as exc:
+                    parser.error(f"{env_name}: {exc}")
+            if action.choices and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                parser.error(f"{env_name}: invalid choice {value!r} (choose from {choices})")
+        if value is not None:
+            values[name] = value
     return Config(**values)

@@ -72,6 +72,7 @@ class Server:
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         self.backend: Backend | None = None
+        self._shut_down = False
         self.loop: Loop | None = None
         self.address: tuple[str, int] = (config.host, config.port)
 
@@ -84,21 +85,22 @@ class Server:
             StartupError: the port, the app or the backend is unusable.
         """
         config = self.config
+        listener = self._listener or make_listener(config, reuse_port=config.workers > 1)
+        self.address = listener.getsockname()[:2]
         try:
+            factory = self._protocol_factory()
             self.backend = load_backend(config, wakeup_fd=self._wakeup_r.fileno())
         except ImportError as exc:
+            listener.close()
             raise StartupError(
                 f"the uring backend is not built ({exc}); run `make setup`, or use --backend epoll"
             ) from exc
         except RuntimeError as exc:  # UringUnavailable, without importing it
+            listener.close()
             raise StartupError(str(exc)) from exc
-        try:
-            factory = self._protocol_factory()
-            listener = self._listener or make_listener(config, reuse_port=config.workers > 1)
         except BaseException:
-            self.backend.shutdown()
+            listener.close()
             raise
-        self.address = listener.getsockname()[:2]
         rest = config.keepalive_timeout if config.protocol == "http" else config.idle_timeout
         self.loop = Loop(self.backend, factory, rest_timeout=rest, busy_timeout=config.idle_timeout)
         self.backend.listen(listener)
@@ -115,7 +117,9 @@ class Server:
             self._wakeup_w.send(b"\0")
 
     def shutdown(self) -> None:
-        if self.backend is not None:
+        """Release everything; safe to call more than once."""
+        if self.backend is not None and not self._shut_down:
+            self._shut_down = True
             self.backend.shutdown()
         self._wakeup_r.close()
         self._wakeup_w.close()
@@ -195,7 +199,8 @@ class Server:
             wsgi_app = load_app(self.config.app)
         except (ImportError, ValueError) as exc:
             raise StartupError(f"cannot load --app {self.config.app}: {exc}") from exc
-        return WsgiAdapter(wsgi_app, self.config.host, self.config.port, self.config.workers > 1)
+        host, port = self.address  # the bound port, also when --port 0
+        return WsgiAdapter(wsgi_app, host, port, self.config.workers > 1)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

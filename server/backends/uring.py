@@ -20,9 +20,12 @@ How this mechanism behaves, and what follows for this module:
   keeps each send's ``bytes`` referenced until its completion.
 - An fd must not be closed while ops on it are in flight (the ring holds a
   file reference and the ops would outlive the close); closing cancels the
-  connection's ops with ``IORING_ASYNC_CANCEL_FD``, waits for their final
-  CQEs, then closes with an ``IORING_OP_CLOSE`` in the same batch as other
-  work.  The record (and its send buffer) lives until the close completes.
+  connection's recv, waits for the final CQE of every op that names the fd
+  (recv, send, shutdown, cancel), then closes with an ``IORING_OP_CLOSE`` in
+  the same batch as other work.  Waiting for all of them matters: an op
+  punted to io-wq (SHUTDOWN always is) looks the fd number up only when it
+  runs, so after an early close it would hit the next connection given that
+  number.  The record (and its send buffer) lives until the close completes.
 - ``user_data`` carries the op in its top byte and the connection id below;
   connection ids are never reused, so a late CQE cannot hit a newer
   connection.
@@ -68,6 +71,7 @@ class Op(IntEnum):
     ACCEPT_RETRY = 7
     CANCEL_ACCEPT = 8
     SHUTDOWN = 9
+    CANCEL_RECV = 10
 
 
 # user_data = op (8 bits) << 56 | connection id (56 bits)
@@ -79,6 +83,7 @@ def decode(user_data: int) -> tuple[int, int]:
     return user_data >> CID_BITS, user_data & CID_MASK
 
 
+_FD_OPS: Final = (Op.RECV, Op.SEND, Op.SHUTDOWN, Op.CANCEL, Op.CANCEL_RECV)
 _ACCEPT_UD: Final = encode(Op.ACCEPT, LISTENER_CID)
 _ACCEPT_RETRY_UD: Final = encode(Op.ACCEPT_RETRY, LISTENER_CID)
 _CANCEL_ACCEPT_UD: Final = encode(Op.CANCEL_ACCEPT, LISTENER_CID)
@@ -89,7 +94,6 @@ _RESET: Final = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 class _Conn:
     __slots__ = (
         "aborted",
-        "cancelling",
         "cid",
         "close_queued",
         "closing",
@@ -117,7 +121,6 @@ class _Conn:
         self.closing = False
         self.lingering = False  # our side shut down; discarding input until EOF
         self.aborted = False
-        self.cancelling = False
         self.close_queued = False
         self.eof = False
         self.error: OSError | None = None
@@ -195,10 +198,10 @@ class UringBackend:
                 self._handle_accept(res, flags, events)
             elif op == Op.CLOSE:
                 self._handle_close(ud & CID_MASK, events)
-            elif op == Op.CANCEL:
+            elif op == Op.CANCEL or op == Op.CANCEL_RECV:
                 conn = conns.get(ud & CID_MASK)
-                if conn is not None:  # the cancelled ops report themselves
-                    conn.cancelling = False
+                if conn is not None and conn.closing:
+                    self._finish(conn)  # the close may have waited for this op
             elif op == Op.WAKEUP:
                 self._handle_wakeup(flags)
             elif op == Op.ACCEPT_RETRY:
@@ -206,8 +209,9 @@ class UringBackend:
                     self._arm_accept()
             elif op == Op.SHUTDOWN:
                 conn = conns.get(ud & CID_MASK)
-                if conn is not None and res < 0:  # peer already gone
-                    conn.eof = True
+                if conn is not None:
+                    if res < 0:  # the peer is already gone
+                        conn.eof = True
                     self._finish(conn)
             elif op == Op.CANCEL_ACCEPT:
                 pass
@@ -230,7 +234,7 @@ class UringBackend:
             if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.reading:
                 self._paused_reads += 1
                 conn.reading = False
-                self._cancel(conn)
+                self._cancel_recv(conn)
 
     def close(self, conn_id: int) -> None:
         conn = self._conns.get(conn_id)
@@ -247,7 +251,7 @@ class UringBackend:
             conn.closing = True
             conn.aborted = True
             conn.reading = False
-            self._cancel(conn)
+            self._cancel_all(conn)
             self._finish(conn)
 
     def shutdown(self) -> None:
@@ -421,11 +425,28 @@ class UringBackend:
         conn.recv_armed = True
         self._ring.prep_recv_multishot(conn.fd, encode(Op.RECV, conn.cid))
 
-    def _cancel(self, conn: _Conn) -> None:
-        """Cancel every op on the connection's fd (its recv, and a send when aborting)."""
-        if (conn.recv_armed or conn.send_buf is not None) and not conn.cancelling:
-            conn.cancelling = True
-            self._ring.prep_cancel_fd(conn.fd, encode(Op.CANCEL, conn.cid))
+    def _fd_in_use(self, conn: _Conn) -> bool:
+        """True while any op that names the fd is in flight.
+
+        Closing must wait for all of them: ops punted to io-wq (SHUTDOWN
+        always is) look the fd number up only when they run, so after a close
+        they would hit whichever new connection was given that number.
+        """
+        in_flight = self._ring.in_flight
+        cid = conn.cid
+        return any(in_flight(encode(op, cid)) for op in _FD_OPS)
+
+    def _cancel_recv(self, conn: _Conn) -> None:
+        """Stop reading: cancel the multishot recv only (a send in flight goes on)."""
+        ud = encode(Op.CANCEL_RECV, conn.cid)
+        if conn.recv_armed and not self._ring.in_flight(ud):
+            self._ring.prep_cancel(encode(Op.RECV, conn.cid), ud)
+
+    def _cancel_all(self, conn: _Conn) -> None:
+        """Abort: cancel every op on the fd, the send included (IORING_ASYNC_CANCEL_FD)."""
+        ud = encode(Op.CANCEL, conn.cid)
+        if (conn.recv_armed or conn.send_buf is not None) and not self._ring.in_flight(ud):
+            self._ring.prep_cancel_fd(conn.fd, ud)
 
     def _fail(self, conn: _Conn, err: int) -> None:
         conn.error = OSError(err, os.strerror(err))
@@ -434,7 +455,7 @@ class UringBackend:
         conn.closing = True
         conn.aborted = True
         conn.reading = False
-        self._cancel(conn)
+        self._cancel_all(conn)
 
     def _finish(self, conn: _Conn) -> None:
         """Close the fd once the connection is closing and nothing is in flight."""
@@ -455,9 +476,9 @@ class UringBackend:
                 self._arm_recv(conn)
             return
         if conn.recv_armed:
-            if not conn.cancelling:
-                conn.cancelling = True
-                self._ring.prep_cancel_fd(conn.fd, encode(Op.CANCEL, conn.cid))
+            self._cancel_recv(conn)
             return
+        if self._fd_in_use(conn):
+            return  # the completion of that op calls _finish again
         conn.close_queued = True
         self._ring.prep_close(conn.fd, encode(Op.CLOSE, conn.cid))
