@@ -215,8 +215,8 @@ class Server:
         def stop(signum: int, frame: object) -> None:
             if loop.stop_requested:  # second signal: stop waiting for the grace period
                 raise KeyboardInterrupt
+            loop.stop_requested = True  # before logging: a second signal may arrive meanwhile
             logger.info("received %s; finishing in-flight requests", signal.Signals(signum).name)
-            loop.stop_requested = True
 
         def dump(signum: int, frame: object) -> None:
             loop.on_pass.append(self._print_stats)
