@@ -10,6 +10,22 @@ medians.  At the end it prints a side-by-side table per tool, and writes
 tool into ``--out``; ``logs/`` there keeps each server's and generator's
 output.
 
+``--peers`` adds other servers to every point, under the same load and
+pinning, in the same alternation: for HTTP ``uvloop-h11`` (our HttpConnection
+and built-in app on uvloop) and ``uvicorn`` (h11, uvloop,
+`loadtest.peers.uvicorn_app`, which serves ``GET /`` and ``POST /echo`` like
+the built-in app, so Locust's users run against it unchanged); for echo
+``uvloop-echo`` and ``c-uring-echo`` (`loadtest/peers/uring_echo.c`, built
+into ``--out`` with ``cc`` first; it binds 127.0.0.1 only).  ``--peers a,b``
+picks some.  A peer has no counters: its syscalls/request and waits/request
+are blank; its CPU seconds and peak RSS are measured as for ours.  Each peer
+gets a free port of its own (or ``--port``) and is ready once it listens.
+
+For HTTP with the saturation tool it first runs `loadtest.h11_ceiling` once
+on the server's CPU (for ``--duration`` seconds): our HTTP path in memory,
+no I/O, on exactly wrk's request; the report gives each server's wrk figure
+as a share of it, and results carry it (``h11_ceiling_rps``).
+
 Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
 stats reset) and ``saturation`` (``wrk`` for HTTP; `loadtest.echo_client`
 for echo).  Connection counts default to 1, 10, 100, 1000, plus 10000 when
@@ -24,7 +40,10 @@ happens, no server or generator is left running.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import importlib.util
+import json
 import os
 import platform
 import resource
@@ -42,11 +61,13 @@ from types import FrameType
 from loadtest import sysinfo
 from loadtest.procs import (
     GeneratorError,
+    PeerProcess,
     ServerProcess,
     ServerSnapshot,
     ServerStartError,
     WindowHooks,
     kill_all,
+    run_command,
 )
 from loadtest.report import plot, tables
 from loadtest.results import (
@@ -57,7 +78,15 @@ from loadtest.results import (
     write_csv,
     write_json,
 )
-from loadtest.tools import PROJECT_ROOT, LoadSpec, LoadTool, LocustTool, Target, saturation_tool
+from loadtest.tools import (
+    PROJECT_ROOT,
+    SLACK_S,
+    LoadSpec,
+    LoadTool,
+    LocustTool,
+    Target,
+    saturation_tool,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BACKENDS = ("uring", "epoll")
@@ -67,6 +96,9 @@ LARGE_POINT = 10_000
 DEFAULT_USERS = 100
 # File descriptors a process needs beyond one per connection.
 FD_MARGIN = 128
+PEERS = {"http": ("uvloop-h11", "uvicorn"), "echo": ("uvloop-echo", "c-uring-echo")}
+URING_ECHO_SOURCE = PROJECT_ROOT / "loadtest" / "peers" / "uring_echo.c"
+URING_ECHO_HOST = "127.0.0.1"  # where uring_echo.c binds, whatever --host says
 
 
 class SetupError(Exception):
@@ -87,6 +119,12 @@ class Options:
     pipeline: int
     host: str
     port: int
+    peers: tuple[str, ...] = ()
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Our backends, then the peers."""
+        return self.backends + self.peers
 
 
 # -- arguments -------------------------------------------------------------------
@@ -200,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="server port (0: a free one each run)")
+    p.add_argument(
+        "--peers",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
+        help="also run peer servers at every point: http uvloop-h11,uvicorn; "
+        "echo uvloop-echo,c-uring-echo (bare --peers: both)",
+    )
     return p
 
 
@@ -222,6 +269,18 @@ def parse_args(argv: Sequence[str] | None) -> Options:
             f"--connections {max(ns.connections)} needs an open-file limit of at least "
             f"{max(ns.connections) + FD_MARGIN}; the hard limit is {limit} (see ulimit -Hn)"
         )
+    peers: tuple[str, ...] = ()
+    if ns.peers is not None:
+        available = PEERS[ns.protocol]
+        try:
+            peers = available if ns.peers == "all" else _choices(available)(ns.peers)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--peers for --protocol {ns.protocol}: {exc}")
+        if "c-uring-echo" in peers and ns.host != URING_ECHO_HOST:
+            parser.error(
+                f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
+                f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo"
+            )
     out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Options(
         protocol=ns.protocol,
@@ -236,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         pipeline=ns.pipeline,
         host=ns.host,
         port=ns.port,
+        peers=peers,
     )
 
 
@@ -248,6 +308,7 @@ class Pinning:
     generator_prefix: tuple[str, ...]
     generator_cpus: int
     description: str
+    server_cpu: int | None = None  # the server's CPU when pinned
 
 
 def plan_pinning(cpus: Sequence[int], taskset: str | None) -> Pinning:
@@ -265,6 +326,7 @@ def plan_pinning(cpus: Sequence[int], taskset: str | None) -> Pinning:
         len(cpus) - 1,
         f"server on CPU {server_cpu} (taskset -c {server_cpu}), "
         f"load generators on CPU{plural} {rest} (taskset -c {rest})",
+        cpus[0],
     )
 
 
@@ -297,6 +359,98 @@ def server_argv(prefix: Sequence[str], backend: str, opts: Options) -> list[str]
     ]  # fmt: skip
 
 
+def free_port(host: str) -> int:
+    """A port nobody listens on right now (for a peer, which cannot report its own)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def uring_echo_binary(opts: Options) -> Path:
+    return opts.out / "uring_echo"
+
+
+def peer_host(name: str, opts: Options) -> str:
+    return URING_ECHO_HOST if name == "c-uring-echo" else opts.host
+
+
+def peer_argv(name: str, prefix: Sequence[str], opts: Options, port: int) -> list[str]:
+    """The command that runs peer `name` on `port` (pinned by `prefix`)."""
+    host = peer_host(name, opts)
+    if name == "uvloop-h11":
+        module = ["-m", "loadtest.peers.uvloop_h11"]
+        module += ["--host", host, "--port", str(port)]
+    elif name == "uvloop-echo":
+        module = ["-m", "loadtest.peers.uvloop_echo"]
+        module += ["--host", host, "--port", str(port)]
+    elif name == "uvicorn":
+        module = [
+            "-m", "uvicorn", "loadtest.peers.uvicorn_app:app",
+            "--http", "h11", "--loop", "uvloop", "--no-access-log",
+            "--host", host, "--port", str(port),
+        ]  # fmt: skip
+    elif name == "c-uring-echo":
+        return [*prefix, str(uring_echo_binary(opts).resolve()), str(port)]
+    else:
+        raise ValueError(f"unknown peer {name!r}")
+    return [*prefix, sys.executable, *module]
+
+
+# uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
+PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
+
+
+def check_peer_modules(peers: Sequence[str]) -> None:
+    """Raises SetupError if a peer's Python package is not installed."""
+    needed = {"uvloop"} if any(p != "c-uring-echo" for p in peers) else set()
+    if "uvicorn" in peers:
+        needed.add("uvicorn")
+    if missing := sorted(m for m in needed if importlib.util.find_spec(m) is None):
+        raise SetupError(
+            f"--peers needs {', '.join(missing)}, which is not installed: "
+            "pip install -e '.[loadtest]'"
+        )
+
+
+def uring_echo_build_argv(opts: Options) -> list[str]:
+    source = URING_ECHO_SOURCE.relative_to(PROJECT_ROOT)
+    return ["cc", "-O2", "-o", str(uring_echo_binary(opts).resolve()), str(source), "-luring"]
+
+
+def build_uring_echo(opts: Options) -> str:
+    """Compile loadtest/peers/uring_echo.c into the output directory; returns the command.
+
+    Raises:
+        SetupError: no C compiler, no liburing headers or library, or it does not compile.
+    """
+    cc = shutil.which("cc")
+    if cc is None:
+        raise SetupError(
+            "c-uring-echo is built from loadtest/peers/uring_echo.c with cc, which is not "
+            "installed: apt-get install gcc liburing-dev (or run --peers uvloop-echo)"
+        )
+    argv = [cc, *uring_echo_build_argv(opts)[1:]]
+    try:
+        status, out, err = run_command("cc", argv, PROJECT_ROOT, 120)
+    except GeneratorError as exc:
+        raise SetupError(str(exc)) from None
+    if status != 0:
+        why = (out + err).strip()
+        if "liburing.h" in why:
+            raise SetupError(
+                "cannot build c-uring-echo: the liburing headers are missing "
+                "(apt-get install liburing-dev, or run --peers uvloop-echo)"
+            )
+        if "-luring" in why:
+            raise SetupError(
+                "cannot build c-uring-echo: the linker cannot find liburing "
+                "(apt-get install liburing-dev, or run --peers uvloop-echo)"
+            )
+        raise SetupError(f"cannot build c-uring-echo: {shlex.join(argv)} failed:\n{why}")
+    return shlex.join(uring_echo_build_argv(opts))
+
+
 def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metadata:
     command = server_argv(pinning.server_prefix, "{uring|epoll}", opts)
     command[len(pinning.server_prefix)] = "python"
@@ -304,6 +458,22 @@ def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metada
         command[0] = "taskset"
     # The server also reads RINGSERVE_<OPTION> variables: record any that are set.
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
+    peers = []
+    for name in opts.peers:
+        argv = peer_argv(name, pinning.server_prefix, opts, 0)
+        argv[-1] = "{port}"
+        argv = ["python" if a == sys.executable else a for a in argv]
+        if pinning.server_prefix:
+            argv[0] = "taskset"
+        built = ""
+        if name == "c-uring-echo":
+            argv[len(pinning.server_prefix)] = str(uring_echo_binary(opts))
+            cc = shutil.which("cc")
+            built = (
+                f" (built with {shlex.join(uring_echo_build_argv(opts))}; "
+                f"{sysinfo.compiler_version(cc)})"
+            )
+        peers.append(f"{name}: {shlex.join(argv)}{built}")
     return Metadata(
         started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         protocol=opts.protocol,
@@ -321,6 +491,9 @@ def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metada
         wrk=sysinfo.wrk_version(wrk),
         pinning=pinning.description,
         server_command=shlex.join([*env, *command]),
+        peers="; ".join(peers),
+        uvloop=sysinfo.package_version("uvloop"),
+        uvicorn=sysinfo.package_version("uvicorn"),
     )
 
 
@@ -330,13 +503,13 @@ def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metada
 @dataclass(frozen=True, slots=True)
 class Job:
     tool: LoadTool
-    backend: str
+    backend: str  # the server: one of our backends or a peer
     connections: int
     run: int  # 1-based
 
 
 def plan_jobs(opts: Options, tools: Sequence[LoadTool]) -> list[Job]:
-    """Tool by tool, point by point; within a point the backends alternate their order."""
+    """Tool by tool, point by point; within a point the servers alternate their order."""
     jobs = []
     for tool in tools:
         points = opts.connections
@@ -344,7 +517,7 @@ def plan_jobs(opts: Options, tools: Sequence[LoadTool]) -> list[Job]:
             points = tuple(sorted({min(c, opts.users) for c in points}))
         for connections in points:
             for run in range(1, opts.repeat + 1):
-                order = opts.backends if run % 2 else tuple(reversed(opts.backends))
+                order = opts.servers if run % 2 else tuple(reversed(opts.servers))
                 jobs += [Job(tool, backend, connections, run) for backend in order]
     return jobs
 
@@ -364,6 +537,38 @@ class ServerWindow(WindowHooks):
         self.after = self.server.snapshot()
 
 
+PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
+
+
+def start_server(job: Job, opts: Options, pinning: Pinning, log: Path) -> ServerProcess:
+    """Start `job`'s server (ours or a peer) and return it, listening.
+
+    Raises:
+        ServerStartError: it did not start.
+    """
+    if job.backend in BACKENDS:
+        server = ServerProcess(
+            server_argv(pinning.server_prefix, job.backend, opts), PROJECT_ROOT, log
+        )
+        server.start()
+        return server
+    host = peer_host(job.backend, opts)
+    tries = 1 if opts.port else PEER_START_TRIES
+    for attempt in range(1, tries + 1):
+        port = opts.port or free_port(host)
+        argv = peer_argv(job.backend, pinning.server_prefix, opts, port)
+        clean = PEER_CLEAN_EXITS.get(job.backend, (0,))
+        server = PeerProcess(argv, PROJECT_ROOT, log, (host, port), clean)
+        try:
+            server.start()
+        except ServerStartError as exc:
+            if attempt == tries or "already in use" not in str(exc).lower():
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
 def run_job(job: Job, opts: Options, pinning: Pinning, logs: Path) -> Result:
     """One fresh server, one measurement, the server stopped again.
 
@@ -372,9 +577,10 @@ def run_job(job: Job, opts: Options, pinning: Pinning, logs: Path) -> Result:
         GeneratorError: the generator or the server failed during the run.
     """
     stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
-    argv = server_argv(pinning.server_prefix, job.backend, opts)
-    with ServerProcess(argv, PROJECT_ROOT, logs / f"{stem}.server.log") as server:
-        host, port = server.start()
+    server = start_server(job, opts, pinning, logs / f"{stem}.server.log")
+    with server:
+        assert server.address is not None
+        host, port = server.address
         window = ServerWindow(server)
         spec = LoadSpec(
             connections=job.connections,
@@ -421,11 +627,12 @@ def run_all(
     """
     results: list[Result] = []
     width = len(str(len(jobs)))
+    name_width = max(len(s) for s in opts.servers)
     started = time.monotonic()
     for i, job in enumerate(jobs, start=1):
         label = (
             f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} "
-            f"c={job.connections:<5} {job.backend:<5} run {job.run}/{opts.repeat}"
+            f"c={job.connections:<5} {job.backend:<{name_width}} run {job.run}/{opts.repeat}"
         )
         print(f"{label} ...", file=sys.stderr, flush=True)
         try:
@@ -443,8 +650,29 @@ def run_all(
     return results, None
 
 
+def run_ceiling(opts: Options, pinning: Pinning, logs: Path) -> dict[str, float]:
+    """`loadtest.h11_ceiling` once, on the server's CPU, for --duration seconds.
+
+    Raises:
+        GeneratorError: it failed.
+    """
+    argv = [
+        sys.executable, "-m", "loadtest.h11_ceiling", "--json",
+        "--duration", str(opts.duration), "--warmup", str(min(opts.warmup, 2.0)),
+    ]  # fmt: skip
+    if pinning.server_cpu is not None:
+        argv += ["--cpu", str(pinning.server_cpu)]
+    timeout = opts.duration + opts.warmup + SLACK_S
+    status, out, err = run_command("the h11 ceiling", argv, PROJECT_ROOT, timeout)
+    (logs / "h11_ceiling.log").write_text(out + err)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if status != 0 or not lines:
+        raise GeneratorError(f"the h11 ceiling exited with status {status}:\n{err.strip()}")
+    return json.loads(lines[-1])
+
+
 def summarize(runs: Sequence[Result]) -> list[Result]:
-    """Medians per (tool, connections, backend), in run order."""
+    """Medians per (tool, connections, server), in run order."""
     groups: dict[tuple[str, int, str], list[Result]] = {}
     for r in runs:
         groups.setdefault((r.tool, r.connections, r.backend), []).append(r)
@@ -458,8 +686,21 @@ def write_outputs(
     write_csv(out / "results.csv", results, meta)
     write_json(out / "results.json", results, meta)
     write_csv(out / "runs.csv", runs, meta)
-    pngs = plot(results, opts.backends, meta, out)
+    pngs = plot(results, opts.servers, meta, out)
     return results, [out / "results.csv", out / "results.json", out / "runs.csv", *pngs]
+
+
+def measure_ceiling(opts: Options, pinning: Pinning, logs: Path, meta: Metadata) -> Metadata:
+    """Run the h11 ceiling and record it in `meta`; a failure is a warning, not fatal."""
+    print("h11 ceiling (in memory, the server's CPU) ...", file=sys.stderr, flush=True)
+    try:
+        ceiling = run_ceiling(opts, pinning, logs)
+    except (GeneratorError, ValueError) as exc:
+        print(f"compare: warning: no h11 ceiling: {exc}", file=sys.stderr)
+        return meta
+    rps, us = float(ceiling["requests_per_s"]), float(ceiling["us_per_request"])
+    print(f"h11 ceiling: {rps:,.0f} req/s in memory, {us:.2f} us/request", file=sys.stderr)
+    return dataclasses.replace(meta, h11_ceiling_rps=rps, h11_ceiling_us_per_request=us)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -476,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if opts.port != 0:
             check_port_free(opts.host, opts.port)
+        check_peer_modules(opts.peers)
     except (SetupError, GeneratorError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -484,9 +726,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = collect_metadata(opts, pinning, wrk)
     logs = opts.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    if "c-uring-echo" in opts.peers:
+        try:
+            build = build_uring_echo(opts)
+        except SetupError as exc:
+            print(f"compare: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"compare: built c-uring-echo: {build}", file=sys.stderr)
     jobs = plan_jobs(opts, tools)
+    peers = f", peers {', '.join(opts.peers)}" if opts.peers else ""
     print(
-        f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}, "
+        f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}{peers}, "
         f"tools {', '.join(t.name for t in tools)}, connections "
         f"{', '.join(map(str, opts.connections))} (Locust: at most {opts.users} users), "
         f"{opts.duration} s per point after {opts.warmup:g} s warm-up, {opts.repeat} run(s) each"
@@ -499,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = EXIT_OK
     runs: list[Result] = []
     try:
+        if opts.protocol == "http" and "saturation" in opts.tools:
+            meta = measure_ceiling(opts, pinning, logs, meta)
         runs, failure = run_all(jobs, opts, pinning, logs)
         if failure is not None:
             print(f"compare: error: {failure}", file=sys.stderr)
@@ -514,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if runs:
         results, files = write_outputs(opts.out, runs, opts, meta)
         print()
-        print(tables(results, opts.backends, meta))
+        print(tables(results, opts.servers, meta))
         print("\nwritten: " + ", ".join(str(f) for f in files))
     return status
 

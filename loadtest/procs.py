@@ -11,6 +11,10 @@ A generator marks its measured window with `loadtest.WINDOW_START_MARKER`
 and `loadtest.WINDOW_END_MARKER` on stderr; `run_generator` calls the
 window hooks when it reads them, so the server's counters cover exactly the
 window the generator reports on.
+
+A peer server (`PeerProcess`: uvloop, uvicorn, the C echo server) has no such
+counters: it is ready once it owns a listening socket on its port, and its
+snapshots carry CPU seconds only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import queue
 import re
 import resource
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -126,9 +131,12 @@ def children_cpu_s() -> float:
 
 @dataclass(frozen=True, slots=True)
 class ServerSnapshot:
-    """The server's counters (its /stats dict) and its CPU seconds at one moment."""
+    """The server's counters (its /stats dict) and its CPU seconds at one moment.
 
-    stats: dict[str, Any]
+    `stats` is None for a server without counters (a peer).
+    """
+
+    stats: dict[str, Any] | None
     cpu_s: float
     at: float  # time.monotonic()
 
@@ -322,6 +330,121 @@ class ServerProcess:
             self._log = None
 
 
+def owns_listener(pid: int, port: int) -> bool:
+    """True once `pid` (or a child of it) has a TCP socket listening on `port`.
+
+    Stronger than connecting to the port: a stray server on the same port
+    does not count.  Where /proc cannot tell (access denied), a connect does.
+    """
+    try:
+        proc = psutil.Process(pid)
+        for p in (proc, *proc.children(recursive=True)):
+            for conn in p.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+    except psutil.AccessDenied:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except psutil.Error:
+        pass
+    return False
+
+
+class PeerProcess(ServerProcess):
+    """A peer server (no counters, no SIGUSR1): start, CPU snapshots, sample RSS, stop.
+
+    It is ready once it listens on `address`'s port (its own "listening"
+    line, if any, only goes to the log).  Its stdout and stderr both go to
+    the log.  `clean_exits`: exit statuses that mean a graceful stop (uvicorn
+    re-raises the SIGTERM it handled, so it ends with -SIGTERM); `stop`
+    reports them as 0.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        log_path: Path,
+        address: tuple[str, int],
+        clean_exits: Sequence[int] = (0,),
+    ) -> None:
+        super().__init__(argv, cwd, log_path)
+        self.expected_address = address
+        self.clean_exits = tuple(clean_exits)
+        self._log_lock = threading.Lock()
+
+    def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> tuple[str, int]:
+        """Start the peer and wait until it listens.
+
+        Raises:
+            ServerStartError: it exited or did not listen within `timeout` s.
+        """
+        self._log = self.log_path.open("w")
+        self.proc = proc = spawn(self.argv, self.cwd)
+        assert proc.stdout is not None and proc.stderr is not None
+        _pump(proc.stdout, self._on_stderr)
+        _pump(proc.stderr, self._on_stderr)
+        deadline = time.monotonic() + timeout
+        port = self.expected_address[1]
+        while not owns_listener(proc.pid, port):
+            exited = proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                time.sleep(0.1)
+                self.kill()
+                why = f"exited with status {proc.returncode}"
+                if not exited:
+                    why = f"did not listen on port {port} within {timeout:.0f} s"
+                raise ServerStartError(f"the server {why}:\n{self._last_words()}")
+            time.sleep(0.02)
+        self.address = self.expected_address
+        threading.Thread(target=self._sample_rss, daemon=True).start()
+        return self.address
+
+    def snapshot(self, timeout: float = SNAPSHOT_TIMEOUT_S) -> ServerSnapshot:
+        """CPU seconds only (`stats` is None).
+
+        Raises:
+            GeneratorError: the peer is gone.
+        """
+        if not self.alive():
+            assert self.proc is not None
+            raise GeneratorError(
+                f"the server exited with status {self.proc.returncode} during the run:\n"
+                + self._last_words()
+            )
+        return ServerSnapshot(None, process_tree_cpu_s(self.pid), time.monotonic())
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait (kill after `timeout` s); a clean exit status reads 0."""
+        proc = self.proc
+        assert proc is not None
+        self._stop_sampling.set()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with _live_lock:
+            _live.discard(proc)
+        time.sleep(0.05)  # let the readers log the last lines
+        self._close_log()
+        return 0 if proc.returncode in self.clean_exits else proc.returncode
+
+    def _on_stderr(self, line: str) -> None:
+        self._stderr_tail = [*self._stderr_tail[-19:], line]
+        with self._log_lock:
+            log = self._log
+            if log is not None:
+                with contextlib.suppress(ValueError):
+                    log.write(line)
+
+    def _close_log(self) -> None:
+        with self._log_lock:
+            super()._close_log()
+
+
 class WindowHooks:
     """What to do when a generator's measured window opens and closes."""
 
@@ -446,3 +569,15 @@ def run_quietly(name: str, argv: Sequence[str], cwd: Path, timeout: float) -> in
     finally:
         kill(proc)
     return proc.returncode
+
+
+def run_command(name: str, argv: Sequence[str], cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run a command to completion; returns its status, stdout and stderr."""
+    proc = spawn(argv, cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GeneratorError(f"{name} did not finish within {timeout:.0f} s") from None
+    finally:
+        kill(proc)
+    return proc.returncode, out, err

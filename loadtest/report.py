@@ -1,4 +1,12 @@
-"""Side-by-side tables and plots of `results.Result` records."""
+"""Side-by-side tables and plots of `results.Result` records.
+
+Every server (our backends, and with ``compare --peers`` the peer servers) has
+a column in each metric's group; metrics marked `ratio` also get a column per
+other server with the base server's figure divided by that server's (the base
+is uring when it ran, else the first server): ``u/e`` = uring / epoll, above
+1 means uring's figure is higher.  With peers, columns are headed by short
+names, spelled out under the table.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,8 @@ class Metric:
     label: str
     value: Callable[[Result], float | int | None]
     fmt: str
-    ratio: bool = False  # add a first/second backend column
+    ratio: bool = False  # add base/other server columns
+    counters: bool = False  # from the server's own counters: peers have none
 
 
 THROUGHPUT = (
@@ -25,8 +34,8 @@ THROUGHPUT = (
     Metric("errors", lambda r: r.errors, "{:d}"),
 )
 COST = (
-    Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True),
-    Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}"),
+    Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True, counters=True),
+    Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}", counters=True),
     Metric("server CPU us/req", lambda r: r.cpu_us_per_request, "{:.1f}", ratio=True),
     Metric("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}"),
     Metric("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}"),
@@ -49,32 +58,72 @@ def _ratio(metric: Metric, a: Result | None, b: Result | None) -> str:
     return "-" if not x or not y else f"{x / y:.2f}"
 
 
-def render_table(
-    title: str, results: Sequence[Result], backends: Sequence[str], metrics: Sequence[Metric]
-) -> str:
-    """One row per connection count; each metric gets a column per backend.
+# Short names for column heads and ratio labels.
+SHORT = {
+    "uring": "u",
+    "epoll": "e",
+    "uvloop-h11": "uv-h11",
+    "uvicorn": "uvicorn",
+    "uvloop-echo": "uv-echo",
+    "c-uring-echo": "c-echo",
+}
+OWN_BACKENDS = ("uring", "epoll")
 
-    With two backends, metrics marked `ratio` also get a "first/second"
-    column (``u/e`` = uring / epoll: above 1 means uring's figure is higher).
+
+def short(server: str) -> str:
+    return SHORT.get(server, server)
+
+
+def ratio_pairs(servers: Sequence[str]) -> list[tuple[str, str]]:
+    """(base, other) for every other server; the base is uring if present, else the first."""
+    if len(servers) < 2:
+        return []
+    base = "uring" if "uring" in servers else servers[0]
+    return [(base, other) for other in servers if other != base]
+
+
+def legend(servers: Sequence[str]) -> str:
+    return "ratio columns: base/other; " + ", ".join(f"{short(s)} = {s}" for s in servers)
+
+
+def render_table(
+    title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric]
+) -> str:
+    """One row per connection count; each metric gets a column per server.
+
+    Metrics marked `ratio` also get a "base/other" column per other server
+    (`ratio_pairs`), except where one side has no counters (a peer).  Only
+    our two backends: heads are the backend names; with peers, short names.
     """
     by_key = {(r.connections, r.backend): r for r in results}
-    paired = len(backends) == 2
-    ratio_label = "/".join(b[0] for b in backends[:2])
+    heads_of = (lambda s: s) if set(servers) <= set(OWN_BACKENDS) else short
+    counted = {
+        s
+        for s in servers
+        if any(r.backend == s and r.syscalls_per_request is not None for r in results)
+    }
+
+    def pairs(metric: Metric) -> list[tuple[str, str]]:
+        if not metric.ratio:
+            return []
+        every = ratio_pairs(servers)
+        if metric.counters:
+            every = [(a, b) for a, b in every if a in counted and b in counted]
+        return every
+
     groups = [
-        (m.label, [*backends, ratio_label] if m.ratio and paired else list(backends))
+        (m.label, [heads_of(s) for s in servers] + [f"{short(a)}/{short(b)}" for a, b in pairs(m)])
         for m in metrics
     ]
     rows = []
     for point in sorted({r.connections for r in results}):
         row = [str(point)]
         for metric in metrics:
-            row += [_cell(metric, by_key.get((point, b))) for b in backends]
-            if metric.ratio and paired:
-                row.append(
-                    _ratio(
-                        metric, by_key.get((point, backends[0])), by_key.get((point, backends[1]))
-                    )
-                )
+            row += [_cell(metric, by_key.get((point, s))) for s in servers]
+            row += [
+                _ratio(metric, by_key.get((point, a)), by_key.get((point, b)))
+                for a, b in pairs(metric)
+            ]
         rows.append(row)
     heads = ["conns"] + [h for _, hs in groups for h in hs]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
@@ -120,8 +169,36 @@ def _join(
     return " | ".join(parts)
 
 
-def tables(results: Sequence[Result], backends: Sequence[str], meta: Metadata) -> str:
-    """Both tables (throughput and latency; cost per request) for every tool."""
+def ceiling_lines(results: Sequence[Result], servers: Sequence[str], ceiling: float) -> list[str]:
+    """Per point: each server's requests/s as a share of the in-memory h11 ceiling."""
+    by_key = {(r.connections, r.backend): r for r in results}
+    lines = []
+    for point in sorted({r.connections for r in results}):
+        shares = [
+            (s, by_key[(point, s)].requests_per_s / ceiling * 100)
+            for s in servers
+            if (point, s) in by_key
+        ]
+        if not shares:
+            continue
+        (first, pct), rest = shares[0], shares[1:]
+        line = (
+            f"c={point}: {first} reaches {pct:.0f}% of the h11 ceiling "
+            f"({ceiling:,.0f} req/s in memory)"
+        )
+        if rest:
+            line += "; " + ", ".join(f"{s} {p:.0f}%" for s, p in rest)
+        lines.append(line)
+    return lines
+
+
+def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) -> str:
+    """Both tables (throughput and latency; cost per request) for every tool.
+
+    After wrk's tables (HTTP ``GET /``), when the h11 ceiling was measured,
+    a line per point with each server's share of it (uring first).
+    """
+    order = sorted(servers, key=lambda s: s != "uring")  # uring first, the rest as given
     out = []
     for tool in dict.fromkeys(r.tool for r in results):
         mine = [r for r in results if r.tool == tool]
@@ -130,15 +207,24 @@ def tables(results: Sequence[Result], backends: Sequence[str], meta: Metadata) -
             f"{meta.protocol} / {tool}: median of {runs} run(s), {meta.duration_s} s per point "
             f"after {meta.warmup_s:g} s warm-up"
         )
-        out.append(render_table(head + " -- throughput and latency", mine, backends, THROUGHPUT))
-        out.append(render_table(head + " -- server cost", mine, backends, COST))
+        throughput = render_table(head + " -- throughput and latency", mine, servers, THROUGHPUT)
+        cost = render_table(head + " -- server cost", mine, servers, COST)
+        if not set(servers) <= set(OWN_BACKENDS):
+            throughput += "\n" + legend(servers)
+            cost += (
+                "\nsyscalls/req and waits/req come from our backends' counters (peers: -); "
+                "a peer's CPU us/req is over the generator's count"
+            )
+        out += [throughput, cost]
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            out.append("\n".join(ceiling_lines(mine, order, meta.h11_ceiling_rps)))
     return "\n\n".join(out)
 
 
 def plot(
-    results: Sequence[Result], backends: Sequence[str], meta: Metadata, out_dir: Path
+    results: Sequence[Result], servers: Sequence[str], meta: Metadata, out_dir: Path
 ) -> list[Path]:
-    """Per tool, one PNG: requests/s and p99 against connections, a line per backend."""
+    """Per tool, one PNG: requests/s and p99 against connections, a line per server."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,13 +234,17 @@ def plot(
     for tool in dict.fromkeys(r.tool for r in results):
         mine = [r for r in results if r.tool == tool]
         fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for backend in backends:
-            points = sorted((r for r in mine if r.backend == backend), key=lambda r: r.connections)
+        for server in servers:
+            points = sorted((r for r in mine if r.backend == server), key=lambda r: r.connections)
             if not points:
                 continue
             xs = [r.connections for r in points]
-            ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=backend)
-            ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=backend)
+            ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=server)
+            ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=server)
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            ax_rps.axhline(
+                meta.h11_ceiling_rps, color="grey", linestyle="--", label="h11 ceiling (in memory)"
+            )
         connections = sorted({r.connections for r in mine})
         for ax, ylabel in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
             if connections[-1] >= 10 * connections[0]:

@@ -12,6 +12,12 @@ the generator's measured window (`procs.ServerSnapshot`):
   ``epoll_wait`` calls (epoll) per request;
 - ``cpu_s`` and ``cpu_us_per_request``: the server process's user + system
   CPU over the window.
+
+A peer server (``compare --peers``: uvloop, uvicorn, the C echo server) has
+no counters: its ``server_requests``, ``syscalls_per_request`` and
+``wait_calls_per_request`` are None (blank in the CSV), and its
+``cpu_us_per_request`` divides its CPU seconds (psutil, as for ours) by the
+generator's count.  ``backend`` is the server's name either way.
 """
 
 from __future__ import annotations
@@ -50,15 +56,23 @@ class Metadata:
     wrk: str
     pinning: str
     server_command: str
+    peers: str  # "name: command; ..." for the peer servers run (--peers), or ""
+    uvloop: str
+    uvicorn: str
+    # In-memory requests/s of HttpConnection + the built-in app on GET / (the
+    # request wrk sends), pinned like the server: `loadtest.h11_ceiling`;
+    # None when not measured (echo, or no saturation tool).
+    h11_ceiling_rps: float | None = None
+    h11_ceiling_us_per_request: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One backend, tool and point: a single run, or the medians of `runs` runs."""
+    """One server, tool and point: a single run, or the medians of `runs` runs."""
 
     protocol: str
     tool: str
-    backend: str
+    backend: str  # the server: "uring", "epoll", or a peer's name
     connections: int
     runs: int
     requests_per_s: float
@@ -68,7 +82,7 @@ class Result:
     p99_ms: float
     errors: int  # summed over runs, not a median: every error shows
     requests: int  # counted by the generator in its window
-    server_requests: int  # counted by the server in the same window
+    server_requests: int | None  # counted by the server in the same window (None: a peer)
     syscalls_per_request: float | None
     wait_calls_per_request: float | None
     cpu_s: float
@@ -94,17 +108,27 @@ def result_from_run(
     peak_rss_kib: int,
     server_exit_status: int,
 ) -> Result:
-    """Combine the generator's figures with the server's counter deltas."""
+    """Combine the generator's figures with the server's counter deltas.
 
-    def delta(key: str) -> int:
-        return int(after.stats.get(key, 0)) - int(before.stats.get(key, 0))
-
-    if protocol == "echo":
-        server_requests = delta("bytes_in") // ECHO_MESSAGE_BYTES
-    else:
-        server_requests = delta("requests")
+    Snapshots without counters (a peer's) leave the counter figures None.
+    """
     cpu_s = after.cpu_s - before.cpu_s
-    cpu_per = _per(cpu_s, server_requests)
+    if before.stats is None or after.stats is None:
+        cpu_per = _per(cpu_s, measured.requests)
+        server_requests = syscalls_per = waits_per = None
+    else:
+        b, a = before.stats, after.stats
+
+        def delta(key: str) -> int:
+            return int(a.get(key, 0)) - int(b.get(key, 0))
+
+        if protocol == "echo":
+            server_requests = delta("bytes_in") // ECHO_MESSAGE_BYTES
+        else:
+            server_requests = delta("requests")
+        cpu_per = _per(cpu_s, server_requests)
+        syscalls_per = _per(delta("syscalls"), server_requests)
+        waits_per = _per(delta("wait_calls"), server_requests)
     return Result(
         protocol=protocol,
         tool=tool,
@@ -119,8 +143,8 @@ def result_from_run(
         errors=measured.errors,
         requests=measured.requests,
         server_requests=server_requests,
-        syscalls_per_request=_per(delta("syscalls"), server_requests),
-        wait_calls_per_request=_per(delta("wait_calls"), server_requests),
+        syscalls_per_request=syscalls_per,
+        wait_calls_per_request=waits_per,
         cpu_s=cpu_s,
         cpu_us_per_request=None if cpu_per is None else cpu_per * 1e6,
         peak_rss_kib=peak_rss_kib,
@@ -139,7 +163,7 @@ def _median(values: Sequence[Any]) -> Any:
 
 
 def median_result(runs: Sequence[Result]) -> Result:
-    """Medians of every figure over `runs` (same backend, tool and point)."""
+    """Medians of every figure over `runs` (same server, tool and point)."""
     first = runs[0]
     if len(runs) == 1:
         return first

@@ -58,6 +58,14 @@ def wrk_version(wrk: str | None) -> str:
     return first[0].split(" Copyright")[0].strip() if first else "unknown"
 
 
+def compiler_version(cc: str | None) -> str:
+    """First line of ``cc --version``."""
+    if cc is None:
+        return "not installed"
+    first = _run([cc, "--version"]).splitlines()
+    return first[0].strip() if first else "unknown"
+
+
 def usable_cpus() -> list[int]:
     """The CPUs this process may run on (its affinity), sorted."""
     try:

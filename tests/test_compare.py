@@ -3,7 +3,8 @@
 Short runs (a couple of seconds per point) that prove the whole path works and
 writes its files; they assert figures exist and are non-zero, never a speed.
 Each run's processes carry a unique environment tag, so the tests can check
-that nothing the comparison started is still running afterwards.
+that nothing the comparison started is still running afterwards (peer servers
+and the compiled C echo server included).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 import psutil
 import pytest
 
+from loadtest import h11_ceiling
 from loadtest.tools import locust_percentile, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="cc is not installed")
+OURS = ("uring", "epoll")
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
@@ -90,6 +94,7 @@ def test_http_both_tools_both_backends(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     check_outputs(out, {"locust", "wrk"}, {1, 4}, done.stdout)
     assert "pinning:" in done.stdout
+    assert "c=4: uring reaches" in done.stdout and "of the h11 ceiling" in done.stdout
 
 
 def test_echo_both_tools_both_backends(tmp_path: Path) -> None:
@@ -102,6 +107,110 @@ def test_echo_both_tools_both_backends(tmp_path: Path) -> None:
     check_outputs(out, {"locust", "echo-client"}, {2}, done.stdout)
 
 
+def check_peer_outputs(out: Path, tool: str, peers: tuple[str, ...], stdout: str) -> list[Any]:
+    """Every server has a record with non-zero figures; peers have no counter figures."""
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    assert {(r["tool"], r["backend"]) for r in records} == {(tool, s) for s in (*OURS, *peers)}
+    for r in records:
+        where = r["backend"]
+        assert r["requests_per_s"] > 0 and r["requests"] > 0, where
+        assert r["errors"] == 0, where
+        assert r["cpu_s"] > 0 and r["cpu_us_per_request"] > 0 and r["peak_rss_kib"] > 0, where
+        assert r["server_exit_status"] == 0, where
+        if r["backend"] in OURS:
+            assert r["server_requests"] > 0 and r["syscalls_per_request"] > 0, where
+        else:
+            assert r["server_requests"] is None, where
+            assert r["syscalls_per_request"] is None and r["wait_calls_per_request"] is None
+        assert all(f"{p}: " in r["peers"] for p in peers)
+    png = next(out.glob(f"*_{tool}.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for logged in (*OURS, *peers):
+        assert list((out / "logs").glob(f"*-{logged}-r1.server.log")), logged
+    assert "u/e" in stdout and "ratio columns" in stdout
+    return records
+
+
+@needs_wrk
+def test_http_peers(tmp_path: Path) -> None:
+    out = tmp_path / "http-peers"
+    done = compare(
+        "--protocol", "http", "--peers", "--tools", "saturation",
+        "--connections", "4", "--duration", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = check_peer_outputs(out, "wrk", ("uvloop-h11", "uvicorn"), done.stdout)
+    assert "u/uv-h11" in done.stdout and "u/uvicorn" in done.stdout
+    assert "c=4: uring reaches" in done.stdout and "uvicorn" in done.stdout.split("reaches")[1]
+    assert all(r["h11_ceiling_rps"] > 0 for r in records)
+
+
+@needs_cc
+def test_echo_peers(tmp_path: Path) -> None:
+    out = tmp_path / "echo-peers"
+    done = compare(
+        "--protocol", "echo", "--peers", "--tools", "saturation",
+        "--connections", "2", "--duration", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = check_peer_outputs(out, "echo-client", ("uvloop-echo", "c-uring-echo"), done.stdout)
+    assert "u/uv-echo" in done.stdout and "u/c-echo" in done.stdout
+    assert (out / "uring_echo").exists()
+    assert all(r["h11_ceiling_rps"] is None for r in records)
+    assert "h11 ceiling" not in done.stdout
+
+
+def test_echo_peers_without_liburing_headers(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    cc = fake / "cc"
+    cc.write_text(
+        "#!/bin/sh\necho 'uring_echo.c:19:10: fatal error: liburing.h: No such file' >&2\nexit 1\n"
+    )
+    cc.chmod(0o755)
+    done = compare(
+        "--protocol", "echo", "--peers", "--tools", "saturation", "--out", str(tmp_path / "o"),
+        env={"PATH": f"{fake}:{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "the liburing headers are missing" in done.stderr
+
+
+def test_h11_ceiling() -> None:
+    got = h11_ceiling.measure(0.5, connections=100, warmup=0.1)
+    assert got.requests > 0 and got.requests % 100 == 0
+    assert got.requests_per_s > 0
+    assert got.us_per_request == pytest.approx(1e6 / got.requests_per_s)
+    assert 0.4 < got.seconds < 2
+
+
+@needs_wrk
+def test_h11_ceiling_sends_what_wrk_sends() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            data = b""
+            for _ in range(3):  # wrk first connects once to check the address
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    data = conn.recv(4096)
+                if data:
+                    break
+        finally:
+            wrk.kill()
+            wrk.wait()
+    assert data == h11_ceiling.wrk_request(port=port)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -111,6 +220,8 @@ def test_echo_both_tools_both_backends(tmp_path: Path) -> None:
         (["--duration", "1.5"], "whole number"),
         (["--tools", "ab"], "unknown ab"),
         (["--protocol", "ftp"], "invalid choice"),
+        (["--protocol", "echo", "--peers", "uvicorn"], "unknown uvicorn"),
+        (["--protocol", "echo", "--peers", "--host", "0.0.0.0"], "127.0.0.1 only"),
     ],
 )
 def test_bad_arguments(args: list[str], message: str) -> None:
@@ -136,7 +247,7 @@ def test_server_that_fails_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "the server exited with status 2" in done.stderr
-    assert "--backlog: -5 must be at least 1" in done.stderr
+    assert "RINGSERVE_BACKLOG: -5 must be at least 1" in done.stderr
 
 
 def test_missing_wrk(tmp_path: Path) -> None:

@@ -306,7 +306,10 @@ class UringBackend:
             return
         else:
             self._accept_errors += 1
-            if self._accepting and not self._accept_armed:
+            # A close may re-arm the accept before the retry timer fires, and
+            # that accept can fail again: one timer is enough.
+            retry_pending = self._ring.in_flight(_ACCEPT_RETRY_UD)
+            if self._accepting and not self._accept_armed and not retry_pending:
                 self._ring.prep_timeout(ACCEPT_RETRY_DELAY_S, _ACCEPT_RETRY_UD)
             return
         if (

@@ -244,6 +244,9 @@ class HttpConnection:
         if head_bytes > self._limits.max_header_bytes:
             self._fail(431, out)
             return False
+        if request.http_version not in (b"1.1", b"1.0"):
+            self._fail(505, out)  # h11 parses any HTTP/x.y; we speak 1.x
+            return False
         if content_length > self._limits.max_body_bytes:
             self._fail(413, out)
             return False

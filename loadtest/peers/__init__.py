@@ -1,0 +1,11 @@
+"""Peer servers measured beside ringserve's backends by ``loadtest.compare --peers``.
+
+- ``uvloop_h11``: our own ``HttpConnection`` (h11) and built-in app inside an
+  ``asyncio.Protocol`` on uvloop, so the only difference from our backends is
+  the event loop doing the I/O;
+- ``uvloop_echo``: an ``asyncio.Protocol`` echo on uvloop;
+- ``uvicorn_app``: an ASGI hello for ``uvicorn --http h11 --loop uvloop``;
+- ``uring_echo.c``: a minimal C liburing echo server (multishot accept,
+  multishot recv into a buffer ring, DEFER_TASKRUN), built with the compiler at
+  benchmark time: as close to the kernel's limit as a user-space server gets.
+"""

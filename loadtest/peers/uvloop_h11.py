@@ -1,0 +1,76 @@
+"""ringserve's own h11 protocol object and built-in app, served by uvloop.
+
+Run: ``python -m loadtest.peers.uvloop_h11 --port 8080``.  Same responses,
+same limits, same per-connection object as ``python -m server``; only the
+event loop differs, which is the point of the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+from typing import Any, cast
+
+import uvloop
+
+from server.apps.builtin import BuiltinApp
+from server.protocols.http import Counters, HttpConnection, HttpLimits
+
+COUNTERS = Counters()
+LIMITS = HttpLimits()
+
+
+def _stats() -> dict[str, Any]:
+    return {"backend": "uvloop", "requests": COUNTERS.requests, "pid": os.getpid()}
+
+
+APP = BuiltinApp(_stats)
+
+
+class H11Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.conn = HttpConnection(APP, LIMITS, COUNTERS)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        out = self.conn.receive_data(data)
+        assert self.transport is not None
+        if out:
+            self.transport.write(out)
+        if self.conn.should_close:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.data_received(b"")
+        return False
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set_result, None)
+    server = await loop.create_server(H11Protocol, host, port, backlog=1024, reuse_address=True)
+    print(f"uvloop+h11 listening on http://{host}:{port}", flush=True)
+    await stop
+    server.close()
+    print(json.dumps({"event": "exit", **_stats()}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    args = p.parse_args()
+    uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
