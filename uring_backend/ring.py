@@ -238,11 +238,16 @@ class Ring:
         Raises:
             ValueError: `offset` is outside `data`, or `user_data` is in flight.
         """
-        if not 0 <= offset < len(data):
-            raise ValueError(f"offset {offset} outside a buffer of {len(data)} bytes")
-        self._free(user_data)
-        _check(lib.urb_prep_send(self._r, fd, data, offset, len(data) - offset, user_data))
-        self._inflight[user_data] = data
+        size = len(data)
+        if not 0 <= offset < size:
+            raise ValueError(f"offset {offset} outside a buffer of {size} bytes")
+        inflight = self._inflight
+        if user_data in inflight:  # _free(), inlined: this is once per message
+            raise ValueError(f"user_data {user_data:#x} is already in flight")
+        ret = lib.urb_prep_send(self._r, fd, data, offset, size - offset, user_data)
+        if ret < 0:
+            _check(ret)
+        inflight[user_data] = data
 
     def prep_close(self, fd: int, user_data: int) -> None:
         self._free(user_data)
@@ -319,22 +324,22 @@ class Ring:
         flags: list[int] = ffi.unpack(self._flags, n)
         slab = self._slab
         size = self.buffer_size
-        inflight = self._inflight
-        give_back = self._bids
+        pop = self._inflight.pop
+        give_back = self._bids.append
         out: list[Completion] = []
         append = out.append
-        for i in range(n):
-            ud = uds[i]
-            fl = flags[i]
-            data: bytes | None = None
+        for ud, res, fl in zip(uds, ress, flags, strict=True):
             if fl & F_BUFFER:
                 bid = fl >> BUFFER_SHIFT
                 off = bid * size
-                data = slab[off : off + ress[i]]
-                give_back.append(bid)
-            if not fl & F_MORE:
-                inflight.pop(ud, None)
-            append((ud, ress[i], fl, data))
+                give_back(bid)
+                if not fl & F_MORE:
+                    pop(ud, None)
+                append((ud, res, fl, slab[off : off + res]))
+            else:
+                if not fl & F_MORE:
+                    pop(ud, None)
+                append((ud, res, fl, None))
         return out
 
     @property
