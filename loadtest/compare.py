@@ -89,6 +89,7 @@ from loadtest.tools import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ECHO_BENCH_SOURCE = PROJECT_ROOT / "loadtest" / "echo_bench.c"
 BACKENDS = ("uring", "epoll")
 TOOLS = ("locust", "saturation")
 DEFAULT_CONNECTIONS = (1, 10, 100, 1000)
@@ -120,6 +121,7 @@ class Options:
     host: str
     port: int
     peers: tuple[str, ...] = ()
+    echo_client: str = "native"
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -236,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="echo saturation client: messages in flight per connection (1: ping-pong)",
     )
+    p.add_argument(
+        "--echo-client",
+        choices=("native", "python"),
+        default="native",
+        help="echo saturation client: native (loadtest/echo_bench.c, built with cc; "
+        "ping-pong only) or python (loadtest.echo_client; supports --pipeline)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="server port (0: a free one each run)")
     p.add_argument(
@@ -293,6 +302,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         tools=tuple(ns.tools),
         repeat=ns.repeat,
         pipeline=ns.pipeline,
+        echo_client=ns.echo_client,
         host=ns.host,
         port=ns.port,
         peers=peers,
@@ -707,12 +717,42 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def build_echo_bench(opts: Options) -> str | None:
+    """Compile the native echo client into --out when it will be used; its path, or None.
+
+    Raises:
+        SetupError: it was asked for and cannot be built.
+    """
+    wanted = opts.protocol == "echo" and "saturation" in opts.tools
+    if not wanted or opts.echo_client != "native" or opts.pipeline != 1:
+        return None
+    cc = shutil.which("cc")
+    if cc is None:
+        raise SetupError(
+            "the native echo client is built with cc, which is not installed: "
+            "apt-get install gcc (or run --echo-client python)"
+        )
+    opts.out.mkdir(parents=True, exist_ok=True)
+    binary = (opts.out / "echo_bench").resolve()
+    argv = [cc, "-O2", "-o", str(binary), str(ECHO_BENCH_SOURCE)]
+    try:
+        status, out, err = run_command("cc", argv, PROJECT_ROOT, 120)
+    except GeneratorError as exc:
+        raise SetupError(str(exc)) from None
+    if status != 0:
+        raise SetupError(f"cannot build the native echo client:\n{(out + err).strip()}")
+    return str(binary)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     wrk = shutil.which("wrk")
     try:
+        echo_bench = build_echo_bench(opts)
         tools: list[LoadTool] = [
-            LocustTool() if name == "locust" else saturation_tool(opts.protocol, wrk, opts.pipeline)
+            LocustTool()
+            if name == "locust"
+            else saturation_tool(opts.protocol, wrk, opts.pipeline, echo_bench)
             for name in opts.tools
         ]
         if opts.port != 0:
