@@ -27,7 +27,6 @@ import os
 import select
 import socket
 import time
-from collections import deque
 from typing import Final
 
 from server.backends.base import (
@@ -67,7 +66,9 @@ class _Conn:
         self.cid = cid
         self.sock = sock
         self.fd = sock.fileno()
-        self.out: deque[memoryview] = deque()
+        # A list, not a deque: an empty deque is 760 bytes, a list 56, and
+        # most connections never queue anything.
+        self.out: list[memoryview] = []
         self.out_bytes = 0
         self.mask = EPOLLIN
         self.closing = False
@@ -314,7 +315,7 @@ class EpollBackend:
             if n < len(chunk):
                 out[0] = chunk[n:]
                 return
-            out.popleft()
+            del out[0]
         if conn.closing:
             self._linger(conn)
             return
