@@ -170,10 +170,26 @@ def test_echo_peers_without_liburing_headers(tmp_path: Path) -> None:
     cc.chmod(0o755)
     done = compare(
         "--protocol", "echo", "--peers", "--tools", "saturation", "--out", str(tmp_path / "o"),
+        "--echo-client", "python",  # the native client would fail first, on the same fake cc
         env={"PATH": f"{fake}:{os.environ.get('PATH', '')}"},
     )  # fmt: skip
     assert done.returncode == 1
     assert "the liburing headers are missing" in done.stderr
+
+
+def test_native_echo_client_that_cannot_build(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    cc = fake / "cc"
+    cc.write_text("#!/bin/sh\necho 'echo_bench.c: internal compiler error' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    done = compare(
+        "--protocol", "echo", "--tools", "saturation", "--out", str(tmp_path / "o"),
+        env={"PATH": f"{fake}:{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot build the native echo client" in done.stderr
+    assert "internal compiler error" in done.stderr
 
 
 def test_h11_ceiling() -> None:
