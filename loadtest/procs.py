@@ -213,8 +213,8 @@ class ServerProcess:
                 return
             time.sleep(0.01)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the exit line; kill after `timeout` s. Returns the status."""
+    def _terminate(self, timeout: float) -> subprocess.Popen[str]:
+        """SIGTERM and wait; kill after `timeout` s.  Returns the finished process."""
         proc = self.proc
         assert proc is not None
         self._stop_sampling.set()
@@ -225,6 +225,11 @@ class ServerProcess:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        return proc
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit line; kill after `timeout` s. Returns the status."""
+        proc = self._terminate(timeout)
         self.exit_stats = self._next_line("exit", 2.0)
         with _live_lock:
             _live.discard(proc)
@@ -416,16 +421,7 @@ class PeerProcess(ServerProcess):
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait (kill after `timeout` s); a clean exit status reads 0."""
-        proc = self.proc
-        assert proc is not None
-        self._stop_sampling.set()
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        proc = self._terminate(timeout)
         with _live_lock:
             _live.discard(proc)
         time.sleep(0.05)  # let the readers log the last lines
