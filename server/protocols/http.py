@@ -110,6 +110,28 @@ class _DateHeader:
 
 _date = _DateHeader()
 
+# h11's state is about 1 KiB per connection, and is only needed while a
+# request is in progress.  A server-side h11.Connection that has cycled back to
+# IDLE/IDLE with nothing buffered behaves as a new one (the next Request sets
+# their_http_version again; it is reset here for error responses sent before
+# one), so idle keep-alive connections hand theirs back to a bounded pool.
+H11_POOL_MAX = 1024
+_h11_pools: dict[int, list[h11.Connection]] = {}
+
+
+def _take_h11(max_header_bytes: int) -> h11.Connection:
+    pool = _h11_pools.get(max_header_bytes)
+    if pool:
+        return pool.pop()
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+
+
+def _give_h11(conn: h11.Connection, max_header_bytes: int) -> None:
+    pool = _h11_pools.setdefault(max_header_bytes, [])
+    if len(pool) < H11_POOL_MAX:
+        conn.their_http_version = None
+        pool.append(conn)
+
 
 def error_response(status: int, version: bytes = b"1.1") -> bytes:
     """Raw bytes for an error response, for when h11 can no longer send one."""
@@ -148,7 +170,7 @@ class HttpConnection:
         self._app = app
         self._limits = limits
         self._counters = counters
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._conn: h11.Connection | None = None  # taken from the pool on first bytes
         self._request: h11.Request | None = None
         self._body: list[bytes] = []
         self._body_bytes = 0
@@ -164,15 +186,20 @@ class HttpConnection:
         if self.should_close:
             return b""
         conn = self._conn
+        if conn is None:
+            conn = self._conn = _take_h11(self._limits.max_header_bytes)
         out: list[bytes] = []
         try:
             conn.receive_data(data)
             self._handle_events(out)
         except h11.RemoteProtocolError as exc:
             self._fail(exc.error_status_hint, out)
-        self.busy = not self.should_close and (
+        self.busy = busy = not self.should_close and (
             conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
         )
+        if not busy and not self.should_close and conn.our_state is h11.IDLE:
+            _give_h11(conn, self._limits.max_header_bytes)  # idle: no h11 state held
+            self._conn = None
         return b"".join(out)
 
     def timed_out(self) -> bytes:
@@ -191,6 +218,7 @@ class HttpConnection:
 
     def _handle_events(self, out: list[bytes]) -> None:
         conn = self._conn
+        assert conn is not None  # held while a request is in progress
         while True:
             event = conn.next_event()
             if type(event) is h11.Data:
@@ -280,6 +308,7 @@ class HttpConnection:
         if not self._keepalive:
             headers.append((b"connection", b"close"))
         conn = self._conn
+        assert conn is not None  # held while a request is in progress
         try:
             reason = resp.reason if resp.reason is not None else _REASONS.get(resp.status, b"")
             response = h11.Response(status_code=resp.status, headers=headers, reason=reason)
@@ -310,6 +339,7 @@ class HttpConnection:
             _date.get(),
         ]
         conn = self._conn
+        assert conn is not None  # held while a request is in progress
         state = conn.our_state
         mark = len(out)
         try:
