@@ -196,8 +196,9 @@ class ServerProcess:
     def _wait_for_signal_handlers(self, deadline: float) -> None:
         """Wait until the server catches SIGUSR1 (its SigCgt mask in /proc says so).
 
-        It logs "listening on" before it installs its handlers, and until
-        then SIGUSR1 (or SIGTERM) would kill it.
+        Our server installs its handlers before it logs "listening on"; this
+        guards against a build where that is not so, since a signal that
+        arrives before the handlers exist kills it with the default action.
         """
         bit = 1 << (signal.SIGUSR1 - 1)
         status = Path(f"/proc/{self.pid}/status")

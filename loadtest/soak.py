@@ -161,9 +161,10 @@ class ServerProcess:
     def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> tuple[str, int]:
         """Start; wait for the "listening on" line and the signal handlers.
 
-        The server logs "listening on" just before it installs its handlers
-        for SIGTERM/SIGINT/SIGUSR1; a signal in between would kill it with
-        the default action, so this also waits until /proc shows them caught.
+        The server installs its SIGTERM/SIGINT/SIGUSR1 handlers before it
+        logs "listening on"; waiting until /proc shows them caught as well
+        guards against a build where that is not so (a signal before the
+        handlers exist kills it with the default action).
         Returns the address.
         """
         self.proc = proc = subprocess.Popen(

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.backends.client import wait_for as _client_wait_for
+
 TIMEOUT = 10.0
 HELLO = b"Hello from ringserve\n"
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -298,15 +300,8 @@ def get_hello(address: tuple[str, int], timeout: float = TIMEOUT) -> float:
 def wait_for(
     predicate: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], str] = ""
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout} s waiting for {text or predicate}")
-        time.sleep(0.02)
+    """`tests.backends.client.wait_for` with this suite's longer default timeout."""
+    return _client_wait_for(predicate, timeout=timeout, interval=0.02, what=what)
 
 
 def sha256(data: bytes | bytearray) -> str:
