@@ -24,6 +24,7 @@ from tests.backends.client import (
     exchange,
     pattern,
     recv_exact,
+    refused,
     request,
     sha256,
     wait_for,
@@ -181,18 +182,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=20,
         check=False,
     )
-
-
-def refused(address: tuple[str, int]) -> bool:
-    """True once connecting is refused (the listener is closed)."""
-    try:
-        connect(address, timeout=1.0).close()
-    except ConnectionRefusedError:
-        return True
-    except ConnectionResetError:
-        # Connected while the listener was closing: the backlog is reset. Try again.
-        return False
-    return False
 
 
 # -- startup and serving -------------------------------------------------------

@@ -185,6 +185,21 @@ def wait_for(
 # -- HTTP ---------------------------------------------------------------------
 
 
+def refused(address: tuple[str, int]) -> bool:
+    """True once connecting is refused: the listener is closed.
+
+    A reset instead of a refusal means the SYN reached the listener just as it closed (the
+    kernel resets the connections still in its backlog): not the steady state yet, so False.
+    """
+    try:
+        connect(address, timeout=1.0).close()
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False
+    return False
+
+
 def request(
     method: str = "GET",
     target: str = "/",

@@ -22,6 +22,7 @@ from tests.backends.client import (
     exchange,
     fetch,
     pattern,
+    refused,
     request,
     set_linger_zero,
     sha256,
@@ -534,16 +535,7 @@ def test_graceful_stop_finishes_request_in_flight(make_server) -> None:
         wait_for(lambda: srv.stats()["bytes_in"] > 1000, what="the partial request")
         srv.server.request_stop()
 
-        def refused() -> bool:
-            try:
-                connect(srv.address, timeout=1.0).close()
-            except ConnectionRefusedError:
-                return True
-            except ConnectionResetError:  # connected while the listener closed
-                return False
-            return False
-
-        wait_for(refused, what="new connections to be refused")
+        wait_for(lambda: refused(srv.address), what="new connections to be refused")
         s.sendall(body[1000:])
         reader = HttpReader(s)
         resp = reader.read_response()

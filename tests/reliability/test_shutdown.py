@@ -12,19 +12,11 @@ from collections.abc import Callable
 import pytest
 
 from loadtest.soak import ServerProcess
+from tests.backends.client import refused
 
 from .support import GET, HELLO, Reader, connect, read_until_close, wait_for
 
 GRACE_S = 8.0
-
-
-def _refused(address: tuple[str, int]) -> bool:
-    try:
-        sock = socket.create_connection(address, timeout=1.0)
-    except ConnectionRefusedError:
-        return True
-    sock.close()  # still listening (or in the backlog as the listener closes)
-    return False
 
 
 @pytest.mark.timeout(120)
@@ -85,7 +77,7 @@ def test_sigterm_under_load(
         server.signal(signal.SIGTERM)
         # New connections are refused once the listener is closed, while the server still
         # finishes the requests in flight.
-        wait_for(lambda: _refused(address), timeout=5, what="connections refused after SIGTERM")
+        wait_for(lambda: refused(address), timeout=5, what="connections refused after SIGTERM")
         assert server.proc is not None and server.proc.poll() is None
         # Idle connections are closed at once, cleanly.
         for sock in idle:
