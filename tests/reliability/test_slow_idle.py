@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from loadtest.soak import ServerProcess
+from server.config import Config
 
 from .support import (
     GET,
@@ -32,6 +33,7 @@ from .support import (
 
 SLOWLORIS = 2000
 IDLE = 10_000
+WARM_RECEIVES = 2 * Config().recv_buffers
 PROMPT_S = 2.0  # "promptly": a generous bound, not a speed claim
 
 
@@ -206,8 +208,14 @@ def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
         ServerProcess(backend_name, "http", [*args, "--backlog", "4096"]) as server,
     ):
         address = server.address
+        # The warm-up also cycles uring's provided receive buffers: the kernel takes them in
+        # ring order, so each one becomes resident the first time it is used, and the whole
+        # slab (recv_buffers x recv_buffer_size, a fixed cost) would otherwise be counted as
+        # per-connection memory by the first 10,000 requests.
         warm = open_many(address, 500)
-        assert not request_many(warm)
+        warm_rounds = WARM_RECEIVES // len(warm)
+        for _ in range(warm_rounds):
+            assert not request_many(warm)
         close_all(warm)
         wait_for(lambda: server.stats()["open_connections"] == 0, timeout=20)
         time.sleep(0.5)
@@ -227,8 +235,9 @@ def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
                 f"{rss1} KiB, {per_conn:.0f} bytes per idle connection; fds {fds0} -> {fds1}"
             )
             assert fds1 - fds0 == IDLE
-            assert per_conn < 16 * 1024
-            assert stats["requests"] == 500 + IDLE
+            # Issue 6's target, on both backends (Python objects: not noisy like a timing).
+            assert per_conn < 1024
+            assert stats["requests"] == warm_rounds * len(warm) + IDLE
             # They are live connections: a sample of them is served again.
             assert not request_many(socks[:: IDLE // 200])
         finally:
