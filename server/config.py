@@ -24,7 +24,10 @@ BACKENDS: dict[BackendName, str] = {
 
 ENV_PREFIX = "RINGSERVE_"
 MAX_RING_ENTRIES = 8192
+MAX_CQ_ENTRIES = 65536  # IORING_MAX_CQ_ENTRIES
 MAX_RECV_BUFFERS = 32768
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +41,11 @@ class Config:
     backlog: int = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
     max_connections: int = 10_000
     ring_entries: int = 256
+    cq_factor: int = 8
     recv_buffer_size: int = 4096
     recv_buffers: int = 2048
     sqpoll: bool = False
+    tcp_nodelay: bool = True
     keepalive_timeout: float = 5.0
     idle_timeout: float = 30.0
     max_header_bytes: int = 16 * 1024
@@ -126,8 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-connections", _positive_int, "connections served at once; more wait in the backlog")
     add(
         "--ring-entries",
-        _power_of_two_up_to(MAX_RING_ENTRIES, "the CQ, 8x the SQ, is capped at 65536"),
-        "io_uring SQ entries (the CQ is 8x)",
+        _power_of_two_up_to(MAX_RING_ENTRIES, "the CQ, 8x the SQ by default, is capped at 65536"),
+        "io_uring SQ entries",
+    )
+    add(
+        "--cq-factor",
+        _positive_int,
+        f"io_uring CQ size as a multiple of the SQ (entries x factor <= {MAX_CQ_ENTRIES})",
     )
     add("--recv-buffer-size", _positive_int, "bytes per provided receive buffer (uring)")
     add(
@@ -153,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="io_uring kernel SQ polling thread (burns a CPU; uring only)",
     )
+    p.add_argument(
+        "--tcp-nodelay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TCP_NODELAY on accepted connections: replies leave at once instead of "
+        f"waiting for Nagle's algorithm (default: on; env {ENV_PREFIX}TCP_NODELAY=0 turns it off)",
+    )
     return p
 
 
@@ -173,7 +190,12 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         env_name = ENV_PREFIX + name.upper()
         if name == "sqpoll":
             env = os.environ.get(env_name, "").lower()
-            value = value or env in ("1", "true", "yes")
+            value = value or env in _TRUE
+        elif name == "tcp_nodelay" and value is None and env_name in os.environ:
+            env = os.environ[env_name].lower()
+            if env not in _TRUE + _FALSE:
+                parser.error(f"{env_name}: {env!r} is not a boolean (1/0, true/false, yes/no)")
+            value = env in _TRUE
         elif value is None and env_name in os.environ:
             value = os.environ[env_name]
             convert = action.type
@@ -187,4 +209,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                 parser.error(f"{env_name}: invalid choice {value!r} (choose from {choices})")
         if value is not None:
             values[name] = value
-    return Config(**values)
+    config = Config(**values)
+    if config.ring_entries * config.cq_factor > MAX_CQ_ENTRIES:
+        parser.error(
+            f"--ring-entries {config.ring_entries} x --cq-factor {config.cq_factor} "
+            f"is over the kernel's {MAX_CQ_ENTRIES} CQ entries"
+        )
+    return config

@@ -35,8 +35,9 @@ class StartupError(Exception):
 def make_listener(config: Config, reuse_port: bool = False) -> socket.socket:
     """A bound, listening, non-blocking TCP socket.
 
-    Accepted sockets inherit TCP_NODELAY from it (Linux copies the option
-    on accept), so neither backend spends a syscall per connection on it.
+    Accepted sockets inherit TCP_NODELAY (on unless --no-tcp-nodelay) from it
+    (Linux copies the option on accept), so neither backend spends a syscall
+    per connection on it.
     """
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -44,7 +45,7 @@ def make_listener(config: Config, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(config.tcp_nodelay))
         sock.bind((config.host, config.port))
         sock.listen(config.backlog)
         sock.setblocking(False)

@@ -139,6 +139,7 @@ class UringBackend:
         self._config = config
         self._ring = Ring(
             config.ring_entries,
+            cq_factor=config.cq_factor,
             buffers=config.recv_buffers,
             buffer_size=config.recv_buffer_size,
             sqpoll=config.sqpoll,

@@ -1,0 +1,80 @@
+"""Tuning options: parsed from flags and environment, and applied where they act."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from server.config import Config, parse_config
+from server.lifecycle import make_listener
+from tests.conftest import URING_SKIP
+
+
+@pytest.fixture(autouse=True)
+def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RINGSERVE_TCP_NODELAY", "RINGSERVE_CQ_FACTOR", "RINGSERVE_RING_ENTRIES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-tcp-nodelay"], {}, False),
+        (["--tcp-nodelay"], {"RINGSERVE_TCP_NODELAY": "0"}, True),
+        ([], {"RINGSERVE_TCP_NODELAY": "off"}, False),
+        ([], {"RINGSERVE_TCP_NODELAY": "Yes"}, True),
+    ],
+)
+def test_tcp_nodelay_from_flag_then_environment(
+    argv: list[str], env: dict[str, str], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert parse_config(argv).tcp_nodelay is expected
+
+
+def test_tcp_nodelay_environment_must_be_a_boolean(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RINGSERVE_TCP_NODELAY", "maybe")
+    with pytest.raises(SystemExit) as exc:
+        parse_config([])
+    assert exc.value.code == 2
+    assert "RINGSERVE_TCP_NODELAY: 'maybe' is not a boolean" in capsys.readouterr().err
+
+
+def test_cq_factor_is_bounded_by_the_kernel_cq_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_config(["--ring-entries", "4096", "--cq-factor", "16"]).cq_factor == 16
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--ring-entries", "8192", "--cq-factor", "16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ring-entries 8192 x --cq-factor 16 is over the kernel's 65536 CQ entries" in err
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_accepted_sockets_inherit_tcp_nodelay_from_the_listener(nodelay: bool) -> None:
+    """Both backends rely on Linux copying TCP_NODELAY on accept (no per-connection syscall)."""
+    listener = make_listener(Config(port=0, tcp_nodelay=nodelay))
+    with listener, socket.create_connection(listener.getsockname()[:2], timeout=5):
+        listener.setblocking(True)
+        accepted, _ = listener.accept()
+        with accepted:
+            assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == int(nodelay)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == int(nodelay)
+
+
+@pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
+def test_cq_factor_sizes_the_completion_queue() -> None:
+    from server.backends.uring import UringBackend
+
+    backend = UringBackend(Config(ring_entries=64, cq_factor=16))
+    try:
+        assert backend.ring.sq_entries == 64
+        assert backend.ring.cq_entries == 1024
+    finally:
+        backend.shutdown()
