@@ -122,6 +122,7 @@ class Options:
     port: int
     peers: tuple[str, ...] = ()
     echo_client: str = "native"
+    server_args: tuple[str, ...] = ()
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -256,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run peer servers at every point: http uvloop-h11,uvicorn; "
         "echo uvloop-echo,c-uring-echo (bare --peers: both)",
     )
+    p.add_argument(
+        "--server-args",
+        type=shlex.split,
+        default=[],
+        metavar="ARGS",
+        help="more options for our servers, both backends alike, e.g. "
+        "--server-args='--no-tcp-nodelay --cq-factor 32' (not the peers)",
+    )
     return p
 
 
@@ -290,6 +299,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                 f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
                 f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo"
             )
+    owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers")
+    if clash := [a for a in ns.server_args if a.split("=")[0] in owned]:
+        parser.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
     out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Options(
         protocol=ns.protocol,
@@ -306,6 +318,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         host=ns.host,
         port=ns.port,
         peers=peers,
+        server_args=tuple(ns.server_args),
     )
 
 
@@ -366,6 +379,7 @@ def server_argv(prefix: Sequence[str], backend: str, opts: Options) -> list[str]
         "--backend", backend, "--protocol", opts.protocol,
         "--host", opts.host, "--port", str(opts.port),
         "--log-level", "info",
+        *opts.server_args,
     ]  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from loadtest import compare as compare_module
 from loadtest import h11_ceiling
 from loadtest.tools import locust_percentile, parse_wrk
 
@@ -238,12 +239,26 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         (["--protocol", "ftp"], "invalid choice"),
         (["--protocol", "echo", "--peers", "uvicorn"], "unknown uvicorn"),
         (["--protocol", "echo", "--peers", "--host", "0.0.0.0"], "127.0.0.1 only"),
+        (["--server-args=--port 9"], "--server-args: --port is set by the compare command"),
+        (["--server-args=--backend=epoll"], "--backend=epoll is set by the compare command"),
     ],
 )
 def test_bad_arguments(args: list[str], message: str) -> None:
     done = compare(*args)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_server_args_reach_both_backends_and_the_record(tmp_path: Path) -> None:
+    opts = compare_module.parse_args(
+        ["--server-args", "--no-tcp-nodelay --cq-factor 32", "--out", str(tmp_path)]
+    )
+    assert opts.server_args == ("--no-tcp-nodelay", "--cq-factor", "32")
+    for backend in ("uring", "epoll"):
+        argv = compare_module.server_argv(("taskset", "-c", "0"), backend, opts)
+        assert argv[:6] == ["taskset", "-c", "0", sys.executable, "-m", "server"]
+        assert argv[-3:] == ["--no-tcp-nodelay", "--cq-factor", "32"]
+        assert argv[argv.index("--backend") + 1] == backend
 
 
 def test_port_in_use(tmp_path: Path) -> None:
