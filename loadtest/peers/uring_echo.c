@@ -12,7 +12,16 @@
  * which a ping-pong client (one message in flight per connection) never
  * notices.
  *
- * Usage: uring_echo PORT   (binds 127.0.0.1; SIGTERM/SIGINT exit 0)
+ * Two options measure what io_uring features would give the Python server
+ * (issue 6), on this server where nothing else costs:
+ *   --fixed-files  accept straight into a sparse registered-file table
+ *                  (multishot accept direct), recv and send with
+ *                  IOSQE_FIXED_FILE, close with close_direct: no fget/fput per op;
+ *   --send-zc      IORING_OP_SEND_ZC: a buffer goes back to the ring only after
+ *                  its notification CQE (IORING_CQE_F_NOTIF).
+ *
+ * Usage: uring_echo PORT [--fixed-files] [--send-zc]
+ *        (binds 127.0.0.1; SIGTERM/SIGINT exit 0)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -27,15 +36,23 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define BUF_COUNT 4096
+#ifndef BUF_COUNT
+#define BUF_COUNT 4096 /* -DBUF_COUNT=... -DBUF_SIZE=... for large messages */
+#endif
+#ifndef BUF_SIZE
 #define BUF_SIZE 4096
+#endif
 #define BGID 1
+#define MAX_FILES 16384
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND };
 
 static struct io_uring ring;
 static struct io_uring_buf_ring *br;
 static char *slab;
 static unsigned sent_off[BUF_COUNT], send_len[BUF_COUNT];
+static unsigned notifs[BUF_COUNT];  /* send_zc notifications still to come */
+static int done[BUF_COUNT];         /* the buffer's sends are over */
+static int fixed_files, send_zc;
 static volatile sig_atomic_t stop;
 
 /* user_data: op in bits 56..63, buffer id in 32..47, fd in 0..31 */
@@ -57,7 +74,10 @@ static struct io_uring_sqe *sqe_get(void)
 static void arm_accept(int lfd)
 {
     struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, 0);
+    if (fixed_files)
+        io_uring_prep_multishot_accept_direct(sqe, lfd, NULL, NULL, 0);
+    else
+        io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, 0);
     io_uring_sqe_set_data64(sqe, encode(OP_ACCEPT, 0, lfd));
 }
 
@@ -65,7 +85,7 @@ static void arm_recv(int fd)
 {
     struct io_uring_sqe *sqe = sqe_get();
     io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->flags |= IOSQE_BUFFER_SELECT | (fixed_files ? IOSQE_FIXED_FILE : 0);
     sqe->buf_group = BGID;
     io_uring_sqe_set_data64(sqe, encode(OP_RECV, 0, fd));
 }
@@ -73,8 +93,25 @@ static void arm_recv(int fd)
 static void send_buf(int fd, int bid, unsigned off, unsigned len)
 {
     struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_send(sqe, fd, slab + (size_t)bid * BUF_SIZE + off, len, MSG_NOSIGNAL);
+    char *buf = slab + (size_t)bid * BUF_SIZE + off;
+    if (send_zc) {
+        io_uring_prep_send_zc(sqe, fd, buf, len, MSG_NOSIGNAL, 0);
+        notifs[bid]++;
+    } else {
+        io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+    }
+    if (fixed_files)
+        sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, encode(OP_SEND, bid, fd));
+}
+
+static void close_conn(int fd)
+{
+    if (fixed_files) {
+        io_uring_prep_close_direct(sqe_get(), fd);  /* its CQE has user_data 0 */
+    } else {
+        close(fd);
+    }
 }
 
 static void give_back(int bid)
@@ -95,8 +132,18 @@ int main(int argc, char **argv)
     int lfd, one = 1, i, ret;
     unsigned head, n;
 
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+    for (i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--fixed-files")) {
+            fixed_files = 1;
+        } else if (!strcmp(argv[i], "--send-zc")) {
+            send_zc = 1;
+        } else {
+            argc = 0;
+            break;
+        }
+    }
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PORT [--fixed-files] [--send-zc]\n", argv[0]);
         return 2;
     }
     signal(SIGTERM, on_stop);
@@ -132,12 +179,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "register_buf_ring: %s\n", strerror(-ret));
         return 1;
     }
+    if (fixed_files && (ret = io_uring_register_files_sparse(&ring, MAX_FILES)) < 0) {
+        fprintf(stderr, "register_files_sparse: %s\n", strerror(-ret));
+        return 1;
+    }
     for (i = 0; i < BUF_COUNT; i++)
         io_uring_buf_ring_add(br, slab + (size_t)i * BUF_SIZE, BUF_SIZE, i,
                               io_uring_buf_ring_mask(BUF_COUNT), i);
     io_uring_buf_ring_advance(br, BUF_COUNT);
     arm_accept(lfd);
-    printf("uring_echo listening on 127.0.0.1:%s\n", argv[1]);
+    printf("uring_echo listening on 127.0.0.1:%s%s%s\n", argv[1],
+           fixed_files ? " (fixed files)" : "", send_zc ? " (send_zc)" : "");
     fflush(stdout);
 
     while (!stop) {
@@ -168,14 +220,24 @@ int main(int argc, char **argv)
                 } else if (res == -ENOBUFS) {
                     arm_recv(fd);
                 } else {
-                    close(fd);  /* EOF or error: the minimal server just closes */
+                    close_conn(fd);  /* EOF or error: the minimal server just closes */
                 }
             } else if (op == OP_SEND) {
-                if (res > 0 && sent_off[bid] + res < send_len[bid]) {
-                    sent_off[bid] += res;  /* short send: resume */
-                    send_buf(fd, bid, sent_off[bid], send_len[bid] - sent_off[bid]);
+                if (cqe->flags & IORING_CQE_F_NOTIF) {
+                    notifs[bid]--;  /* the kernel is done with the memory */
                 } else {
-                    give_back(bid);  /* done, or the peer is gone */
+                    if (send_zc && !(cqe->flags & IORING_CQE_F_MORE))
+                        notifs[bid]--;  /* failed: no notification follows */
+                    if (res > 0 && sent_off[bid] + res < send_len[bid]) {
+                        sent_off[bid] += res;  /* short send: resume */
+                        send_buf(fd, bid, sent_off[bid], send_len[bid] - sent_off[bid]);
+                    } else {
+                        done[bid] = 1;  /* done, or the peer is gone */
+                    }
+                }
+                if (done[bid] && !notifs[bid]) {
+                    done[bid] = 0;
+                    give_back(bid);
                 }
             }
         }
