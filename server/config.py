@@ -24,7 +24,7 @@ BACKENDS: dict[BackendName, str] = {
 
 ENV_PREFIX = "RINGSERVE_"
 MAX_RING_ENTRIES = 8192
-MAX_CQ_ENTRIES = 65536  # IORING_MAX_CQ_ENTRIES
+MAX_CQ_ENTRIES = 65536  # IORING_MAX_CQ_ENTRIES; uring_backend.ring has it too (not imported: epoll)
 MAX_RECV_BUFFERS = 32768
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from server import config as config_module
 from server.config import Config, parse_config
 from server.lifecycle import make_listener
 from tests.conftest import URING_SKIP
@@ -71,7 +72,10 @@ def test_accepted_sockets_inherit_tcp_nodelay_from_the_listener(nodelay: bool) -
 @pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
 def test_cq_factor_sizes_the_completion_queue() -> None:
     from server.backends.uring import UringBackend
+    from uring_backend import ring
 
+    # config.py keeps its own copy of the limit so that epoll never imports the extension.
+    assert config_module.MAX_CQ_ENTRIES == ring.MAX_CQ_ENTRIES
     backend = UringBackend(Config(ring_entries=64, cq_factor=16))
     try:
         assert backend.ring.sq_entries == 64
