@@ -108,19 +108,31 @@ def _pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     return thread
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its live descendants (0 if gone)."""
+def process_tree_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of `pid` and its live descendants ((0, 0) if gone).
+
+    System time includes what the kernel does on the process's behalf inside
+    its syscalls: for the uring backend, the socket work io_uring runs as task
+    work inside ``io_uring_enter`` (DEFER_TASKRUN); user time is the
+    interpreter, cffi and liburing.
+    """
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    user = system = 0.0
     for p in procs:
         with contextlib.suppress(psutil.Error):
             times = p.cpu_times()
-            total += times.user + times.system
-    return total
+            user += times.user
+            system += times.system
+    return user, system
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants (0 if gone)."""
+    return sum(process_tree_cpu_times(pid))
 
 
 def children_cpu_s() -> float:
@@ -137,8 +149,13 @@ class ServerSnapshot:
     """
 
     stats: dict[str, Any] | None
-    cpu_s: float
+    user_s: float
+    system_s: float
     at: float  # time.monotonic()
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
 
 
 class ServerProcess:
@@ -265,7 +282,7 @@ class ServerProcess:
         Raises:
             GeneratorError: the server is gone or did not answer (the run is void).
         """
-        cpu = process_tree_cpu_s(self.pid)
+        user, system = process_tree_cpu_times(self.pid)
         at = time.monotonic()
         try:
             os.kill(self.pid, signal.SIGUSR1)
@@ -280,7 +297,7 @@ class ServerProcess:
                     + self._last_words()
                 )
             raise GeneratorError(f"the server did not answer SIGUSR1 within {timeout:.0f} s")
-        return ServerSnapshot(stats, cpu, at)
+        return ServerSnapshot(stats, user, system, at)
 
     def peak_rss_kib(self) -> int:
         """The highest RSS seen: the kernel's VmHWM if readable, else the samples."""
@@ -418,7 +435,7 @@ class PeerProcess(ServerProcess):
                 f"the server exited with status {self.proc.returncode} during the run:\n"
                 + self._last_words()
             )
-        return ServerSnapshot(None, process_tree_cpu_s(self.pid), time.monotonic())
+        return ServerSnapshot(None, *process_tree_cpu_times(self.pid), time.monotonic())
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait (kill after `timeout` s); a clean exit status reads 0."""

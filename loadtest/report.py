@@ -37,6 +37,8 @@ COST = (
     Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True, counters=True),
     Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}", counters=True),
     Metric("server CPU us/req", lambda r: r.cpu_us_per_request, "{:.1f}", ratio=True),
+    Metric("user us/req", lambda r: r.user_us_per_request, "{:.2f}"),
+    Metric("sys us/req", lambda r: r.system_us_per_request, "{:.2f}"),
     Metric("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}"),
     Metric("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}"),
     Metric("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}"),

@@ -11,7 +11,11 @@ the generator's measured window (`procs.ServerSnapshot`):
 - ``wait_calls_per_request``: ``io_uring_enter`` calls (uring) or
   ``epoll_wait`` calls (epoll) per request;
 - ``cpu_s`` and ``cpu_us_per_request``: the server process's user + system
-  CPU over the window.
+  CPU over the window; ``user_us_per_request`` and ``system_us_per_request``
+  split it.  System time is the kernel working inside the server's syscalls
+  (for echo almost all of it is loopback TCP, the same work for every
+  server), user time the server's own code: the split shows which part a
+  faster server could still shrink.
 
 A peer server (``compare --peers``: uvloop, uvicorn, the C echo server) has
 no counters: its ``server_requests``, ``syscalls_per_request`` and
@@ -87,6 +91,8 @@ class Result:
     wait_calls_per_request: float | None
     cpu_s: float
     cpu_us_per_request: float | None
+    user_us_per_request: float | None
+    system_us_per_request: float | None
     peak_rss_kib: int
     client_cpu_util: float
     window_s: float
@@ -95,6 +101,10 @@ class Result:
 
 def _per(value: float, count: int) -> float | None:
     return value / count if count > 0 else None
+
+
+def _us_per(seconds: float, count: int) -> float | None:
+    return seconds * 1e6 / count if count > 0 else None
 
 
 def result_from_run(
@@ -113,8 +123,10 @@ def result_from_run(
     Snapshots without counters (a peer's) leave the counter figures None.
     """
     cpu_s = after.cpu_s - before.cpu_s
+    user_s = after.user_s - before.user_s
+    system_s = after.system_s - before.system_s
     if before.stats is None or after.stats is None:
-        cpu_per = _per(cpu_s, measured.requests)
+        count = measured.requests
         server_requests = syscalls_per = waits_per = None
     else:
         b, a = before.stats, after.stats
@@ -126,7 +138,7 @@ def result_from_run(
             server_requests = delta("bytes_in") // ECHO_MESSAGE_BYTES
         else:
             server_requests = delta("requests")
-        cpu_per = _per(cpu_s, server_requests)
+        count = server_requests
         syscalls_per = _per(delta("syscalls"), server_requests)
         waits_per = _per(delta("wait_calls"), server_requests)
     return Result(
@@ -146,7 +158,9 @@ def result_from_run(
         syscalls_per_request=syscalls_per,
         wait_calls_per_request=waits_per,
         cpu_s=cpu_s,
-        cpu_us_per_request=None if cpu_per is None else cpu_per * 1e6,
+        cpu_us_per_request=_us_per(cpu_s, count),
+        user_us_per_request=_us_per(user_s, count),
+        system_us_per_request=_us_per(system_s, count),
         peak_rss_kib=peak_rss_kib,
         client_cpu_util=measured.client_cpu_util,
         window_s=measured.window_s,

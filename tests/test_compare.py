@@ -25,7 +25,9 @@ import pytest
 
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.tools import locust_percentile, parse_wrk
+from loadtest.procs import ServerSnapshot
+from loadtest.results import result_from_run
+from loadtest.tools import ToolResult, locust_percentile, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
@@ -73,6 +75,8 @@ def check_outputs(out: Path, tools: set[str], connections: set[int], stdout: str
         assert r["errors"] == 0, where
         assert r["syscalls_per_request"] > 0 and r["wait_calls_per_request"] > 0, where
         assert r["cpu_s"] > 0 and r["peak_rss_kib"] > 0, where
+        split = r["user_us_per_request"] + r["system_us_per_request"]
+        assert split == pytest.approx(r["cpu_us_per_request"], rel=1e-4), where
         assert r["p99_ms"] >= r["p50_ms"] >= 0 and r["avg_ms"] > 0, where
         assert r["server_exit_status"] == 0, where
         for key in ("kernel", "cpu_model", "cpu_count", "python", "liburing", "h11", "locust"):
@@ -117,6 +121,8 @@ def check_peer_outputs(out: Path, tool: str, peers: tuple[str, ...], stdout: str
         assert r["requests_per_s"] > 0 and r["requests"] > 0, where
         assert r["errors"] == 0, where
         assert r["cpu_s"] > 0 and r["cpu_us_per_request"] > 0 and r["peak_rss_kib"] > 0, where
+        split = r["user_us_per_request"] + r["system_us_per_request"]
+        assert split == pytest.approx(r["cpu_us_per_request"], rel=1e-4), where
         assert r["server_exit_status"] == 0, where
         if r["backend"] in OURS:
             assert r["server_requests"] > 0 and r["syscalls_per_request"] > 0, where
@@ -316,6 +322,35 @@ def test_parse_wrk() -> None:
     assert got["p99_ms"] == pytest.approx(1020.0)
     assert got["errors"] == 1 + 2 + 3 + 4
     assert got["window_s"] == pytest.approx(2.1)
+
+
+MEASURED = ToolResult(
+    requests=2_000, requests_per_s=1_000.0, avg_ms=1.0, p50_ms=0.9, p90_ms=1.5,
+    p99_ms=2.0, errors=0, client_cpu_util=0.5, window_s=2.0,
+)  # fmt: skip
+
+
+def test_result_splits_server_cpu_per_request_by_the_servers_count() -> None:
+    before = ServerSnapshot({"requests": 100, "syscalls": 10, "wait_calls": 5}, 1.0, 2.0, 0.0)
+    after = ServerSnapshot({"requests": 1_100, "syscalls": 60, "wait_calls": 15}, 1.25, 2.5, 2.0)
+    r = result_from_run("http", "wrk", "uring", 100, MEASURED, before, after, 4096, 0)
+    assert r.server_requests == 1_000
+    assert r.cpu_s == pytest.approx(0.75)
+    assert r.cpu_us_per_request == pytest.approx(750.0)
+    assert r.user_us_per_request == pytest.approx(250.0)
+    assert r.system_us_per_request == pytest.approx(500.0)
+    assert r.syscalls_per_request == pytest.approx(0.05)
+    assert r.wait_calls_per_request == pytest.approx(0.01)
+
+
+def test_result_of_a_peer_divides_by_the_generators_count() -> None:
+    before = ServerSnapshot(None, 1.0, 2.0, 0.0)
+    after = ServerSnapshot(None, 1.5, 2.5, 2.0)
+    r = result_from_run("echo", "echo-client", "uvloop-echo", 10, MEASURED, before, after, 1, 0)
+    assert r.server_requests is None and r.syscalls_per_request is None
+    assert r.cpu_us_per_request == pytest.approx(500.0)
+    assert r.user_us_per_request == pytest.approx(250.0)
+    assert r.system_us_per_request == pytest.approx(250.0)
 
 
 def test_locust_percentile() -> None:
