@@ -1,12 +1,15 @@
-"""Child processes for `compare`: the server under test and the load generators.
+"""Child processes for `compare` and `soak`: the server under test and the load generators.
 
-Every process started here is registered and starts its own session (so its
+`ServerProcess` is our server as a child (`local_server` makes one on a
+loopback port, as `soak` and ``tests/reliability`` use it).  Every process
+started here is registered and starts its own session (so its
 process group is its pid); `kill_all()` kills whatever is still running, and
 `compare` calls it in a ``finally``, so no server or generator outlives a run
 that fails or is interrupted.
 
 The server's counters are read with SIGUSR1: the server prints one JSON line
-``{"event": "stats", ...}`` on stdout at the end of its current loop pass.
+``{"event": "stats", ...}`` on stdout at the end of its current loop pass,
+and one ``{"event": "exit", ...}`` line as it exits.
 A generator marks its measured window with `loadtest.WINDOW_START_MARKER`
 and `loadtest.WINDOW_END_MARKER` on stderr; `run_generator` calls the
 window hooks when it reads them, so the server's counters cover exactly the
@@ -20,6 +23,7 @@ snapshots carry CPU seconds only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -28,6 +32,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +46,12 @@ from loadtest import WINDOW_END_MARKER, WINDOW_START_MARKER
 
 SERVER_START_TIMEOUT_S = 20.0
 SNAPSHOT_TIMEOUT_S = 10.0
+STATS_TIMEOUT_S = 5.0
 RSS_SAMPLE_INTERVAL_S = 0.1
 _LISTENING = re.compile(r"listening on (?:http://)?(\[[^\]]+\]|[^\s:]+):(\d+)")
+# A log line at ERROR or above, or a traceback.
+_ERROR_LINE = re.compile(r" (?:ERROR|CRITICAL) |^Traceback|^\S*Error: ")
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 _live: set[subprocess.Popen[str]] = set()
 _live_lock = threading.Lock()
@@ -56,8 +65,11 @@ class GeneratorError(Exception):
     """A load generator failed, timed out or did not report its window."""
 
 
-def spawn(argv: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
-    """Start `argv` in its own session, registered for `kill_all`."""
+def spawn(argv: Sequence[str], cwd: Path, nofile: int | None = None) -> subprocess.Popen[str]:
+    """Start `argv` in its own session, registered for `kill_all`.
+
+    `nofile`: the child's RLIMIT_NOFILE soft limit (None: inherited).
+    """
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
@@ -67,10 +79,17 @@ def spawn(argv: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
         text=True,
         bufsize=1,
         start_new_session=True,
+        preexec_fn=None if nofile is None else functools.partial(_limit_nofile, nofile),
     )
     with _live_lock:
         _live.add(proc)
     return proc
+
+
+def _limit_nofile(soft: int) -> None:
+    """In the child, before exec: set its RLIMIT_NOFILE soft limit to `soft`."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
@@ -106,6 +125,19 @@ def _pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def _proc_status(pid: int, key: str) -> str | None:
+    """The first word after `key` in /proc/PID/status (None if unreadable or absent)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name == key:
+                    return value.split()[0]
+    except (OSError, IndexError):
+        pass
+    return None
 
 
 def process_tree_cpu_times(pid: int) -> tuple[float, float]:
@@ -159,24 +191,40 @@ class ServerSnapshot:
 
 
 class ServerProcess:
-    """A ``python -m server`` child: start, snapshot counters, sample RSS, stop.
+    """A ``python -m server`` child: start, read its counters, sample RSS, signal, stop.
+
+    Its stdout is read line by line: the JSON ``stats`` lines (see `stats` and
+    `snapshot`) and the ``exit`` line (`exit_stats`).  Every stderr line is
+    kept in `stderr_lines` (the log) and, with a `log_path`, written there
+    too.  As a context manager it starts the server (unless `start` was
+    called already) and kills it on the way out.
 
     Args:
         argv: the whole command (with any ``taskset`` prefix).
         cwd: where to run it (the project root, so ``-m server`` resolves).
-        log_path: the server's stderr goes here.
+        log_path: the server's stderr goes here (None: kept in memory only).
+        nofile: the child's RLIMIT_NOFILE soft limit (None: inherited).
     """
 
-    def __init__(self, argv: Sequence[str], cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        log_path: Path | None = None,
+        nofile: int | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.cwd = cwd
         self.log_path = log_path
+        self.nofile = nofile
         self.proc: subprocess.Popen[str] | None = None
-        self.address: tuple[str, int] | None = None
+        self.address: tuple[str, int] = ("", 0)  # set once it listens
+        self.stderr_lines: list[str] = []
         self.exit_stats: dict[str, Any] | None = None
-        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stats: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stats_lock = threading.Lock()
         self._listening = threading.Event()
-        self._stderr_tail: list[str] = []
+        self._readers: list[threading.Thread] = []
         self._peak_rss = 0
         self._stop_sampling = threading.Event()
         self._log: IO[str] | None = None
@@ -184,52 +232,64 @@ class ServerProcess:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> tuple[str, int]:
-        """Start the server and wait for its "listening on" line.
+        """Start the server; wait for its "listening on" line and its signal handlers.
+
+        Returns:
+            The address it listens on (also in `address`).
 
         Raises:
-            ServerStartError: it exited or did not listen within `timeout` s;
-                the message carries its last stderr lines.
+            ServerStartError: it exited, or did not listen and catch its
+                signals within `timeout` s; the message carries its last
+                stderr lines.
         """
-        self._log = self.log_path.open("w")
-        self.proc = proc = spawn(self.argv, self.cwd)
+        self._open_log()
+        self.proc = proc = spawn(self.argv, self.cwd, self.nofile)
         assert proc.stdout is not None and proc.stderr is not None
-        _pump(proc.stdout, self._on_stdout)
-        _pump(proc.stderr, self._on_stderr)
+        self._readers = [_pump(proc.stdout, self._on_stdout), _pump(proc.stderr, self._on_stderr)]
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05):
-            exited = proc.poll() is not None
-            if exited or time.monotonic() > deadline:
-                time.sleep(0.1)  # let the reader catch the last words
-                self.kill()
-                why = f"exited with status {proc.returncode}"
-                if not exited:
-                    why = f"did not start listening within {timeout:.0f} s"
-                raise ServerStartError(f"the server {why}:\n{self._last_words()}")
-        self._wait_for_signal_handlers(deadline)
+            self._fail_if_not_started(deadline, f"did not start listening within {timeout:.0f} s")
+        self._wait_for_signal_handlers(deadline, timeout)
         threading.Thread(target=self._sample_rss, daemon=True).start()
-        assert self.address is not None
         return self.address
 
-    def _wait_for_signal_handlers(self, deadline: float) -> None:
-        """Wait until the server catches SIGUSR1 (its SigCgt mask in /proc says so).
+    def _wait_for_signal_handlers(self, deadline: float, timeout: float) -> None:
+        """Wait until the server catches SIGTERM and SIGUSR1 (its SigCgt mask in /proc says so).
 
         Our server installs its handlers before it logs "listening on"; this
         guards against a build where that is not so, since a signal that
         arrives before the handlers exist kills it with the default action.
+
+        Raises:
+            ServerStartError: it exited, or still did not catch them at `deadline`.
         """
-        bit = 1 << (signal.SIGUSR1 - 1)
-        status = Path(f"/proc/{self.pid}/status")
-        while time.monotonic() < deadline and self.alive():
-            try:
-                caught = next(
-                    line for line in status.read_text().splitlines() if line.startswith("SigCgt:")
-                )
-            except (OSError, StopIteration):
+        wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGUSR1 - 1))
+        while True:
+            caught = _proc_status(self.pid, "SigCgt")
+            if caught is not None and int(caught, 16) & wanted == wanted:
+                return
+            self._fail_if_not_started(
+                deadline, f"did not catch SIGTERM and SIGUSR1 within {timeout:.0f} s"
+            )
+            if caught is None:
                 time.sleep(0.5)  # no /proc: give it a moment
                 return
-            if int(caught.split()[1], 16) & bit:
-                return
             time.sleep(0.01)
+
+    def _fail_if_not_started(self, deadline: float, late: str) -> None:
+        """Kill it and raise if it exited or `deadline` passed (`late` says what it missed).
+
+        Raises:
+            ServerStartError: with its last stderr lines.
+        """
+        proc = self.proc
+        assert proc is not None
+        exited = proc.poll() is not None
+        if exited or time.monotonic() > deadline:
+            time.sleep(0.1)  # let the reader catch the last words
+            self.kill()
+            why = f"exited with status {proc.returncode}" if exited else late
+            raise ServerStartError(f"the server {why}:\n{self._last_words()}")
 
     def _terminate(self, timeout: float) -> subprocess.Popen[str]:
         """SIGTERM and wait; kill after `timeout` s.  Returns the finished process."""
@@ -246,13 +306,37 @@ class ServerProcess:
         return proc
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the exit line; kill after `timeout` s. Returns the status."""
+        """SIGTERM and wait (kill after `timeout` s); then `exit_stats` holds its exit line.
+
+        Returns:
+            Its exit status.
+        """
         proc = self._terminate(timeout)
-        self.exit_stats = self._next_line("exit", 2.0)
+        self._join_readers(2.0)
         with _live_lock:
             _live.discard(proc)
         self._close_log()
         return proc.returncode
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the server (nothing happens if it is gone)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the server to exit and its output to be read (`exit_stats`, `stderr_lines`).
+
+        Returns:
+            Its exit status.
+
+        Raises:
+            subprocess.TimeoutExpired: it is still running after `timeout` s.
+        """
+        assert self.proc is not None
+        status = self.proc.wait(timeout)
+        self._join_readers(5.0)
+        return status
 
     def kill(self) -> None:
         self._stop_sampling.set()
@@ -261,6 +345,8 @@ class ServerProcess:
         self._close_log()
 
     def __enter__(self) -> ServerProcess:
+        if self.proc is None:
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -276,6 +362,18 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def stats(self, timeout: float = STATS_TIMEOUT_S) -> dict[str, Any]:
+        """The server's counters now (SIGUSR1 makes it print them on stdout).
+
+        Raises:
+            TimeoutError: no stats line within `timeout` s.
+            ProcessLookupError: the server is gone.
+        """
+        stats = self._request_stats(timeout)
+        if stats is None:
+            raise TimeoutError(f"no stats line within {timeout} s")
+        return stats
+
     def snapshot(self, timeout: float = SNAPSHOT_TIMEOUT_S) -> ServerSnapshot:
         """Counters via SIGUSR1 plus CPU seconds via psutil, taken together.
 
@@ -285,10 +383,9 @@ class ServerProcess:
         user, system = process_tree_cpu_times(self.pid)
         at = time.monotonic()
         try:
-            os.kill(self.pid, signal.SIGUSR1)
+            stats = self._request_stats(timeout)
         except ProcessLookupError:
             raise GeneratorError("the server died during the run") from None
-        stats = self._next_line("stats", timeout)
         if stats is None:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -299,40 +396,76 @@ class ServerProcess:
             raise GeneratorError(f"the server did not answer SIGUSR1 within {timeout:.0f} s")
         return ServerSnapshot(stats, user, system, at)
 
+    def error_lines(self) -> list[str]:
+        """Its log lines at ERROR or above, and tracebacks."""
+        return [line for line in self.stderr_lines if _ERROR_LINE.search(line)]
+
+    def rss_kib(self) -> int:
+        """Its RSS now (VmRSS), in KiB (0 if it is gone)."""
+        rss = _proc_status(self.pid, "VmRSS")
+        return 0 if rss is None else int(rss)
+
+    def fds(self) -> int:
+        """How many fds it has open (-1 if it is gone)."""
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return -1
+
     def peak_rss_kib(self) -> int:
         """The highest RSS seen: the kernel's VmHWM if readable, else the samples."""
         peak = self._peak_rss
-        with contextlib.suppress(OSError, ValueError):
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-            peak = max(peak, int(hwm.split()[1]) * 1024)
+        with contextlib.suppress(ValueError):
+            if (hwm := _proc_status(self.pid, "VmHWM")) is not None:
+                peak = max(peak, int(hwm) * 1024)
         return peak // 1024
 
     # -- internals -----------------------------------------------------------
 
     def _last_words(self) -> str:
         """Its error lines if it printed any (not the usage text), else its last lines."""
-        errors = [line for line in self._stderr_tail if "error:" in line.lower()]
-        return "".join(errors[-3:] or self._stderr_tail[-5:]).strip() or "(nothing on stderr)"
+        tail = self.stderr_lines[-20:]
+        errors = [line for line in tail if "error:" in line.lower()]
+        return "".join(errors[-3:] or tail[-5:]).strip() or "(nothing on stderr)"
 
-    def _next_line(self, event: str, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
+    def _request_stats(self, timeout: float) -> dict[str, Any] | None:
+        """SIGUSR1, then the stats line it prints (None if none within `timeout` s).
+
+        A line that answered an earlier, timed-out request is dropped first.
+
+        Raises:
+            ProcessLookupError: the server is gone.
+        """
+        with self._stats_lock:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._stats.get_nowait()
+            os.kill(self.pid, signal.SIGUSR1)
             try:
-                line = self._lines.get(timeout=left)
+                return self._stats.get(timeout=timeout)
             except queue.Empty:
                 return None
-            if line.get("event") == event:
-                return line
-        return None
+
+    def _join_readers(self, timeout: float) -> None:
+        """Wait (up to `timeout` s) for the readers to reach the end of its output."""
+        deadline = time.monotonic() + timeout
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
 
     def _on_stdout(self, line: str) -> None:
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                self._lines.put(json.loads(line))
+        if not line.startswith("{"):
+            return
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if record.get("event") == "exit":
+            self.exit_stats = record
+        elif record.get("event") == "stats":
+            self._stats.put(record)
 
     def _on_stderr(self, line: str) -> None:
-        self._stderr_tail = [*self._stderr_tail[-19:], line]
+        self.stderr_lines.append(line)
         log = self._log
         if log is not None:
             with contextlib.suppress(ValueError):
@@ -347,10 +480,34 @@ class ServerProcess:
             while not self._stop_sampling.wait(RSS_SAMPLE_INTERVAL_S):
                 self._peak_rss = max(self._peak_rss, proc.memory_info().rss)
 
+    def _open_log(self) -> None:
+        if self.log_path is not None:
+            self._log = self.log_path.open("w")
+
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def local_server(
+    backend: str, protocol: str = "http", args: Sequence[str] = (), nofile: int | None = None
+) -> ServerProcess:
+    """Our server on 127.0.0.1 and a port the kernel picks; not started, no log file.
+
+    Its `argv` can still be changed before it starts.
+
+    Args:
+        backend: ``uring`` or ``epoll``.
+        protocol: ``http`` or ``echo``.
+        args: more command-line options for the server.
+        nofile: the child's RLIMIT_NOFILE soft limit (None: inherited).
+    """
+    argv = [
+        sys.executable, "-m", "server", "--backend", backend, "--protocol", protocol,
+        "--host", "127.0.0.1", "--port", "0", *args,
+    ]  # fmt: skip
+    return ServerProcess(argv, _PROJECT_ROOT, nofile=nofile)
 
 
 def owns_listener(pid: int, port: int) -> bool:
@@ -378,7 +535,8 @@ class PeerProcess(ServerProcess):
 
     It is ready once it listens on `address`'s port (its own "listening"
     line, if any, only goes to the log).  Its stdout and stderr both go to
-    the log.  `clean_exits`: exit statuses that mean a graceful stop (uvicorn
+    the log, and only their last 20 lines to `stderr_lines` (a peer may log
+    every request).  `clean_exits`: exit statuses that mean a graceful stop (uvicorn
     re-raises the SIGTERM it handled, so it ends with -SIGTERM); `stop`
     reports them as 0.
     """
@@ -402,22 +560,16 @@ class PeerProcess(ServerProcess):
         Raises:
             ServerStartError: it exited or did not listen within `timeout` s.
         """
-        self._log = self.log_path.open("w")
+        self._open_log()
         self.proc = proc = spawn(self.argv, self.cwd)
         assert proc.stdout is not None and proc.stderr is not None
-        _pump(proc.stdout, self._on_stderr)
-        _pump(proc.stderr, self._on_stderr)
+        self._readers = [_pump(proc.stdout, self._on_stderr), _pump(proc.stderr, self._on_stderr)]
         deadline = time.monotonic() + timeout
         port = self.expected_address[1]
         while not owns_listener(proc.pid, port):
-            exited = proc.poll() is not None
-            if exited or time.monotonic() > deadline:
-                time.sleep(0.1)
-                self.kill()
-                why = f"exited with status {proc.returncode}"
-                if not exited:
-                    why = f"did not listen on port {port} within {timeout:.0f} s"
-                raise ServerStartError(f"the server {why}:\n{self._last_words()}")
+            self._fail_if_not_started(
+                deadline, f"did not listen on port {port} within {timeout:.0f} s"
+            )
             time.sleep(0.02)
         self.address = self.expected_address
         threading.Thread(target=self._sample_rss, daemon=True).start()
@@ -447,7 +599,7 @@ class PeerProcess(ServerProcess):
         return 0 if proc.returncode in self.clean_exits else proc.returncode
 
     def _on_stderr(self, line: str) -> None:
-        self._stderr_tail = [*self._stderr_tail[-19:], line]
+        self.stderr_lines = [*self.stderr_lines[-19:], line]
         with self._log_lock:
             log = self._log
             if log is not None:

@@ -3,7 +3,8 @@
 ``python -m loadtest.soak --backend uring|epoll|both --duration 600 --connections 32
 --protocol http|echo --out DIR``
 
-For each backend it starts ``python -m server`` as a child process, and:
+For each backend it starts ``python -m server`` as a child process
+(`loadtest.procs.local_server`), and:
 
 1. warm-up: runs the load client (another child process) for ``--warmup``
    seconds, then lets every connection close;
@@ -27,9 +28,6 @@ error (the client only sends valid requests) fails the run.  The samples go
 to ``DIR/samples-<backend>.csv`` and ``.json``, a plot of RSS and fds over
 time to ``DIR/soak.png``, and the verdicts to ``DIR/summary.json``.  Exits 0
 when every check passed, 1 otherwise.
-
-The module also holds `ServerProcess`, the ``python -m server`` child used
-here and by ``tests/reliability``.
 """
 
 from __future__ import annotations
@@ -40,10 +38,7 @@ import csv
 import errno
 import json
 import os
-import queue
 import random
-import re
-import resource
 import selectors
 import signal
 import socket
@@ -51,233 +46,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from loadtest.procs import local_server
+
 ROOT = Path(__file__).resolve().parents[1]
-LISTENING_RE = re.compile(r"listening on (?:http://)?([^\s:]+):(\d+)")
-ERROR_LINE_RE = re.compile(r" (?:ERROR|CRITICAL) |^Traceback|^\S*Error: ")
-SERVER_START_TIMEOUT_S = 20.0
-STATS_TIMEOUT_S = 5.0
 SETTLE_TIMEOUT_S = 15.0
 SAMPLE_INTERVAL_S = 1.0
 CLIENT_IO_TIMEOUT_S = 10.0
 MAX_CLIENT_ERRORS = 100  # the client stops early after this many
 HELLO = b"Hello from ringserve\n"
 ECHO_MESSAGE_BYTES = 64
-
-
-# -- the server child ---------------------------------------------------------
-
-
-def read_rss_kib(pid: int) -> int:
-    """VmRSS of `pid` in KiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def caught_signals(pid: int) -> int:
-    """The mask of signals `pid` has handlers for (SigCgt in /proc/PID/status)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
-def count_fds(pid: int) -> int:
-    """Open fds of `pid` (-1 if it is gone)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
-
-
-class ServerProcess:
-    """``python -m server`` as a child: start, read counters, signal, stop.
-
-    Args:
-        backend: ``uring`` or ``epoll``.
-        protocol: ``http`` or ``echo``.
-        args: more command-line options for the server.
-        nofile: the child's RLIMIT_NOFILE soft limit (None: inherited).
-
-    stdout is read line by line (the JSON ``stats`` and ``exit`` lines),
-    stderr kept in `stderr_lines` (the log).
-    """
-
-    def __init__(
-        self,
-        backend: str,
-        protocol: str = "http",
-        args: Sequence[str] = (),
-        nofile: int | None = None,
-    ) -> None:
-        self.argv = [
-            sys.executable,
-            "-m",
-            "server",
-            "--backend",
-            backend,
-            "--protocol",
-            protocol,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *args,
-        ]
-        self.nofile = nofile
-        self.proc: subprocess.Popen[str] | None = None
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self.stderr_lines: list[str] = []
-        self.exit_stats: dict[str, Any] | None = None
-        self._stats: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._listening = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._stats_lock = threading.Lock()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _preexec(self) -> None:
-        if self.nofile is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
-
-    def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> tuple[str, int]:
-        """Start; wait for the "listening on" line and the signal handlers.
-
-        The server installs its SIGTERM/SIGINT/SIGUSR1 handlers before it
-        logs "listening on"; waiting until /proc shows them caught as well
-        guards against a build where that is not so (a signal before the
-        handlers exist kills it with the default action).
-        Returns the address.
-        """
-        self.proc = proc = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            start_new_session=True,
-            preexec_fn=self._preexec if self.nofile is not None else None,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        self._threads = [
-            threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True),
-            threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                time.sleep(0.2)
-                self.kill()
-                tail = "".join(self.stderr_lines[-10:]) or "(nothing on stderr)"
-                raise RuntimeError(f"server did not start (status {proc.returncode}):\n{tail}")
-        wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGUSR1 - 1))
-        while caught_signals(proc.pid) & wanted != wanted:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError("server did not install its signal handlers")
-            time.sleep(0.005)
-        return self.address
-
-    def _read_stdout(self, stream: IO[str]) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in stream:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("event") == "exit":
-                    self.exit_stats = record
-                elif record.get("event") == "stats":
-                    self._stats.put(record)
-
-    def _read_stderr(self, stream: IO[str]) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in stream:
-                self.stderr_lines.append(line)
-                if not self._listening.is_set() and (m := LISTENING_RE.search(line)):
-                    self.address = (m[1], int(m[2]))
-                    self._listening.set()
-
-    def error_lines(self) -> list[str]:
-        """Log lines at ERROR or above, and tracebacks."""
-        return [line for line in self.stderr_lines if ERROR_LINE_RE.search(line)]
-
-    def stats(self, timeout: float = STATS_TIMEOUT_S) -> dict[str, Any]:
-        """The server's counters now (SIGUSR1 makes it print them on stdout)."""
-        assert self.proc is not None
-        with self._stats_lock:
-            while not self._stats.empty():
-                self._stats.get_nowait()
-            os.kill(self.proc.pid, signal.SIGUSR1)
-            try:
-                return self._stats.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no stats line within {timeout} s") from None
-
-    def rss_kib(self) -> int:
-        return read_rss_kib(self.pid)
-
-    def fds(self) -> int:
-        return count_fds(self.pid)
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the exit (raises subprocess.TimeoutExpired); returns the status."""
-        assert self.proc is not None
-        rc = self.proc.wait(timeout)
-        for t in self._threads:
-            t.join(5)
-        return rc
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; SIGKILL after `timeout` s. Returns the exit status."""
-        self.signal(signal.SIGTERM)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
 
 # -- the load client (runs in its own process) ----------------------------------
@@ -627,7 +408,7 @@ class Soak:
         self.args = args
         self.backend = backend
         self.result = Result(backend, args.protocol, args.connections, args.warmup, args.duration)
-        self.server = ServerProcess(backend, args.protocol, ["--log-level", "info"])
+        self.server = local_server(backend, args.protocol, ["--log-level", "info"])
         self.started = 0.0
         self.client: ClientProcess | None = None
         self.phase = "start"
@@ -705,7 +486,10 @@ class Soak:
             r.final_rss_kib, r.final_fds = end.rss_kib, end.fds
             r.server_stats = dict(self._stats)
             self.phase = "stop"
-            r.exit_status = self.server.stop(timeout=30.0)
+            # Not stop(), which kills a server still running after the timeout and
+            # returns that status: here a server that does not exit aborts the soak.
+            self.server.signal(signal.SIGTERM)
+            r.exit_status = self.server.wait(30.0)
             r.exit_stats = self.server.exit_stats
         except Exception as exc:  # report, do not crash: the other backend still runs
             r.failures.append(f"soak aborted: {exc!r}")

@@ -7,7 +7,7 @@ import os
 import psutil
 import pytest
 
-from loadtest.soak import ServerProcess
+from loadtest.procs import local_server
 from server.config import Config, parse_config
 from server.protocols.http import HttpLimits
 
@@ -48,7 +48,7 @@ def test_a_server_started_without_host_listens_on_loopback_only(
     backend_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RINGSERVE_HOST", raising=False)
-    server = ServerProcess(backend_name, "http")
+    server = local_server(backend_name, "http")
     i = server.argv.index("--host")
     del server.argv[i : i + 2]
     with server:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.soak import ServerProcess
+from loadtest.procs import local_server
 
 from .support import (
     GET,
@@ -330,7 +330,7 @@ def test_emfile_keeps_serving_and_recovers(
 ) -> None:
     """With RLIMIT_NOFILE 64, accept fails with EMFILE; open connections are still served,
     and the waiting ones are served once some close."""
-    with ServerProcess(backend_name, "http", ["--keepalive-timeout", "60"], nofile=64) as server:
+    with local_server(backend_name, "http", ["--keepalive-timeout", "60"], nofile=64) as server:
         socks = [closer(connect(server.address)) for _ in range(100)]  # all in the backlog at least
         try:
             for s in socks:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from loadtest.soak import ServerProcess
+from loadtest.procs import local_server
 from tests.backends.client import refused
 
 from .support import GET, HELLO, Reader, connect, read_until_close, wait_for
@@ -24,7 +24,7 @@ def test_sigterm_under_load(
     backend_name: str, closer: Callable[[socket.socket], socket.socket]
 ) -> None:
     args = ["--grace-period", str(GRACE_S), "--keepalive-timeout", "60", "--idle-timeout", "60"]
-    with ServerProcess(backend_name, "http", args) as server:
+    with local_server(backend_name, "http", args) as server:
         address = server.address
         # Idle keep-alive connections, each after one request.
         idle = [closer(connect(address)) for _ in range(5)]
@@ -126,7 +126,7 @@ def test_sigterm_under_load(
 def test_sigterm_when_idle_exits_at_once(
     backend_name: str, closer: Callable[[socket.socket], socket.socket]
 ) -> None:
-    with ServerProcess(backend_name, "echo", ["--grace-period", "30"]) as server:
+    with local_server(backend_name, "echo", ["--grace-period", "30"]) as server:
         socks = [closer(connect(server.address)) for _ in range(20)]
         for s in socks:
             s.sendall(b"x")

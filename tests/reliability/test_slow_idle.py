@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.soak import ServerProcess
+from loadtest.procs import local_server
 from server.config import Config
 
 from .support import (
@@ -205,7 +205,7 @@ def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
     args = ["--keepalive-timeout", "600", "--idle-timeout", "600", "--max-connections", "20000"]
     with (
         nofile_at_least(IDLE + 500),
-        ServerProcess(backend_name, "http", [*args, "--backlog", "4096"]) as server,
+        local_server(backend_name, "http", [*args, "--backlog", "4096"]) as server,
     ):
         address = server.address
         # The warm-up also cycles uring's provided receive buffers: the kernel takes them in
