@@ -48,6 +48,7 @@ class Config:
     tcp_nodelay: bool = True
     keepalive_timeout: float = 5.0
     idle_timeout: float = 30.0
+    header_timeout: float = 20.0
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024
     grace_period: float = 10.0
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         _positive_float,
         "seconds without progress before a busy connection is timed out",
+    )
+    add(
+        "--header-timeout",
+        _positive_float,
+        "seconds a request head may take in all, however steadily it trickles in; then 408 (HTTP)",
     )
     add("--max-header-bytes", _positive_int, "largest request head; larger gets 431")
     add("--max-body-bytes", _positive_int, "largest request body; larger gets 413")

@@ -103,7 +103,13 @@ class Server:
             listener.close()
             raise
         rest = config.keepalive_timeout if config.protocol == "http" else config.idle_timeout
-        self.loop = Loop(self.backend, factory, rest_timeout=rest, busy_timeout=config.idle_timeout)
+        self.loop = Loop(
+            self.backend,
+            factory,
+            rest_timeout=rest,
+            busy_timeout=config.idle_timeout,
+            header_timeout=config.header_timeout if config.protocol == "http" else None,
+        )
         self.backend.listen(listener)
 
     def serve(self) -> None:

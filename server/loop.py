@@ -35,6 +35,11 @@ class Loop:
             stay silent (HTTP keep-alive timeout; echo idle timeout).
         busy_timeout: seconds a connection with a request in progress may go
             without receiving anything.
+        header_timeout: seconds a request head may take as a whole, however
+            steadily its bytes trickle in (None: no such bound).  Checked
+            at each sweep, so a head is cut between `header_timeout` and
+            `header_timeout` + `sweep_interval` after the sweep that first
+            saw it.
     """
 
     def __init__(
@@ -43,14 +48,21 @@ class Loop:
         protocol_factory: Callable[[], ServerProtocol],
         rest_timeout: float,
         busy_timeout: float,
+        header_timeout: float | None = None,
     ) -> None:
         self.backend = backend
         self.protocol_factory = protocol_factory
         self.rest_timeout = rest_timeout
         self.busy_timeout = busy_timeout
-        self.sweep_interval = min(MAX_SWEEP_INTERVAL_S, rest_timeout / 4, busy_timeout / 4)
+        self.header_timeout = header_timeout
+        limits = [MAX_SWEEP_INTERVAL_S, rest_timeout / 4, busy_timeout / 4]
+        if header_timeout is not None:
+            limits.append(header_timeout / 4)
+        self.sweep_interval = min(limits)
         self.protocols: dict[int, ServerProtocol] = {}
         self.last_seen: dict[int, float] = {}
+        # cid -> (when a sweep first saw the head, which head): see _sweep.
+        self.heads_seen: dict[int, tuple[float, int]] = {}
         self.timeouts = 0
         self.protocol_errors = 0
         # Set from signal handlers; read once per pass.
@@ -72,6 +84,7 @@ class Loop:
         factory = self.protocol_factory
         protocols = self.protocols
         last_seen = self.last_seen
+        heads_seen = self.heads_seen
         on_pass = self.on_pass
         monotonic = time.monotonic
         debug = logger.isEnabledFor(logging.DEBUG)
@@ -108,6 +121,7 @@ class Loop:
                 else:  # CLOSED
                     protocols.pop(cid, None)
                     last_seen.pop(cid, None)
+                    heads_seen.pop(cid, None)
                     if debug:
                         logger.debug("connection %d closed: %s", cid, payload)
             if on_pass:
@@ -136,15 +150,37 @@ class Loop:
                 self.backend.close(cid)
 
     def _sweep(self, now: float) -> None:
-        """Time out connections that have been silent too long."""
+        """Time out connections that have been silent, or on one head, too long.
+
+        A head's age is measured from the first sweep that saw it pending
+        (`heads_seen`), so the hot loop pays nothing for it.
+        """
         rest_cutoff = now - self.rest_timeout
         busy_cutoff = now - self.busy_timeout
-        expired = [
-            cid
-            for cid, seen in self.last_seen.items()
-            if seen < (busy_cutoff if self.protocols[cid].busy else rest_cutoff)
-        ]
+        protocols = self.protocols
+        heads_seen = self.heads_seen
+        header_timeout = self.header_timeout
+        expired = []
+        for cid, seen in self.last_seen.items():
+            proto = protocols[cid]
+            if not proto.busy:
+                if seen < rest_cutoff:
+                    expired.append(cid)
+                continue
+            if seen < busy_cutoff:
+                expired.append(cid)
+            elif header_timeout is not None:
+                head = proto.pending_head()
+                first = heads_seen.get(cid)
+                if not head:
+                    if first is not None:
+                        del heads_seen[cid]
+                elif first is None or first[1] != head:
+                    heads_seen[cid] = (now, head)
+                elif now - first[0] >= header_timeout:
+                    expired.append(cid)
         for cid in expired:
+            heads_seen.pop(cid, None)
             proto = self.protocols[cid]
             self.timeouts += 1
             if proto.should_close:

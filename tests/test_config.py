@@ -14,7 +14,12 @@ from tests.conftest import URING_SKIP
 
 @pytest.fixture(autouse=True)
 def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RINGSERVE_TCP_NODELAY", "RINGSERVE_CQ_FACTOR", "RINGSERVE_RING_ENTRIES"):
+    for name in (
+        "RINGSERVE_TCP_NODELAY",
+        "RINGSERVE_CQ_FACTOR",
+        "RINGSERVE_RING_ENTRIES",
+        "RINGSERVE_HEADER_TIMEOUT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -82,3 +87,33 @@ def test_cq_factor_sizes_the_completion_queue() -> None:
         assert backend.ring.cq_entries == 1024
     finally:
         backend.shutdown()
+
+
+def test_header_timeout_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Config().header_timeout == 20.0
+    monkeypatch.setenv("RINGSERVE_HEADER_TIMEOUT", "7.5")
+    assert parse_config([]).header_timeout == 7.5
+    assert parse_config(["--header-timeout", "2"]).header_timeout == 2.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_header_timeout_must_be_a_positive_number(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--header-timeout", value])
+    assert exc.value.code == 2
+    assert "--header-timeout" in capsys.readouterr().err
+
+
+def test_header_timeout_sets_the_sweep_interval_for_http_only() -> None:
+    from server.loop import Loop
+
+    class Idle:
+        def wait(self, timeout: float | None) -> list[object]:
+            return []
+
+    http = Loop(Idle(), object, rest_timeout=5.0, busy_timeout=30.0, header_timeout=0.4)  # type: ignore[arg-type]
+    assert http.sweep_interval == pytest.approx(0.1)
+    echo = Loop(Idle(), object, rest_timeout=30.0, busy_timeout=30.0)  # type: ignore[arg-type]
+    assert echo.sweep_interval == 1.0

@@ -27,6 +27,13 @@ class ServerProtocol(Protocol):
         """Feed bytes from the peer (``b""`` means EOF); return bytes to send."""
         ...
 
+    def pending_head(self) -> int:
+        """Which request head is being read: 0 if none, else its number on
+        this connection (1 for the first), so the loop can bound the time a
+        head takes as a whole (``--header-timeout``), not only the silence
+        between its bytes."""
+        ...
+
     def timed_out(self) -> bytes:
         """The connection timed out: return last words (may be empty); it closes."""
         ...

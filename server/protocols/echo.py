@@ -22,6 +22,9 @@ class EchoConnection:
             self.should_close = True
         return data
 
+    def pending_head(self) -> int:
+        return 0  # no heads: each byte is a whole message
+
     def timed_out(self) -> bytes:
         self.should_close = True
         return b""

@@ -159,6 +159,7 @@ class HttpConnection:
         "_body_bytes",
         "_conn",
         "_counters",
+        "_heads",
         "_keepalive",
         "_limits",
         "_request",
@@ -175,6 +176,7 @@ class HttpConnection:
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._keepalive = True
+        self._heads = 0  # request heads received whole
         self.should_close = False
         self.busy = False
 
@@ -201,6 +203,14 @@ class HttpConnection:
             _give_h11(conn, self._limits.max_header_bytes)  # idle: no h11 state held
             self._conn = None
         return b"".join(out)
+
+    def pending_head(self) -> int:
+        # A partial head is the only thing h11 leaves buffered while the peer
+        # is IDLE: receive_data handles every whole request before returning.
+        conn = self._conn
+        if conn is None or self.should_close or conn.their_state is not h11.IDLE:
+            return 0
+        return self._heads + 1 if conn.trailing_data[0] else 0
 
     def timed_out(self) -> bytes:
         out: list[bytes] = []
@@ -255,6 +265,7 @@ class HttpConnection:
 
     def _start(self, request: h11.Request, out: list[bytes]) -> bool:
         """Check a request head against the limits; False if it was refused."""
+        self._heads += 1
         self._request = request
         self._body = []
         self._body_bytes = 0

@@ -65,3 +65,11 @@ def test_fresh_connection_state() -> None:
     assert EchoConnection.busy is False
     with pytest.raises(AttributeError):
         conn.extra = 1  # type: ignore[attr-defined]  # __slots__: no per-connection dict
+
+
+def test_pending_head_is_always_zero() -> None:
+    """Echo has no request heads: --header-timeout never applies."""
+    conn = EchoConnection()
+    assert conn.pending_head() == 0
+    assert conn.receive_data(b"GET / HTT") == b"GET / HTT"
+    assert conn.pending_head() == 0

@@ -587,6 +587,34 @@ def test_timed_out_while_busy_408_and_close(data: bytes) -> None:
     assert before in (b"", CONTINUE, GET_ANSWER)
 
 
+def test_pending_head_numbers_the_head_being_read() -> None:
+    conn, _ = connect(app)
+    assert conn.pending_head() == 0  # nothing received
+    assert conn.receive_data(GET[:7]) == b""
+    assert conn.pending_head() == 1
+    assert conn.receive_data(GET[7:]) == GET_ANSWER
+    assert conn.pending_head() == 0  # answered, idle
+    assert conn.receive_data(GET + GET[:5]) == GET_ANSWER  # the third head begins
+    assert conn.pending_head() == 3
+    assert conn.receive_data(GET[5:]) == GET_ANSWER
+    assert conn.pending_head() == 0
+
+
+def test_pending_head_is_zero_while_a_body_is_read() -> None:
+    """--header-timeout bounds the head; a slow body is the idle timeout's."""
+    conn, _ = connect(app)
+    assert conn.receive_data(post_head(b"/b", 5) + b"he") == b""
+    assert (conn.busy, conn.pending_head()) == (True, 0)
+
+
+def test_pending_head_is_zero_once_closing() -> None:
+    conn, _ = connect(app)
+    assert conn.receive_data(GET[:9]) == b""
+    assert conn.pending_head() == 1
+    assert conn.timed_out() == error_response(408)
+    assert conn.pending_head() == 0
+
+
 def test_timed_out_while_idle_is_silent_and_closes() -> None:
     conn, counters = connect(app)
     assert conn.timed_out() == b""

@@ -72,7 +72,9 @@ def test_slowloris_does_not_stop_a_normal_client(
     caplog.set_level(logging.INFO, logger="server")
     with (
         nofile_at_least(2 * SLOWLORIS + 500),
-        make_server(protocol="http", idle_timeout=30.0, keepalive_timeout=30.0) as srv,
+        make_server(
+            protocol="http", idle_timeout=30.0, keepalive_timeout=30.0, header_timeout=300.0
+        ) as srv,
     ):
         slow = open_many(srv.address, SLOWLORIS)
         trickler = Trickler(slow, interval=0.25)
@@ -152,6 +154,61 @@ def test_stalled_request_gets_408_after_the_idle_timeout(make_server: Callable[.
             (resp,) = parse_all(data)
             assert resp.status == 408 and resp.closes
             assert 0.5 <= elapsed < 5, elapsed
+
+
+def test_trickled_head_gets_408_after_the_header_timeout(
+    make_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
+) -> None:
+    """Bytes arriving every 0.1 s beat the idle timeout, not the header timeout."""
+    with make_server(
+        protocol="http", keepalive_timeout=30.0, idle_timeout=30.0, header_timeout=1.0
+    ) as srv:
+        sock = closer(connect(srv.address))
+        trickler = Trickler([sock], interval=0.1)
+        t0 = time.monotonic()
+        trickler.start()
+        try:
+            got = read_until_close(sock, timeout=10)
+        finally:
+            trickler.stop.set()
+            trickler.join(10)
+        elapsed = time.monotonic() - t0
+        assert got.end == "eof"
+        (resp,) = parse_all(got.data)
+        assert resp.status == 408 and resp.closes
+        # Cut between the timeout and the timeout plus two sweeps (0.25 s each).
+        assert 1.0 <= elapsed < 3.0, elapsed
+        assert trickler.rounds >= 10  # it kept sending all along
+        assert srv.stats()["timeouts"] == 1
+        sock.close()
+        wait_for(lambda: srv.stats()["open_connections"] == 0, timeout=10)
+
+
+def test_heads_each_within_the_header_timeout_are_served(
+    make_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
+) -> None:
+    """The bound is per head: a pipelining client that is never between heads is not cut.
+
+    Each write ends one head and begins the next, so every sweep sees a head
+    pending, for 1.75 s in all, while each head takes 0.35 s.
+    """
+    with make_server(
+        protocol="http", keepalive_timeout=30.0, idle_timeout=30.0, header_timeout=1.0
+    ) as srv:
+        sock = closer(connect(srv.address))
+        half = len(GET) // 2
+        sock.sendall(GET[:half])
+        for _ in range(5):
+            time.sleep(0.35)
+            sock.sendall(GET[half:] + GET[:half])
+        time.sleep(0.35)
+        sock.sendall(GET[half:])
+        reader = Reader(sock)
+        bodies = [reader.response().body for _ in range(6)]
+        assert bodies == [HELLO] * 6
+        assert srv.stats()["timeouts"] == 0
+        sock.close()
+        wait_for(lambda: srv.stats()["open_connections"] == 0, timeout=10)
 
 
 def test_slow_but_steady_request_is_served(make_server: Callable[..., Any]) -> None:
