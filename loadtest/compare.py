@@ -21,10 +21,12 @@ picks some.  A peer has no counters: its syscalls/request and waits/request
 are blank; its CPU seconds and peak RSS are measured as for ours.  Each peer
 gets a free port of its own (or ``--port``) and is ready once it listens.
 
-For HTTP with the saturation tool it first runs `loadtest.h11_ceiling` once
-on the server's CPU (for ``--duration`` seconds): our HTTP path in memory,
-no I/O, on exactly wrk's request; the report gives each server's wrk figure
-as a share of it, and results carry it (``h11_ceiling_rps``).
+For HTTP with the saturation tool it runs `loadtest.h11_ceiling` on the
+server's CPU (for ``--duration`` seconds) before the first run and again
+after the last: our HTTP path in memory, no I/O, on exactly wrk's request.
+The report gives each server's wrk figure as a share of it, as a range when
+the two measurements differ (the host's speed can drift during a run), and
+results carry both (``h11_ceiling_rps``, ``h11_ceiling_end_rps``).
 
 Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
 stats reset) and ``saturation`` (``wrk`` for HTTP; `loadtest.echo_client`
@@ -674,7 +676,9 @@ def run_all(
     return results, None
 
 
-def run_ceiling(opts: Options, pinning: Pinning, logs: Path) -> dict[str, float]:
+def run_ceiling(
+    opts: Options, pinning: Pinning, logs: Path, log_name: str | None = None
+) -> dict[str, float]:
     """`loadtest.h11_ceiling` once, on the server's CPU, for --duration seconds.
 
     Raises:
@@ -688,7 +692,7 @@ def run_ceiling(opts: Options, pinning: Pinning, logs: Path) -> dict[str, float]
         argv += ["--cpu", str(pinning.server_cpu)]
     timeout = opts.duration + opts.warmup + SLACK_S
     status, out, err = run_command("the h11 ceiling", argv, PROJECT_ROOT, timeout)
-    (logs / "h11_ceiling.log").write_text(out + err)
+    (logs / (log_name or "h11_ceiling.log")).write_text(out + err)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if status != 0 or not lines:
         raise GeneratorError(f"the h11 ceiling exited with status {status}:\n{err.strip()}")
@@ -714,16 +718,24 @@ def write_outputs(
     return results, [out / "results.csv", out / "results.json", out / "runs.csv", *pngs]
 
 
-def measure_ceiling(opts: Options, pinning: Pinning, logs: Path, meta: Metadata) -> Metadata:
-    """Run the h11 ceiling and record it in `meta`; a failure is a warning, not fatal."""
-    print("h11 ceiling (in memory, the server's CPU) ...", file=sys.stderr, flush=True)
+def measure_ceiling(
+    opts: Options, pinning: Pinning, logs: Path, meta: Metadata, *, end: bool = False
+) -> Metadata:
+    """Run the h11 ceiling and record it in `meta` (`end`: the one after the runs).
+
+    A failure is a warning, not fatal.
+    """
+    when = "after the runs" if end else "before the runs"
+    print(f"h11 ceiling (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
     try:
-        ceiling = run_ceiling(opts, pinning, logs)
+        ceiling = run_ceiling(opts, pinning, logs, "h11_ceiling_end.log" if end else None)
     except (GeneratorError, ValueError) as exc:
-        print(f"compare: warning: no h11 ceiling: {exc}", file=sys.stderr)
+        print(f"compare: warning: no h11 ceiling {when}: {exc}", file=sys.stderr)
         return meta
     rps, us = float(ceiling["requests_per_s"]), float(ceiling["us_per_request"])
     print(f"h11 ceiling: {rps:,.0f} req/s in memory, {us:.2f} us/request", file=sys.stderr)
+    if end:
+        return dataclasses.replace(meta, h11_ceiling_end_rps=rps)
     return dataclasses.replace(meta, h11_ceiling_rps=rps, h11_ceiling_us_per_request=us)
 
 
@@ -803,9 +815,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = EXIT_OK
     runs: list[Result] = []
     try:
-        if opts.protocol == "http" and "saturation" in opts.tools:
+        ceiling = opts.protocol == "http" and "saturation" in opts.tools
+        if ceiling:
             meta = measure_ceiling(opts, pinning, logs, meta)
         runs, failure = run_all(jobs, opts, pinning, logs)
+        if ceiling and runs and failure is None:
+            meta = measure_ceiling(opts, pinning, logs, meta, end=True)
         if failure is not None:
             print(f"compare: error: {failure}", file=sys.stderr)
             print(f"compare: the logs are in {logs}", file=sys.stderr)

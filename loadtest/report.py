@@ -171,25 +171,36 @@ def _join(
     return " | ".join(parts)
 
 
-def ceiling_lines(results: Sequence[Result], servers: Sequence[str], ceiling: float) -> list[str]:
-    """Per point: each server's requests/s as a share of the in-memory h11 ceiling."""
+def ceiling_lines(
+    results: Sequence[Result], servers: Sequence[str], ceiling: float, end: float | None = None
+) -> list[str]:
+    """Per point: each server's requests/s as a share of the in-memory h11 ceiling.
+
+    With `end` (the ceiling measured again after the runs) a share is a range
+    over the two, lower first, unless they round to the same percentage.
+    """
+    other = ceiling if end is None else end
+    ceilings = (max(ceiling, other), min(ceiling, other))
+    measured = f"{ceiling:,.0f} req/s in memory"
+    if end is not None:
+        measured = f"{ceiling:,.0f} req/s in memory before the runs, {end:,.0f} after"
+
+    def share(rps: float) -> str:
+        low, high = (round(rps / c * 100) for c in ceilings)
+        return f"{low}%" if low == high else f"{low}-{high}%"
+
     by_key = {(r.connections, r.backend): r for r in results}
     lines = []
     for point in sorted({r.connections for r in results}):
         shares = [
-            (s, by_key[(point, s)].requests_per_s / ceiling * 100)
-            for s in servers
-            if (point, s) in by_key
+            (s, share(by_key[(point, s)].requests_per_s)) for s in servers if (point, s) in by_key
         ]
         if not shares:
             continue
         (first, pct), rest = shares[0], shares[1:]
-        line = (
-            f"c={point}: {first} reaches {pct:.0f}% of the h11 ceiling "
-            f"({ceiling:,.0f} req/s in memory)"
-        )
+        line = f"c={point}: {first} reaches {pct} of the h11 ceiling ({measured})"
         if rest:
-            line += "; " + ", ".join(f"{s} {p:.0f}%" for s, p in rest)
+            line += "; " + ", ".join(f"{s} {p}" for s, p in rest)
         lines.append(line)
     return lines
 
@@ -219,7 +230,11 @@ def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) ->
             )
         out += [throughput, cost]
         if tool == "wrk" and meta.h11_ceiling_rps:
-            out.append("\n".join(ceiling_lines(mine, order, meta.h11_ceiling_rps)))
+            out.append(
+                "\n".join(
+                    ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
+                )
+            )
     return "\n\n".join(out)
 
 

@@ -68,6 +68,8 @@ class Metadata:
     # None when not measured (echo, or no saturation tool).
     h11_ceiling_rps: float | None = None
     h11_ceiling_us_per_request: float | None = None
+    # The same, measured again after the last run (None: not measured).
+    h11_ceiling_end_rps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

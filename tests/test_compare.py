@@ -10,6 +10,7 @@ and the compiled C echo server included).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import pytest
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
 from loadtest.procs import ServerSnapshot
+from loadtest.report import ceiling_lines
 from loadtest.results import result_from_run
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
 
@@ -149,7 +151,8 @@ def test_http_peers(tmp_path: Path) -> None:
     records = check_peer_outputs(out, "wrk", ("uvloop-h11", "uvicorn"), done.stdout)
     assert "u/uv-h11" in done.stdout and "u/uvicorn" in done.stdout
     assert "c=4: uring reaches" in done.stdout and "uvicorn" in done.stdout.split("reaches")[1]
-    assert all(r["h11_ceiling_rps"] > 0 for r in records)
+    assert all(r["h11_ceiling_rps"] > 0 and r["h11_ceiling_end_rps"] > 0 for r in records)
+    assert "req/s in memory before the runs" in done.stdout
 
 
 @needs_cc
@@ -163,7 +166,7 @@ def test_echo_peers(tmp_path: Path) -> None:
     records = check_peer_outputs(out, "echo-client", ("uvloop-echo", "c-uring-echo"), done.stdout)
     assert "u/uv-echo" in done.stdout and "u/c-echo" in done.stdout
     assert (out / "uring_echo").exists()
-    assert all(r["h11_ceiling_rps"] is None for r in records)
+    assert all(r["h11_ceiling_rps"] is None and r["h11_ceiling_end_rps"] is None for r in records)
     assert "h11 ceiling" not in done.stdout
 
 
@@ -351,6 +354,28 @@ def test_result_of_a_peer_divides_by_the_generators_count() -> None:
     assert r.cpu_us_per_request == pytest.approx(500.0)
     assert r.user_us_per_request == pytest.approx(250.0)
     assert r.system_us_per_request == pytest.approx(250.0)
+
+
+def _wrk_result(backend: str, rps: float) -> Any:
+    return result_from_run(
+        "http", "wrk", backend, 100, dataclasses.replace(MEASURED, requests_per_s=rps),
+        ServerSnapshot(None, 0.0, 0.0, 0.0), ServerSnapshot(None, 1.0, 1.0, 1.0), 1, 0,
+    )  # fmt: skip
+
+
+def test_ceiling_share_is_a_range_over_the_two_ceiling_measurements() -> None:
+    results = [_wrk_result("uring", 8_000.0), _wrk_result("epoll", 6_000.0)]
+    assert ceiling_lines(results, ["uring", "epoll"], 10_000.0) == [
+        "c=100: uring reaches 80% of the h11 ceiling (10,000 req/s in memory); epoll 60%"
+    ]
+    assert ceiling_lines(results, ["uring", "epoll"], 10_000.0, 12_500.0) == [
+        "c=100: uring reaches 64-80% of the h11 ceiling "
+        "(10,000 req/s in memory before the runs, 12,500 after); epoll 48-60%"
+    ]
+    assert ceiling_lines(results, ["uring"], 10_000.0, 10_010.0) == [
+        "c=100: uring reaches 80% of the h11 ceiling "
+        "(10,000 req/s in memory before the runs, 10,010 after)"
+    ]
 
 
 def test_locust_percentile() -> None:
