@@ -1,12 +1,17 @@
 """Load tests for ringserve: Locust users, a saturation echo client and `compare`.
 
 The constants here are shared by the load generators (which print them) and
-`compare` (which waits for them); importing this package imports nothing else.
+`compare` (which waits for them); importing this package imports nothing
+beyond the standard library.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
+
+# The checkout: where `python -m server` and the C sources are found.
+PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 
 # Every echo message is this long, so the server's bytes_in counts messages.
 ECHO_MESSAGE_BYTES: Final = 64

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from loadtest import sysinfo
+from loadtest import PROJECT_ROOT, sysinfo
 from loadtest.procs import (
     GeneratorError,
     PeerProcess,
@@ -81,7 +81,6 @@ from loadtest.results import (
     write_json,
 )
 from loadtest.tools import (
-    PROJECT_ROOT,
     SLACK_S,
     LoadSpec,
     LoadTool,

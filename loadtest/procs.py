@@ -42,7 +42,7 @@ from typing import IO, Any
 
 import psutil
 
-from loadtest import WINDOW_END_MARKER, WINDOW_START_MARKER
+from loadtest import PROJECT_ROOT, WINDOW_END_MARKER, WINDOW_START_MARKER
 
 SERVER_START_TIMEOUT_S = 20.0
 SNAPSHOT_TIMEOUT_S = 10.0
@@ -51,7 +51,6 @@ RSS_SAMPLE_INTERVAL_S = 0.1
 _LISTENING = re.compile(r"listening on (?:http://)?(\[[^\]]+\]|[^\s:]+):(\d+)")
 # A log line at ERROR or above, or a traceback.
 _ERROR_LINE = re.compile(r" (?:ERROR|CRITICAL) |^Traceback|^\S*Error: ")
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 _live: set[subprocess.Popen[str]] = set()
 _live_lock = threading.Lock()
@@ -507,7 +506,7 @@ def local_server(
         sys.executable, "-m", "server", "--backend", backend, "--protocol", protocol,
         "--host", "127.0.0.1", "--port", "0", *args,
     ]  # fmt: skip
-    return ServerProcess(argv, _PROJECT_ROOT, nofile=nofile)
+    return ServerProcess(argv, PROJECT_ROOT, nofile=nofile)
 
 
 def owns_listener(pid: int, port: int) -> bool:

@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from loadtest import PROJECT_ROOT
 from loadtest.procs import local_server
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTLE_TIMEOUT_S = 15.0
 SAMPLE_INTERVAL_S = 1.0
 CLIENT_IO_TIMEOUT_S = 10.0
@@ -315,7 +315,7 @@ class ClientProcess:
                 "--duration",
                 str(duration),
             ],
-            cwd=ROOT,
+            cwd=PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from loadtest import ECHO_MESSAGE_BYTES
+from loadtest import ECHO_MESSAGE_BYTES, PROJECT_ROOT
 from loadtest.procs import GeneratorError, GeneratorRun, WindowHooks, run_generator, run_quietly
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = PROJECT_ROOT / "loadtest" / "locustfile.py"
 # Beyond warm-up + duration: startup, connecting, shutting down.
 SLACK_S = 60.0

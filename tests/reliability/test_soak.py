@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.soak import ROOT
+from loadtest import PROJECT_ROOT
 
 DURATION_S = 30
 
@@ -20,7 +20,12 @@ def test_soak_30s(backend_name: str, tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "loadtest.soak", "--backend", backend_name]
     argv += ["--duration", str(DURATION_S), "--connections", "32", "--out", str(out)]
     proc = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=DURATION_S + 120, check=False
+        argv,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DURATION_S + 120,
+        check=False,
     )
     print(f"\n{proc.stdout}{proc.stderr}")
     for name in (f"samples-{backend_name}.csv", f"samples-{backend_name}.json", "soak.png"):
