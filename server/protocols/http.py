@@ -110,6 +110,58 @@ class _DateHeader:
 
 _date = _DateHeader()
 
+_EOM = h11.EndOfMessage()  # h11's events are frozen: one serves every response
+RESPONSE_CACHE_MAX = 256
+
+
+class _ResponseCache:
+    """Validated ``h11.Response`` events, reused while the Date header holds.
+
+    Building an ``h11.Response`` validates every header (6 us here, about a
+    tenth of a whole request), and a server sends the same few responses
+    over and over.  Events are frozen, so one can be sent on any connection;
+    the cache is keyed by everything that goes into one and emptied when the
+    Date header changes (once a second), and holds at most
+    `RESPONSE_CACHE_MAX` so varied responses cost a dict lookup, not memory.
+    """
+
+    __slots__ = ("date", "events")
+
+    def __init__(self) -> None:
+        self.date: tuple[bytes, bytes] | None = None
+        self.events: dict[tuple[object, ...], h11.Response] = {}
+
+    def get(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keepalive: bool
+    ) -> h11.Response:
+        """The event for a response with `headers` from the app.
+
+        Raises:
+            h11.LocalProtocolError: h11 refuses the headers.
+        """
+        date = _date.get()
+        events = self.events
+        if date is not self.date:
+            self.date = date
+            events.clear()
+        key: tuple[object, ...] | None
+        try:
+            key = (status, reason, tuple(headers), keepalive)
+            event = events.get(key)
+        except TypeError:  # unhashable headers from an app: build, don't keep
+            key, event = None, None
+        if event is None:
+            full = [*headers, SERVER_HEADER, date]
+            if not keepalive:
+                full.append((b"connection", b"close"))
+            event = h11.Response(status_code=status, headers=full, reason=reason)
+            if key is not None and len(events) < RESPONSE_CACHE_MAX:
+                events[key] = event
+        return event
+
+
+_responses = _ResponseCache()
+
 # h11's state is about 1 KiB per connection, and is only needed while a
 # request is in progress.  A server-side h11.Connection that has cycled back to
 # IDLE/IDLE with nothing buffered behaves as a new one (the next Request sets
@@ -315,18 +367,15 @@ class HttpConnection:
                 body,
             )
         self._counters.requests += 1
-        headers = [*resp.headers, SERVER_HEADER, _date.get()]
-        if not self._keepalive:
-            headers.append((b"connection", b"close"))
         conn = self._conn
         assert conn is not None  # held while a request is in progress
         try:
             reason = resp.reason if resp.reason is not None else _REASONS.get(resp.status, b"")
-            response = h11.Response(status_code=resp.status, headers=headers, reason=reason)
+            response = _responses.get(resp.status, reason, resp.headers, self._keepalive)
             out.append(conn.send(response))
             if resp.body and request.method != b"HEAD":
                 out.append(conn.send(h11.Data(data=resp.body)))
-            out.append(conn.send(h11.EndOfMessage()))
+            out.append(conn.send(_EOM))
         except h11.LocalProtocolError:
             # The app produced something h11 refuses (bad header, body longer
             # than its content-length): the peer gets a 500 and a close.

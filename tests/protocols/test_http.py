@@ -20,6 +20,7 @@ from tests.protocols.helpers import (
     APP_ERROR_500,
     CONTINUE,
     DATE_LINE,
+    EPOCH,
     RAW_500,
     SERVER_LINE,
     check,
@@ -115,6 +116,63 @@ def test_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch)
 
 def test_pinned_clock_gives_the_rfc_example_date() -> None:
     assert http_module._date.get() == (b"date", DATE_LINE[6:])
+
+
+# -- the response cache -------------------------------------------------------
+
+
+def test_a_repeated_response_reuses_one_validated_event() -> None:
+    first, _ = connect(app)
+    second, _ = connect(app)
+    assert first.receive_data(GET) == GET_ANSWER
+    (event,) = http_module._responses.events.values()
+    assert second.receive_data(GET) == GET_ANSWER
+    assert list(http_module._responses.events.values()) == [event]
+    assert first.receive_data(get(b"/other")) == answer(b"GET", b"/other")
+    assert len(http_module._responses.events) == 2  # another content-length
+
+
+def test_the_response_cache_is_emptied_when_the_date_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, _ = connect(app)
+    assert conn.receive_data(GET) == GET_ANSWER
+    monkeypatch.setattr(http_module, "time", SimpleNamespace(time=lambda: EPOCH + 1.0))
+    later = GET_ANSWER.replace(DATE_LINE, b"date: Sun, 06 Nov 1994 08:49:38 GMT")
+    assert conn.receive_data(GET) == later
+    (event,) = http_module._responses.events.values()
+    assert (b"date", b"Sun, 06 Nov 1994 08:49:38 GMT") in event.headers
+
+
+def test_unhashable_app_headers_are_answered_and_not_cached() -> None:
+    def listy(request: Request) -> Response:
+        return Response(200, [[b"content-length", b"2"]], b"ok")  # type: ignore[list-item]
+
+    conn, _ = connect(listy)
+    expected = http_response(
+        b"HTTP/1.1 200 OK", b"content-length: 2", SERVER_LINE, DATE_LINE, body=b"ok"
+    )
+    assert conn.receive_data(GET) == expected
+    assert conn.receive_data(GET) == expected
+    assert http_module._responses.events == {}
+
+
+def test_the_response_cache_is_bounded() -> None:
+    def tagged(request: Request) -> Response:
+        return Response(204, [(b"x-target", request.target)], b"")
+
+    def expected(target: bytes) -> bytes:
+        return http_response(
+            b"HTTP/1.1 204 No Content", b"x-target: " + target, SERVER_LINE, DATE_LINE
+        )
+
+    conn, _ = connect(tagged)
+    n = http_module.RESPONSE_CACHE_MAX + 44
+    for i in range(n):
+        assert conn.receive_data(get(b"/%d" % i)) == expected(b"/%d" % i)
+    assert len(http_module._responses.events) == http_module.RESPONSE_CACHE_MAX
+    last = b"/%d" % (n - 1)  # not kept, still answered
+    assert conn.receive_data(get(last)) == expected(last)
 
 
 # -- keep-alive and pipelining ------------------------------------------------
