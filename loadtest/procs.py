@@ -116,10 +116,19 @@ def kill_all() -> list[int]:
 
 
 def _pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
+    """A thread feeding `stream`'s lines to `sink`; it closes the stream at EOF.
+
+    Closing here, not when the Popen object is collected, keeps the pipe's
+    fd from closing at some later moment (a test's fd count would see it).
+    """
+
     def run() -> None:
         with contextlib.suppress(ValueError, OSError):
-            for line in stream:
-                sink(line)
+            try:
+                for line in stream:
+                    sink(line)
+            finally:
+                stream.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -341,6 +350,7 @@ class ServerProcess:
         self._stop_sampling.set()
         if self.proc is not None:
             kill(self.proc)
+            self._join_readers(2.0)  # they close the pipes at EOF
         self._close_log()
 
     def __enter__(self) -> ServerProcess:

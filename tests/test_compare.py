@@ -26,7 +26,7 @@ import pytest
 
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.procs import ServerSnapshot
+from loadtest.procs import ServerSnapshot, local_server
 from loadtest.report import ceiling_lines
 from loadtest.results import result_from_run
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
@@ -325,6 +325,26 @@ def test_parse_wrk() -> None:
     assert got["p99_ms"] == pytest.approx(1020.0)
     assert got["errors"] == 1 + 2 + 3 + 4
     assert got["window_s"] == pytest.approx(2.1)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("how", ["stop", "context manager"])
+def test_a_finished_server_process_leaves_no_fd_open(how: str) -> None:
+    """Its pipes close when it ends, not when the garbage collector gets to them
+    (which would change another test's fd count in the middle of that test)."""
+    before = open_fds()
+    server = local_server("epoll", "echo")
+    if how == "stop":
+        server.start()
+        assert server.stop() == 0
+        assert server.exit_stats is not None and server.exit_stats["event"] == "exit"
+    else:
+        with server:
+            assert server.address[1] > 0
+    assert open_fds() == before
 
 
 MEASURED = ToolResult(
