@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _env_boolean(parser: argparse.ArgumentParser, name: str) -> bool | None:
+    """The boolean environment variable `name` (None if unset); exits 2 if it is not one."""
+    if name not in os.environ:
+        return None
+    env = os.environ[name].lower()
+    if env not in _TRUE + _FALSE:
+        parser.error(f"{name}: {env!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+    return env in _TRUE
+
+
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Build a Config from argv, then the environment, then the defaults.
 
@@ -195,13 +205,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         value = getattr(ns, name)
         env_name = ENV_PREFIX + name.upper()
         if name == "sqpoll":
-            env = os.environ.get(env_name, "").lower()
-            value = value or env in _TRUE
-        elif name == "tcp_nodelay" and value is None and env_name in os.environ:
-            env = os.environ[env_name].lower()
-            if env not in _TRUE + _FALSE:
-                parser.error(f"{env_name}: {env!r} is not a boolean (1/0, true/false, yes/no)")
-            value = env in _TRUE
+            # A store_true flag: present means on; otherwise the environment.
+            value = True if value else _env_boolean(parser, env_name)
+        elif name == "tcp_nodelay" and value is None:
+            value = _env_boolean(parser, env_name)
         elif value is None and env_name in os.environ:
             value = os.environ[env_name]
             convert = action.type

@@ -19,6 +19,7 @@ def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RINGSERVE_CQ_FACTOR",
         "RINGSERVE_RING_ENTRIES",
         "RINGSERVE_HEADER_TIMEOUT",
+        "RINGSERVE_SQPOLL",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -49,6 +50,34 @@ def test_tcp_nodelay_environment_must_be_a_boolean(
         parse_config([])
     assert exc.value.code == 2
     assert "RINGSERVE_TCP_NODELAY: 'maybe' is not a boolean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], None, False),
+        ([], "1", True),
+        ([], "Off", False),
+        (["--sqpoll"], "0", True),  # the command line wins
+    ],
+)
+def test_sqpoll_from_flag_then_environment(
+    argv: list[str], env: str | None, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("RINGSERVE_SQPOLL", env)
+    assert parse_config(argv).sqpoll is expected
+
+
+def test_sqpoll_environment_must_be_a_boolean(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to read anything but a true-ish word as off, silently."""
+    monkeypatch.setenv("RINGSERVE_SQPOLL", "enabled")
+    with pytest.raises(SystemExit) as exc:
+        parse_config([])
+    assert exc.value.code == 2
+    assert "RINGSERVE_SQPOLL: 'enabled' is not a boolean" in capsys.readouterr().err
 
 
 def test_cq_factor_is_bounded_by_the_kernel_cq_limit(
