@@ -42,14 +42,16 @@ def test_tcp_nodelay_from_flag_then_environment(
     assert parse_config(argv).tcp_nodelay is expected
 
 
-def test_tcp_nodelay_environment_must_be_a_boolean(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("name", ["RINGSERVE_TCP_NODELAY", "RINGSERVE_SQPOLL"])
+def test_boolean_environment_must_be_a_boolean(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("RINGSERVE_TCP_NODELAY", "maybe")
+    """RINGSERVE_SQPOLL used to read anything but a true-ish word as off, silently."""
+    monkeypatch.setenv(name, "maybe")
     with pytest.raises(SystemExit) as exc:
         parse_config([])
     assert exc.value.code == 2
-    assert "RINGSERVE_TCP_NODELAY: 'maybe' is not a boolean" in capsys.readouterr().err
+    assert f"{name}: 'maybe' is not a boolean" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -67,17 +69,6 @@ def test_sqpoll_from_flag_then_environment(
     if env is not None:
         monkeypatch.setenv("RINGSERVE_SQPOLL", env)
     assert parse_config(argv).sqpoll is expected
-
-
-def test_sqpoll_environment_must_be_a_boolean(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """It used to read anything but a true-ish word as off, silently."""
-    monkeypatch.setenv("RINGSERVE_SQPOLL", "enabled")
-    with pytest.raises(SystemExit) as exc:
-        parse_config([])
-    assert exc.value.code == 2
-    assert "RINGSERVE_SQPOLL: 'enabled' is not a boolean" in capsys.readouterr().err
 
 
 def test_cq_factor_is_bounded_by_the_kernel_cq_limit(
