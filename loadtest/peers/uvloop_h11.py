@@ -7,15 +7,12 @@ event loop differs, which is the point of the comparison.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import signal
 from typing import Any, cast
 
-import uvloop
-
+from loadtest.peers._serve import run
 from server.apps.builtin import BuiltinApp
 from server.protocols.http import Counters, HttpConnection, HttpLimits
 
@@ -52,24 +49,17 @@ class H11Protocol(asyncio.Protocol):
         return False
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set_result, None)
-    server = await loop.create_server(H11Protocol, host, port, backlog=1024, reuse_address=True)
-    print(f"uvloop+h11 listening on http://{host}:{port}", flush=True)
-    await stop
-    server.close()
+def _print_exit_stats() -> None:
     print(json.dumps({"event": "exit", **_stats()}), flush=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    args = p.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    run(
+        H11Protocol,
+        "uvloop+h11 listening on http://{host}:{port}",
+        default_port=8080,
+        on_exit=_print_exit_stats,
+    )
 
 
 if __name__ == "__main__":
