@@ -23,6 +23,7 @@ from tests.backends.client import (
     connect,
     exchange,
     pattern,
+    read_last_echo,
     recv_exact,
     refused,
     request,
@@ -277,13 +278,7 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
         wait_for(lambda: refused(srv.address), what="new connections to be refused")
         assert srv.proc.poll() is None, "exited with a request in flight"
         s.sendall(body[50_000:])
-        reader = HttpReader(s)
-        resp = reader.read_response()
-        assert resp.status == 200
-        assert resp.header("connection") == b"close"
-        assert len(resp.body) == len(body)
-        assert sha256(resp.body) == sha256(body)
-        reader.assert_eof()
+        read_last_echo(s, body)
     assert srv.wait() == 0, srv.output()
     (final,) = srv.json_lines("exit")
     assert final["backend"] == backend

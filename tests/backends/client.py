@@ -340,3 +340,23 @@ def error_head(status: int, reason: str) -> bytes:
         "server: ringserve\r\n"
         "date: <date>\r\n\r\n"
     ).encode()
+
+
+def read_error_then_eof(sock: socket.socket, status: int, reason: str) -> None:
+    """Read one client-error response: its exact head and body, then EOF."""
+    reader = HttpReader(sock)
+    resp = reader.read_response()
+    assert resp.normalized_head == error_head(status, reason)
+    assert resp.body == f"{status} {reason}\n".encode()
+    reader.assert_eof()
+
+
+def read_last_echo(sock: socket.socket, body: bytes) -> None:
+    """Read the response to a POST /echo of `body` that ends the connection, then EOF."""
+    reader = HttpReader(sock)
+    resp = reader.read_response()
+    assert resp.status == 200
+    assert resp.header("connection") == b"close"
+    assert len(resp.body) == len(body)
+    assert sha256(resp.body) == sha256(body)
+    reader.assert_eof()
