@@ -78,6 +78,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/opt/venv/bin/python", "/opt/ringserve/healthcheck.py"]
 
 # Exec form: python is PID 1 and receives SIGTERM itself (graceful stop
-# within --grace-period, 10 s by default, as long as `docker stop`'s).
+# within --timeout-graceful-shutdown, 10 s by default, as long as `docker stop`'s).
 ENTRYPOINT ["/opt/venv/bin/python", "-m", "server"]
 CMD ["--host", "0.0.0.0", "--port", "8080"]

@@ -2,7 +2,7 @@
 
 ``python -m loadtest.h11_ceiling [--duration 5] [--connections 100] [--json]``
 
-Feeds `server.protocols.http.HttpConnection` with the built-in app
+Feeds `server.protocols.http.h11_impl.H11Connection` with the built-in app
 (`server.apps.builtin.BuiltinApp`) exactly the request wrk sends for
 ``GET /`` (``GET / HTTP/1.1``, ``Host: 127.0.0.1:PORT``, nothing else),
 round-robin over ``--connections`` keep-alive connection objects, in memory:
@@ -31,7 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from server.apps.builtin import HELLO, BuiltinApp
-from server.protocols.http import Counters, HttpConnection, HttpLimits
+from server.protocols.http.common import Counters, HttpLimits
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 
 DEFAULT_PORT = 8080
 

@@ -529,7 +529,7 @@ class Soak:
         if r.server_error_lines:
             f.append(f"server logged errors: {r.server_error_lines[:5]}")
         stats = r.server_stats
-        for key in ("accept_errors", "protocol_errors", "timeouts"):
+        for key in ("accept_errors", "client_errors", "app_errors", "internal_errors", "timeouts"):
             if stats.get(key):
                 f.append(f"server {key} = {stats[key]}")
         if r.exit_status != 0:

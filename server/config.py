@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from server.backends.base import BackendName
+from server.backends.base import BackendName, BackendOptions, BackendUnavailable
+from server.protocols.http import HttpName
 
 if TYPE_CHECKING:
     from server.backends.base import Backend
@@ -29,13 +31,34 @@ MAX_RECV_BUFFERS = 32768
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
+# Old flag -> the option it is now.  Still accepted, with a warning.
+DEPRECATED_FLAGS: dict[str, str] = {
+    "--keepalive-timeout": "--timeout-keep-alive",
+    "--idle-timeout": "--timeout-read",
+    "--header-timeout": "--timeout-header",
+    "--grace-period": "--timeout-graceful-shutdown",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Everything a server run is built from; defaults are the safe ones."""
+    """Everything a server run is built from; defaults are the safe ones.
+
+    The four timeouts, in seconds:
+        timeout_keep_alive: an HTTP connection with no request in progress
+            is closed after this much silence.
+        timeout_read: a request whose bytes stop arriving for this long
+            gets 408; an echo connection (always reading) that receives
+            nothing for this long is closed.
+        timeout_header: a request head still incomplete after this long
+            gets 408, however steadily it trickles in (HTTP).
+        timeout_graceful_shutdown: on SIGTERM/SIGINT, how long requests
+            in flight may take to finish.
+    """
 
     backend: BackendName = "uring"
     protocol: ProtocolName = "http"
+    http: HttpName = "h11"
     host: str = "127.0.0.1"
     port: int = 8080
     backlog: int = 4096  # the kernel caps it at net.core.somaxconn (4096 by default)
@@ -46,27 +69,44 @@ class Config:
     recv_buffers: int = 2048
     sqpoll: bool = False
     tcp_nodelay: bool = True
-    keepalive_timeout: float = 5.0
-    idle_timeout: float = 30.0
-    header_timeout: float = 20.0
+    timeout_keep_alive: float = 5.0
+    timeout_read: float = 30.0
+    timeout_header: float = 20.0
+    timeout_graceful_shutdown: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024
-    grace_period: float = 10.0
     app: str | None = None
     log_level: str = "info"
     workers: int = 1
 
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(
+            max_connections=self.max_connections,
+            ring_entries=self.ring_entries,
+            cq_factor=self.cq_factor,
+            recv_buffer_size=self.recv_buffer_size,
+            recv_buffers=self.recv_buffers,
+            sqpoll=self.sqpoll,
+        )
 
-def load_backend(config: Config, wakeup_fd: int | None = None) -> Backend:
-    """Import and construct the configured backend.
+
+def load_backend(name: BackendName, options: BackendOptions) -> Backend:
+    """Import and construct backend `name`.
 
     Raises:
-        uring_backend.UringUnavailable: the uring backend cannot create a ring.
-        ImportError: the uring extension is not built.
+        BackendUnavailable: the mechanism cannot be used here (no ring can
+            be created, or the uring extension is not built).
     """
-    module_name, _, cls_name = BACKENDS[config.backend].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: Backend = cls(config, wakeup_fd=wakeup_fd)
+    module_name, _, cls_name = BACKENDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("uring_backend"):
+            raise
+        raise BackendUnavailable(
+            f"the uring backend is not built ({exc}); run `make setup`, or use --backend epoll"
+        ) from exc
+    backend: Backend = getattr(module, cls_name)(options)
     return backend
 
 
@@ -82,32 +122,48 @@ def _power_of_two_up_to(limit: int, why: str) -> Callable[[str], int]:
     return convert
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
     return value
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
     return value
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old flag: sets the new option's value and warns once, on stderr."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        assert option_string is not None
+        new = DEPRECATED_FLAGS[option_string]
+        print(f"ringserve: warning: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
         prog="python -m server",
-        description="A single-threaded TCP server with io_uring and epoll backends. "
+        description="A single-threaded HTTP and TCP server with io_uring and epoll backends. "
         f"Every option can also be set as an environment variable {ENV_PREFIX}<OPTION> "
         f"(e.g. {ENV_PREFIX}BACKEND=epoll); the command line wins.",
     )
@@ -126,10 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("--backend", str, "I/O mechanism", choices=list(get_args(BackendName)))
     add("--protocol", str, "what to speak on each connection", choices=list(get_args(ProtocolName)))
+    add("--http", str, "HTTP parser (--protocol http)", choices=list(get_args(HttpName)))
     add("--host", str, "address to bind")
-    add("--port", _port, "TCP port to bind (0 picks a free one)")
-    add("--backlog", _positive_int, "listen() backlog")
-    add("--max-connections", _positive_int, "connections served at once; more wait in the backlog")
+    add("--port", port_number, "TCP port to bind (0 picks a free one)")
+    add("--backlog", positive_int, "listen() backlog")
+    add("--max-connections", positive_int, "connections served at once; more wait in the backlog")
     add(
         "--ring-entries",
         _power_of_two_up_to(MAX_RING_ENTRIES, "the CQ, 8x the SQ by default, is capped at 65536"),
@@ -137,32 +194,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--cq-factor",
-        _positive_int,
+        positive_int,
         f"io_uring CQ size as a multiple of the SQ (entries x factor <= {MAX_CQ_ENTRIES})",
     )
-    add("--recv-buffer-size", _positive_int, "bytes per provided receive buffer (uring)")
+    add("--recv-buffer-size", positive_int, "bytes per provided receive buffer (uring)")
     add(
         "--recv-buffers",
         _power_of_two_up_to(MAX_RECV_BUFFERS, "the kernel's limit for a buffer ring"),
         "provided receive buffers (uring)",
     )
-    add("--keepalive-timeout", _positive_float, "seconds an idle keep-alive connection is kept")
     add(
-        "--idle-timeout",
-        _positive_float,
-        "seconds without progress before a busy connection is timed out",
+        "--timeout-keep-alive",
+        positive_float,
+        "seconds a connection with no request in progress may stay silent",
     )
     add(
-        "--header-timeout",
-        _positive_float,
+        "--timeout-read",
+        positive_float,
+        "seconds a request may go without receiving a byte, then 408 "
+        "(echo: a connection, then it is closed)",
+    )
+    add(
+        "--timeout-header",
+        positive_float,
         "seconds a request head may take in all, however steadily it trickles in; then 408 (HTTP)",
     )
-    add("--max-header-bytes", _positive_int, "largest request head; larger gets 431")
-    add("--max-body-bytes", _positive_int, "largest request body; larger gets 413")
-    add("--grace-period", _positive_float, "seconds to finish in-flight requests on SIGTERM")
+    add(
+        "--timeout-graceful-shutdown",
+        positive_float,
+        "seconds to finish in-flight requests on SIGTERM/SIGINT",
+    )
+    for old, new in DEPRECATED_FLAGS.items():
+        p.add_argument(
+            old,
+            dest=new.lstrip("-").replace("-", "_"),
+            type=positive_float,
+            action=_DeprecatedAlias,
+            help=f"deprecated: use {new}",
+        )
+    add("--max-header-bytes", positive_int, "largest request head; larger gets 431")
+    add("--max-body-bytes", positive_int, "largest request body; larger gets 413")
     add("--app", str, "serve a WSGI application 'module:callable' instead of the built-in app")
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
-    add("--workers", _positive_int, "processes sharing the port with SO_REUSEPORT")
+    add("--workers", positive_int, "processes sharing the port with SO_REUSEPORT")
     p.add_argument(
         "--sqpoll",
         action="store_true",
@@ -189,6 +263,20 @@ def _env_boolean(parser: argparse.ArgumentParser, name: str) -> bool | None:
     return env in _TRUE
 
 
+def _env_name(parser: argparse.ArgumentParser, option: str) -> str:
+    """The variable that sets `option`: the current name, else a deprecated one (warned)."""
+    name = ENV_PREFIX + option.upper()
+    if name in os.environ:
+        return name
+    for old, new in DEPRECATED_FLAGS.items():
+        if new.lstrip("-").replace("-", "_") == option:
+            old_name = ENV_PREFIX + old.lstrip("-").replace("-", "_").upper()
+            if old_name in os.environ:
+                print(f"ringserve: warning: {old_name} is deprecated; use {name}", file=sys.stderr)
+                return old_name
+    return name
+
+
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Build a Config from argv, then the environment, then the defaults.
 
@@ -200,7 +288,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     values: dict[str, Any] = {}
     for action in parser._actions:
         name = action.dest
-        if not hasattr(defaults, name):
+        if not hasattr(defaults, name) or isinstance(action, _DeprecatedAlias):
             continue
         value = getattr(ns, name)
         env_name = ENV_PREFIX + name.upper()
@@ -209,7 +297,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             value = True if value else _env_boolean(parser, env_name)
         elif name == "tcp_nodelay" and value is None:
             value = _env_boolean(parser, env_name)
-        elif value is None and env_name in os.environ:
+        elif value is None and (env_name := _env_name(parser, name)) in os.environ:
             value = os.environ[env_name]
             convert = action.type
             if callable(convert):

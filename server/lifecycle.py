@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
-from server.backends.base import Backend
+from server.backends.base import Backend, BackendUnavailable
 from server.config import Config, load_backend
 from server.loop import Loop
 from server.protocols import ServerProtocol
 from server.protocols.echo import EchoConnection
-from server.protocols.http import App, Counters, HttpConnection, HttpLimits
+from server.protocols.http import load_http
+from server.protocols.http.common import App, Counters, HttpLimits
 
 logger = logging.getLogger("server")
 
@@ -69,9 +70,6 @@ class Server:
         self.counters = Counters()
         self.started_at = time.monotonic()
         self._listener = listener
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
-        self._wakeup_r.setblocking(False)
-        self._wakeup_w.setblocking(False)
         self.backend: Backend | None = None
         self._shut_down = False
         self.loop: Loop | None = None
@@ -90,46 +88,40 @@ class Server:
         self.address = listener.getsockname()[:2]
         try:
             factory = self._protocol_factory()
-            self.backend = load_backend(config, wakeup_fd=self._wakeup_r.fileno())
-        except ImportError as exc:
-            listener.close()
-            raise StartupError(
-                f"the uring backend is not built ({exc}); run `make setup`, or use --backend epoll"
-            ) from exc
-        except RuntimeError as exc:  # UringUnavailable, without importing it
+            self.backend = load_backend(config.backend, config.backend_options())
+        except BackendUnavailable as exc:
             listener.close()
             raise StartupError(str(exc)) from exc
         except BaseException:
             listener.close()
             raise
-        rest = config.keepalive_timeout if config.protocol == "http" else config.idle_timeout
+        http = config.protocol == "http"
         self.loop = Loop(
             self.backend,
             factory,
-            rest_timeout=rest,
-            busy_timeout=config.idle_timeout,
-            header_timeout=config.header_timeout if config.protocol == "http" else None,
+            # An echo connection is always reading: it has no keep-alive state.
+            idle_timeout=config.timeout_keep_alive if http else config.timeout_read,
+            read_timeout=config.timeout_read,
+            header_timeout=config.timeout_header if http else None,
         )
         self.backend.listen(listener)
 
     def serve(self) -> None:
         assert self.loop is not None
-        self.loop.run(self.config.grace_period)
+        self.loop.run(self.config.timeout_graceful_shutdown)
 
     def request_stop(self) -> None:
         """Ask for a graceful stop from any thread (what SIGTERM does)."""
         if self.loop is not None:
             self.loop.stop_requested = True
-        with contextlib.suppress(OSError):
-            self._wakeup_w.send(b"\0")
+        if self.backend is not None:
+            self.backend.force_wakeup()
 
     def shutdown(self) -> None:
         """Release everything; safe to call more than once."""
         if self.backend is not None and not self._shut_down:
             self._shut_down = True
             self.backend.shutdown()
-        self._wakeup_r.close()
-        self._wakeup_w.close()
 
     def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
@@ -141,7 +133,8 @@ class Server:
             return EXIT_STARTUP_FAILED
         try:
             with self.capture_signals():
-                # Only now: whoever waits for this line may signal at once.
+                # Only now: whoever waits for these lines may signal at once.
+                print(json.dumps(self.listening()), flush=True)
                 logger.info("%s", self.banner())
                 self.serve()
         finally:
@@ -153,20 +146,35 @@ class Server:
 
     # -- helpers -------------------------------------------------------------
 
-    def banner(self) -> str:
+    def listening(self) -> dict[str, Any]:
+        """The start-up event, for tools and tests: one JSON line on stdout."""
         host, port = self.address
-        extra = ""
-        if self.config.backend == "uring":
-            ring = getattr(self.backend, "ring", None)
-            if ring is not None:
-                extra = f" (taskrun={ring.taskrun}, sq={ring.sq_entries}, cq={ring.cq_entries})"
+        config = self.config
+        assert self.backend is not None
+        return {
+            "event": "listening",
+            "host": host,
+            "port": port,
+            "backend": config.backend,
+            "protocol": config.protocol,
+            "http": config.http if config.protocol == "http" else None,
+            "app": config.app,
+            "pid": os.getpid(),
+            "kernel": platform.release(),
+            **self.backend.describe(),
+        }
+
+    def banner(self) -> str:
+        """The start-up line for people (tools read `listening()` instead)."""
+        host, port = self.address
+        config = self.config
+        assert self.backend is not None
+        facts = ", ".join(f"{k}={v}" for k, v in self.backend.describe().items())
+        what = f"http ({config.http})" if config.protocol == "http" else "echo"
+        url = f"http://{host}:{port}" if config.protocol == "http" else f"{host}:{port}"
         return (
-            f"ringserve {self.config.protocol} on {self.config.backend}{extra}, "
-            f"kernel {platform.release()}, pid {os.getpid()}, "
-            f"listening on http://{host}:{port}"
-            if self.config.protocol == "http"
-            else f"ringserve echo on {self.config.backend}{extra}, kernel {platform.release()}, "
-            f"pid {os.getpid()}, listening on {host}:{port}"
+            f"ringserve {what} on {config.backend}{f' ({facts})' if facts else ''}, "
+            f"kernel {platform.release()}, pid {os.getpid()}, listening on {url}"
         )
 
     def statistics(self) -> dict[str, Any]:
@@ -175,9 +183,11 @@ class Server:
         if self.backend is not None:
             out.update(asdict(self.backend.statistics()))
         out["requests"] = self.counters.requests
-        out["protocol_errors"] = self.counters.errors
+        out["client_errors"] = self.counters.client_errors
+        out["app_errors"] = self.counters.app_errors
         if self.loop is not None:
             out["timeouts"] = self.loop.timeouts
+            out["internal_errors"] = self.loop.internal_errors
         out["uptime_s"] = round(time.monotonic() - self.started_at, 3)
         out["pid"] = os.getpid()
         return out
@@ -187,11 +197,15 @@ class Server:
         if config.protocol == "echo":
             return EchoConnection
         app = self._load_app()
+        try:
+            connection_class = load_http(config.http)
+        except ImportError as exc:
+            raise StartupError(f"--http {config.http} is not installed ({exc})") from exc
         limits = HttpLimits(config.max_header_bytes, config.max_body_bytes)
         counters = self.counters
 
         def make() -> ServerProtocol:
-            return HttpConnection(app, limits, counters)
+            return connection_class(app, limits, counters)
 
         return make
 
@@ -230,7 +244,8 @@ class Server:
 
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
         previous = {s: signal.getsignal(s) for s in handled}
-        old_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        assert self.backend is not None
+        old_fd = signal.set_wakeup_fd(self.backend.wakeup_fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGUSR1, dump)

@@ -31,31 +31,34 @@ class Loop:
     Args:
         backend: the I/O mechanism.
         protocol_factory: makes the protocol object of a new connection.
-        rest_timeout: seconds a connection with no request in progress may
-            stay silent (HTTP keep-alive timeout; echo idle timeout).
-        busy_timeout: seconds a connection with a request in progress may go
-            without receiving anything.
+        idle_timeout: seconds a connection with no request in progress
+            (``not proto.busy``) may stay silent; then it is closed.
+        read_timeout: seconds a connection with a request in progress may go
+            without receiving anything; then ``timed_out()`` (HTTP: 408).
         header_timeout: seconds a request head may take as a whole, however
             steadily its bytes trickle in (None: no such bound).  Checked
             at each sweep, so a head is cut between `header_timeout` and
             `header_timeout` + `sweep_interval` after the sweep that first
             saw it.
+        clock: monotonic seconds (tests pass a fake one).
     """
 
     def __init__(
         self,
         backend: Backend,
         protocol_factory: Callable[[], ServerProtocol],
-        rest_timeout: float,
-        busy_timeout: float,
+        idle_timeout: float,
+        read_timeout: float,
         header_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.protocol_factory = protocol_factory
-        self.rest_timeout = rest_timeout
-        self.busy_timeout = busy_timeout
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
         self.header_timeout = header_timeout
-        limits = [MAX_SWEEP_INTERVAL_S, rest_timeout / 4, busy_timeout / 4]
+        self.clock = clock
+        limits = [MAX_SWEEP_INTERVAL_S, idle_timeout / 4, read_timeout / 4]
         if header_timeout is not None:
             limits.append(header_timeout / 4)
         self.sweep_interval = min(limits)
@@ -64,7 +67,9 @@ class Loop:
         # cid -> (when a sweep first saw the head, which head): see _sweep.
         self.heads_seen: dict[int, tuple[float, int]] = {}
         self.timeouts = 0
-        self.protocol_errors = 0
+        # Exceptions that escaped a protocol object (a bug): each closed its
+        # connection and nothing else.
+        self.internal_errors = 0
         # Set from signal handlers; read once per pass.
         self.stop_requested = False
         self.on_pass: list[Callable[[], None]] = []
@@ -86,7 +91,7 @@ class Loop:
         last_seen = self.last_seen
         heads_seen = self.heads_seen
         on_pass = self.on_pass
-        monotonic = time.monotonic
+        monotonic = self.clock
         debug = logger.isEnabledFor(logging.DEBUG)
         next_sweep = monotonic() + self.sweep_interval
         deadline: float | None = None
@@ -104,7 +109,7 @@ class Loop:
                         out = proto.receive_data(payload)
                     except Exception:
                         # A bug for one connection must not touch the others.
-                        self.protocol_errors += 1
+                        self.internal_errors += 1
                         logger.exception("protocol error on connection %d; closing it", cid)
                         abort(cid)
                         continue
@@ -155,8 +160,8 @@ class Loop:
         A head's age is measured from the first sweep that saw it pending
         (`heads_seen`), so the hot loop pays nothing for it.
         """
-        rest_cutoff = now - self.rest_timeout
-        busy_cutoff = now - self.busy_timeout
+        idle_cutoff = now - self.idle_timeout
+        read_cutoff = now - self.read_timeout
         protocols = self.protocols
         heads_seen = self.heads_seen
         header_timeout = self.header_timeout
@@ -164,10 +169,10 @@ class Loop:
         for cid, seen in self.last_seen.items():
             proto = protocols[cid]
             if not proto.busy:
-                if seen < rest_cutoff:
+                if seen < idle_cutoff:
                     expired.append(cid)
                 continue
-            if seen < busy_cutoff:
+            if seen < read_cutoff:
                 expired.append(cid)
             elif header_timeout is not None:
                 head = proto.pending_head()
@@ -196,4 +201,4 @@ class Loop:
             if last_words:
                 self.backend.send(cid, last_words)
             self.backend.close(cid)
-            self.last_seen[cid] = now + self.busy_timeout  # give the close time
+            self.last_seen[cid] = now + self.read_timeout  # give the close time

@@ -35,7 +35,7 @@ from tests.conftest import URING_SKIP
 pytestmark = pytest.mark.timeout(40)
 
 ROOT = Path(__file__).resolve().parent.parent
-BANNER_RE = re.compile(r"listening on (?:http://)?(\d+\.\d+\.\d+\.\d+):(\d+)")
+LISTENING_RE = re.compile(r'^\{"event": "listening"')
 CLI_BACKENDS = [
     "epoll",
     pytest.param("uring", marks=pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))),
@@ -75,6 +75,7 @@ class ServerProcess:
             t.start()
         self.address: tuple[str, int] = ("127.0.0.1", 0)
         self.banner = ""
+        self.listening: dict[str, Any] = {}
 
     def _pump(self, stream: Any, lines: list[str]) -> None:
         for raw in stream:
@@ -108,9 +109,10 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Wait for the startup line, then for the server to answer."""
-        m = self.wait_line(self.stderr, BANNER_RE.pattern)
-        self.banner = m.string
-        self.address = (m[1], int(m[2]))
+        m = self.wait_line(self.stdout, LISTENING_RE.pattern)
+        self.listening = json.loads(m.string)
+        self.address = (self.listening["host"], self.listening["port"])
+        self.banner = self.wait_line(self.stderr, "listening on ").string
         if "--protocol" not in self.args or "http" in self.args:
             # Serving a request also proves the signal handlers are installed.
             resp = self.fetch(GET_CLOSE)
@@ -191,7 +193,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize("backend", CLI_BACKENDS)
 def test_starts_serves_and_stops_cleanly(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
-    assert f"ringserve http on {backend}" in srv.banner
+    info = srv.listening
+    assert (info["backend"], info["protocol"], info["http"], info["app"]) == (
+        backend,
+        "http",
+        "h11",
+        None,
+    )
+    assert (info["host"], info["port"], info["pid"]) == (*srv.address, srv.proc.pid)
+    assert info["kernel"] == os.uname().release
+    if backend == "uring":
+        assert (info["sq_entries"], info["cq_entries"]) == (256, 2048)
+        assert info["taskrun"] in ("defer", "coop", "none")
+    assert f"ringserve http (h11) on {backend}" in srv.banner
     assert f"pid {srv.proc.pid}," in srv.banner
     with connect(srv.address) as s:
         (resp,) = exchange(s, GET)
@@ -216,6 +230,7 @@ def test_starts_serves_and_stops_cleanly(spawn, backend: str) -> None:
 def test_echo_protocol(spawn) -> None:
     srv = spawn("--backend", "epoll", "--protocol", "echo", "--port", "0").start()
     assert "ringserve echo on epoll" in srv.banner
+    assert (srv.listening["protocol"], srv.listening["http"]) == ("echo", None)
     with connect(srv.address) as s:
         s.sendall(b"echo me")
         assert recv_exact(s, 7) == b"echo me"
@@ -236,7 +251,7 @@ def test_wsgi_app_from_command_line(spawn, backend: str) -> None:
 
 def test_environment_variable_selects_backend(spawn) -> None:
     srv = spawn("--port", "0", env=clean_env(RINGSERVE_BACKEND="epoll")).start()
-    assert "ringserve http on epoll" in srv.banner
+    assert srv.listening["backend"] == "epoll"
     assert srv.stats()["backend"] == "epoll"
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
@@ -246,7 +261,7 @@ def test_environment_variable_selects_backend(spawn) -> None:
 def test_command_line_wins_over_environment(spawn) -> None:
     env = clean_env(RINGSERVE_BACKEND="epoll", RINGSERVE_PROTOCOL="echo")
     srv = spawn("--port", "0", "--backend", "uring", "--protocol", "http", env=env).start()
-    assert "ringserve http on uring" in srv.banner
+    assert (srv.listening["backend"], srv.listening["protocol"]) == ("uring", "http")
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
 
@@ -265,7 +280,7 @@ def test_environment_sets_other_options(spawn) -> None:
 
 @pytest.mark.parametrize("backend", CLI_BACKENDS)
 def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
-    srv = spawn("--backend", backend, "--port", "0", "--grace-period", "15").start()
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     body = pattern(200_000, 2)
     with connect(srv.address) as s:
         s.sendall(request("POST", "/echo", headers=[("Content-Length", str(len(body)))]))
@@ -288,7 +303,7 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", CLI_BACKENDS)
 def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
-    srv = spawn("--backend", backend, "--port", "0", "--grace-period", "15").start()
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     with connect(srv.address) as busy:
         busy.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
         wait_for(lambda: srv.stats()["open_connections"] >= 2, what="the busy connection")
@@ -322,7 +337,7 @@ def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> No
 
     The client behaves like a real one: it sees the server's EOF and closes.
     """
-    srv = spawn("--backend", backend, "--port", "0", "--grace-period", "20").start()
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "20").start()
     with connect(srv.address, timeout=5.0) as s:
         (resp,) = exchange(s, GET)
         assert resp.body == HELLO
@@ -340,7 +355,7 @@ def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> No
 
 @pytest.mark.parametrize("backend", CLI_BACKENDS)
 def test_second_signal_stops_without_waiting(spawn, backend: str) -> None:
-    srv = spawn("--backend", backend, "--port", "0", "--grace-period", "30").start()
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "30").start()
     with connect(srv.address) as s:
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
         wait_for(lambda: srv.stats()["open_connections"] >= 2, what="the busy connection")
@@ -384,8 +399,8 @@ def test_sigusr1_prints_stats_line(spawn, backend: str) -> None:
         (["--backend", "nope"], {}, "argument --backend: invalid choice: 'nope'"),
         (["--protocol", "gopher"], {}, "argument --protocol: invalid choice: 'gopher'"),
         (["--port", "70000"], {}, "argument --port: 70000 is not a TCP port"),
-        (["--port", "eighty"], {}, "argument --port: invalid _port value: 'eighty'"),
-        (["--idle-timeout", "0"], {}, "argument --idle-timeout: 0.0 must be positive"),
+        (["--port", "eighty"], {}, "argument --port: invalid port_number value: 'eighty'"),
+        (["--timeout-read", "0"], {}, "argument --timeout-read: 0.0 must be positive"),
         (["--recv-buffers", "1000"], {}, "argument --recv-buffers: 1000 is not a power of two"),
         (["--no-such-option"], {}, "unrecognized arguments: --no-such-option"),
         ([], {"RINGSERVE_BACKEND": "nope"}, "RINGSERVE_BACKEND: invalid choice 'nope'"),
@@ -397,7 +412,7 @@ def test_sigusr1_prints_stats_line(spawn, backend: str) -> None:
         "protocol",
         "port-range",
         "port-text",
-        "idle-timeout",
+        "timeout-read",
         "recv-buffers",
         "unknown",
         "env-backend",

@@ -18,7 +18,7 @@ def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RINGSERVE_TCP_NODELAY",
         "RINGSERVE_CQ_FACTOR",
         "RINGSERVE_RING_ENTRIES",
-        "RINGSERVE_HEADER_TIMEOUT",
+        "RINGSERVE_TIMEOUT_HEADER",
         "RINGSERVE_SQPOLL",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -101,19 +101,19 @@ def test_cq_factor_sizes_the_completion_queue() -> None:
 
     # config.py keeps its own copy of the limit so that epoll never imports the extension.
     assert config_module.MAX_CQ_ENTRIES == ring.MAX_CQ_ENTRIES
-    backend = UringBackend(Config(ring_entries=64, cq_factor=16))
+    backend = UringBackend(Config(ring_entries=64, cq_factor=16).backend_options())
     try:
-        assert backend.ring.sq_entries == 64
-        assert backend.ring.cq_entries == 1024
+        assert backend.describe()["sq_entries"] == 64
+        assert backend.describe()["cq_entries"] == 1024
     finally:
         backend.shutdown()
 
 
 def test_header_timeout_from_flag_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Config().header_timeout == 20.0
-    monkeypatch.setenv("RINGSERVE_HEADER_TIMEOUT", "7.5")
-    assert parse_config([]).header_timeout == 7.5
-    assert parse_config(["--header-timeout", "2"]).header_timeout == 2.0
+    assert Config().timeout_header == 20.0
+    monkeypatch.setenv("RINGSERVE_TIMEOUT_HEADER", "7.5")
+    assert parse_config([]).timeout_header == 7.5
+    assert parse_config(["--timeout-header", "2"]).timeout_header == 2.0
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon"])
@@ -121,9 +121,9 @@ def test_header_timeout_must_be_a_positive_number(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        parse_config(["--header-timeout", value])
+        parse_config(["--timeout-header", value])
     assert exc.value.code == 2
-    assert "--header-timeout" in capsys.readouterr().err
+    assert "--timeout-header" in capsys.readouterr().err
 
 
 def test_header_timeout_sets_the_sweep_interval_for_http_only() -> None:
@@ -133,7 +133,56 @@ def test_header_timeout_sets_the_sweep_interval_for_http_only() -> None:
         def wait(self, timeout: float | None) -> list[object]:
             return []
 
-    http = Loop(Idle(), object, rest_timeout=5.0, busy_timeout=30.0, header_timeout=0.4)  # type: ignore[arg-type]
+    http = Loop(Idle(), object, idle_timeout=5.0, read_timeout=30.0, header_timeout=0.4)  # type: ignore[arg-type]
     assert http.sweep_interval == pytest.approx(0.1)
-    echo = Loop(Idle(), object, rest_timeout=30.0, busy_timeout=30.0)  # type: ignore[arg-type]
+    echo = Loop(Idle(), object, idle_timeout=30.0, read_timeout=30.0)  # type: ignore[arg-type]
     assert echo.sweep_interval == 1.0
+
+
+DEPRECATED = [
+    ("--keepalive-timeout", "--timeout-keep-alive", "timeout_keep_alive"),
+    ("--idle-timeout", "--timeout-read", "timeout_read"),
+    ("--header-timeout", "--timeout-header", "timeout_header"),
+    ("--grace-period", "--timeout-graceful-shutdown", "timeout_graceful_shutdown"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field"), DEPRECATED)
+def test_a_deprecated_timeout_flag_sets_the_new_option_and_warns(
+    old: str, new: str, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert getattr(parse_config([old, "7"]), field) == 7.0
+    assert capsys.readouterr().err == f"ringserve: warning: {old} is deprecated; use {new}\n"
+    assert getattr(parse_config([new, "8"]), field) == 8.0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("old", "new", "field"), DEPRECATED)
+def test_a_deprecated_timeout_variable_still_works_and_the_new_one_wins(
+    old: str, new: str, field: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    old_env = "RINGSERVE_" + old[2:].replace("-", "_").upper()
+    new_env = "RINGSERVE_" + new[2:].replace("-", "_").upper()
+    monkeypatch.delenv(new_env, raising=False)
+    monkeypatch.setenv(old_env, "3")
+    assert getattr(parse_config([]), field) == 3.0
+    assert (
+        capsys.readouterr().err == f"ringserve: warning: {old_env} is deprecated; use {new_env}\n"
+    )
+    monkeypatch.setenv(new_env, "4")
+    assert getattr(parse_config([]), field) == 4.0
+    assert capsys.readouterr().err == ""
+
+
+def test_http_parser_choice(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv("RINGSERVE_HTTP", raising=False)
+    assert Config().http == "h11"
+    assert parse_config(["--http", "httptools"]).http == "httptools"
+    monkeypatch.setenv("RINGSERVE_HTTP", "httptools")
+    assert parse_config([]).http == "httptools"
+    monkeypatch.setenv("RINGSERVE_HTTP", "picohttp")
+    with pytest.raises(SystemExit):
+        parse_config([])
+    assert "RINGSERVE_HTTP: invalid choice 'picohttp' (choose from h11, httptools)" in (
+        capsys.readouterr().err
+    )

@@ -14,7 +14,8 @@ from typing import Any, cast
 
 from loadtest.peers._serve import run
 from server.apps.builtin import BuiltinApp
-from server.protocols.http import Counters, HttpConnection, HttpLimits
+from server.protocols.http.common import Counters, HttpLimits
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 
 COUNTERS = Counters()
 LIMITS = HttpLimits()

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from server.protocols.http import Request, Response, split_target
+from server.protocols.http.common import Request, Response, split_target
 
 HELLO = b"Hello from ringserve\n"
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.protocols.http import Request, Response, split_target
+from server.protocols.http.common import Request, Response, split_target
 
 logger = logging.getLogger("server.wsgi")
 

@@ -43,6 +43,22 @@ OUTPUT_LOW_WATER_BYTES: Final = 256 << 10
 ACCEPT_RETRY_DELAY_S: Final = 0.1
 
 
+class BackendUnavailable(Exception):
+    """The mechanism cannot be used here; the message names why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """What a backend is built from (the rest of the Config is not its business)."""
+
+    max_connections: int = 10_000
+    ring_entries: int = 256  # uring only, like the four below
+    cq_factor: int = 8
+    recv_buffer_size: int = 4096
+    recv_buffers: int = 2048
+    sqpoll: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class BackendStatistics:
     """A snapshot of one backend's counters (trio's ``_EpollStatistics``)."""
@@ -90,4 +106,15 @@ class Backend(Protocol):
 
     def statistics(self) -> BackendStatistics:
         """Counters so far."""
+        ...
+
+    def wakeup_fileno(self) -> int:
+        """An fd whose writing wakes a blocked wait() (for signal.set_wakeup_fd)."""
+        ...
+
+    def force_wakeup(self) -> None:
+        """Make a blocked wait() return soon; safe from any thread (trio's force_wakeup)."""
+
+    def describe(self) -> dict[str, object]:
+        """Facts of the mechanism worth printing at start-up (ring flags and sizes)."""
         ...

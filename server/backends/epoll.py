@@ -37,10 +37,10 @@ from server.backends.base import (
     OUTPUT_LOW_WATER_BYTES,
     RECEIVED,
     BackendName,
+    BackendOptions,
     BackendStatistics,
     Event,
 )
-from server.config import Config
 
 RECV_SIZE: Final = 65536
 EPOLLIN: Final = select.EPOLLIN
@@ -82,8 +82,8 @@ class EpollBackend:
 
     name: BackendName = "epoll"
 
-    def __init__(self, config: Config, wakeup_fd: int | None = None) -> None:
-        self._config = config
+    def __init__(self, options: BackendOptions) -> None:
+        self._options = options
         self._ep = select.epoll()
         self._conns: dict[int, _Conn] = {}
         self._by_fd: dict[int, _Conn] = {}
@@ -91,9 +91,11 @@ class EpollBackend:
         self._listen_fd = -1
         self._listening = False
         self._accept_retry_at = 0.0
-        self._wakeup_fd = -1 if wakeup_fd is None else wakeup_fd
-        if wakeup_fd is not None:
-            self._ep.register(wakeup_fd, EPOLLIN)
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self._wakeup_fd = self._wakeup_r.fileno()
+        self._ep.register(self._wakeup_fd, EPOLLIN)
         self._next_cid = 1
         self._ready: list[Event] = []  # events produced outside wait()
         self._recv_buf = bytearray(RECV_SIZE)
@@ -209,6 +211,18 @@ class EpollBackend:
             if conn.fd >= 0:
                 self._release(conn)
         self._ep.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+
+    def wakeup_fileno(self) -> int:
+        return self._wakeup_w.fileno()
+
+    def force_wakeup(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
+
+    def describe(self) -> dict[str, object]:
+        return {}
 
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(
@@ -231,7 +245,7 @@ class EpollBackend:
     def _set_accepting(self, on: bool) -> None:
         if self._listener is None or on == self._listening:
             return
-        if on and len(self._conns) >= self._config.max_connections:
+        if on and len(self._conns) >= self._options.max_connections:
             return
         self._listening = on
         self._syscalls += 1
@@ -243,7 +257,7 @@ class EpollBackend:
     def _accept(self, events: list[Event]) -> None:
         listener = self._listener
         assert listener is not None
-        limit = self._config.max_connections
+        limit = self._options.max_connections
         while len(self._conns) < limit:
             try:
                 sock, _ = listener.accept()

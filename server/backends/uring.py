@@ -33,6 +33,7 @@ How this mechanism behaves, and what follows for this module:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -48,11 +49,12 @@ from server.backends.base import (
     OUTPUT_LOW_WATER_BYTES,
     RECEIVED,
     BackendName,
+    BackendOptions,
     BackendStatistics,
+    BackendUnavailable,
     Event,
 )
-from server.config import Config
-from uring_backend import Ring
+from uring_backend import Ring, UringUnavailable
 from uring_backend.ring import F_MORE
 
 CID_BITS: Final = 56
@@ -135,24 +137,29 @@ class UringBackend:
 
     name: BackendName = "uring"
 
-    def __init__(self, config: Config, wakeup_fd: int | None = None) -> None:
-        self._config = config
-        self._ring = Ring(
-            config.ring_entries,
-            cq_factor=config.cq_factor,
-            buffers=config.recv_buffers,
-            buffer_size=config.recv_buffer_size,
-            sqpoll=config.sqpoll,
-        )
+    def __init__(self, options: BackendOptions) -> None:
+        self._options = options
+        try:
+            self._ring = Ring(
+                options.ring_entries,
+                cq_factor=options.cq_factor,
+                buffers=options.recv_buffers,
+                buffer_size=options.recv_buffer_size,
+                sqpoll=options.sqpoll,
+            )
+        except UringUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from exc
         self._conns: dict[int, _Conn] = {}
         self._parked: deque[int] = deque()  # accepted fds beyond max_connections
         self._listener: socket.socket | None = None
         self._accept_armed = False
         self._accepting = False
         self._shutting_down = False
-        self._wakeup_fd = wakeup_fd
-        if wakeup_fd is not None:
-            self._ring.prep_poll_multishot(wakeup_fd, _WAKEUP_UD)
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self._wakeup_fd = self._wakeup_r.fileno()
+        self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
         self._next_cid = 1
         self._sends_queued = 0  # sends queued in this pass (see wait())
         self._events: list[Event] = []
@@ -162,10 +169,6 @@ class UringBackend:
         self._extra_syscalls = 0
         self._accept_errors = 0
         self._paused_reads = 0
-
-    @property
-    def ring(self) -> Ring:
-        return self._ring
 
     # -- the interface ---------------------------------------------------------
 
@@ -309,14 +312,30 @@ class UringBackend:
         self.stop_accepting()
         for cid in list(self._conns):
             self.abort(cid)
-        if self._wakeup_fd is not None:
-            self._ring.prep_cancel(_WAKEUP_UD, encode(Op.CANCEL, LISTENER_CID))
+        self._ring.prep_cancel(_WAKEUP_UD, encode(Op.CANCEL, LISTENER_CID))
         waited = 0.0
         while (self._conns or self._ring.statistics().ops_in_flight) and waited < SHUTDOWN_DRAIN_S:
             self.wait(0.05)
             waited += 0.05
         self._close_listener()
         self._ring.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+
+    def wakeup_fileno(self) -> int:
+        return self._wakeup_w.fileno()
+
+    def force_wakeup(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
+
+    def describe(self) -> dict[str, object]:
+        ring = self._ring
+        return {
+            "taskrun": ring.taskrun,
+            "sq_entries": ring.sq_entries,
+            "cq_entries": ring.cq_entries,
+        }
 
     def statistics(self) -> BackendStatistics:
         rs = self._ring.statistics()
@@ -344,7 +363,7 @@ class UringBackend:
             if not self._accepting:
                 os.close(res)
                 self._extra_syscalls += 1
-            elif len(self._conns) >= self._config.max_connections:
+            elif len(self._conns) >= self._options.max_connections:
                 self._parked.append(res)
                 self._disarm_accept()
             else:
@@ -364,7 +383,7 @@ class UringBackend:
         if (
             self._accepting
             and not self._accept_armed
-            and len(self._conns) < self._config.max_connections
+            and len(self._conns) < self._options.max_connections
         ):
             self._arm_accept()
 
@@ -432,13 +451,12 @@ class UringBackend:
         if conn is None:
             return
         events.append((CLOSED, cid, conn.error))
-        while self._parked and len(self._conns) < self._config.max_connections:
+        while self._parked and len(self._conns) < self._options.max_connections:
             self._open(self._parked.popleft(), events)
         if self._accepting and not self._accept_armed and not self._parked:
             self._arm_accept()
 
     def _handle_wakeup(self, flags: int) -> None:
-        assert self._wakeup_fd is not None
         try:
             while os.read(self._wakeup_fd, 512):
                 pass

@@ -15,9 +15,10 @@ class ServerProtocol(Protocol):
     Attributes:
         should_close: once true, the loop closes the connection after the
             output already returned has been sent.
-        busy: a request has started and is not answered yet; a busy
-            connection is given ``idle_timeout``, an idle one the
-            keep-alive timeout, and shutdown waits for busy ones only.
+        busy: a request has started and is not answered yet.  A busy
+            connection that receives nothing for the read timeout is timed
+            out (``timed_out()``); one that is not busy is closed after the
+            idle (keep-alive) timeout; shutdown waits for busy ones only.
     """
 
     should_close: bool

@@ -160,7 +160,7 @@ def test_echo_slow_reader_gets_every_byte(make_server) -> None:
     size = 12 << 20
     data = pattern(size, 12)
     with (
-        make_server(protocol="echo", grace_period=2.0) as srv,
+        make_server(protocol="echo", timeout_graceful_shutdown=2.0) as srv,
         connect(srv.address, timeout=5.0, rcvbuf=8192) as s,
     ):
         sender = Sender(s, data, shut_wr=True)
@@ -181,7 +181,7 @@ def test_echo_slow_reader_gets_every_byte(make_server) -> None:
 
 
 def test_echo_reset_mid_stream_spares_other_connection(make_server) -> None:
-    with make_server(protocol="echo", grace_period=2.0) as srv:
+    with make_server(protocol="echo", timeout_graceful_shutdown=2.0) as srv:
         # B: echoes 50-100 kB messages, checking each, all through the test.
         b = connect(srv.address)
 
@@ -223,7 +223,7 @@ def test_echo_reset_mid_stream_spares_other_connection(make_server) -> None:
 
 
 def test_echo_idle_connection_times_out(make_server) -> None:
-    with make_server(protocol="echo", idle_timeout=0.5) as srv, connect(srv.address) as s:
+    with make_server(protocol="echo", timeout_read=0.5) as srv, connect(srv.address) as s:
         s.sendall(b"ping")
         assert recv_exact(s, 4) == b"ping"
         start = time.monotonic()

@@ -188,7 +188,7 @@ def test_garbage_gets_400_then_eof(make_server) -> None:
     with make_server() as srv, connect(srv.address) as s:
         s.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
         read_error_then_eof(s, 400, "Bad Request")
-        wait_for(lambda: srv.stats()["protocol_errors"] == 1, what="error counted")
+        wait_for(lambda: srv.stats()["client_errors"] == 1, what="error counted")
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["one-send", "trickled"])
@@ -242,7 +242,7 @@ def test_oversize_chunked_body_gets_413_then_eof(make_server) -> None:
 
 def test_reset_mid_response_spares_other_clients(make_server) -> None:
     size = 6 << 20
-    with make_server(max_body_bytes=8 << 20, grace_period=2.0) as srv:
+    with make_server(max_body_bytes=8 << 20, timeout_graceful_shutdown=2.0) as srv:
         # The victim: a tiny receive window, so its 6 MiB response cannot fit
         # in any buffer on the way and stays half-sent.
         victim = connect(srv.address, rcvbuf=8192)
@@ -286,7 +286,7 @@ def test_pipelined_large_responses_to_slow_reader(make_server) -> None:
     """Output backs up past the high-water mark (reads pause), then the client reads it all."""
     bodies = [pattern(1_500_000, i) for i in range(6)]
     with (
-        make_server(max_body_bytes=2 << 20, grace_period=2.0) as srv,
+        make_server(max_body_bytes=2 << 20, timeout_graceful_shutdown=2.0) as srv,
         connect(srv.address, timeout=5.0, rcvbuf=8192) as s,
     ):
         sender = Sender(s, b"".join(request("POST", "/echo", b) for b in bodies))
@@ -346,7 +346,7 @@ def test_connection_churn_every_request_answered(make_server) -> None:
     ids=["partial-head", "partial-body"],
 )
 def test_slow_client_gets_408_after_idle_timeout(make_server, partial: bytes) -> None:
-    with make_server(idle_timeout=0.5, keepalive_timeout=10.0) as srv, connect(srv.address) as s:
+    with make_server(timeout_read=0.5, timeout_keep_alive=10.0) as srv, connect(srv.address) as s:
         start = time.monotonic()
         s.sendall(partial)
         read_error_then_eof(s, 408, "Request Timeout")
@@ -357,7 +357,7 @@ def test_slow_client_gets_408_after_idle_timeout(make_server, partial: bytes) ->
 
 def test_slow_client_that_keeps_trickling_is_not_timed_out(make_server) -> None:
     """idle_timeout is about silence: a client that keeps sending is served."""
-    with make_server(idle_timeout=0.5) as srv, connect(srv.address) as s:
+    with make_server(timeout_read=0.5) as srv, connect(srv.address) as s:
         data = request("POST", "/echo", b"x" * 8)
         for i in range(0, len(data), 4):
             s.sendall(data[i : i + 4])
@@ -369,7 +369,7 @@ def test_slow_client_that_keeps_trickling_is_not_timed_out(make_server) -> None:
 
 def test_idle_keepalive_connection_closed_after_keepalive_timeout(make_server) -> None:
     """After a response the connection is idle: keepalive_timeout applies, and no 408."""
-    with make_server(keepalive_timeout=0.5, idle_timeout=1.5) as srv, connect(srv.address) as s:
+    with make_server(timeout_keep_alive=0.5, timeout_read=1.5) as srv, connect(srv.address) as s:
         (resp,) = exchange(s, GET)
         assert resp.body == HELLO
         start = time.monotonic()
@@ -382,7 +382,7 @@ def test_idle_keepalive_connection_closed_after_keepalive_timeout(make_server) -
 
 def test_idle_keepalive_connection_is_not_sent_408(make_server) -> None:
     """idle_timeout is for requests in progress; an idle keep-alive connection gets silence."""
-    with make_server(keepalive_timeout=10.0, idle_timeout=0.3) as srv, connect(srv.address) as s:
+    with make_server(timeout_keep_alive=10.0, timeout_read=0.3) as srv, connect(srv.address) as s:
         (resp,) = exchange(s, GET)
         assert resp.body == HELLO
         assert_silent(s, 1.0)
@@ -391,13 +391,13 @@ def test_idle_keepalive_connection_is_not_sent_408(make_server) -> None:
 
 
 def test_connection_that_never_sends_closed_after_keepalive_timeout(make_server) -> None:
-    with make_server(keepalive_timeout=0.5, idle_timeout=10.0) as srv, connect(srv.address) as s:
+    with make_server(timeout_keep_alive=0.5, timeout_read=10.0) as srv, connect(srv.address) as s:
         assert_eof(s)
 
 
 def test_max_connections_queues_extra_clients(make_server) -> None:
     n = 2
-    with make_server(max_connections=n, keepalive_timeout=15.0) as srv:
+    with make_server(max_connections=n, timeout_keep_alive=15.0) as srv:
         served = [connect(srv.address) for _ in range(n)]
         readers = [HttpReader(s) for s in served]
         for s, r in zip(served, readers, strict=True):
@@ -453,8 +453,10 @@ def test_stats_json(make_server, backend_name) -> None:
         "accept_errors",
         "paused_reads",
         "requests",
-        "protocol_errors",
+        "client_errors",
+        "app_errors",
         "timeouts",
+        "internal_errors",
         "uptime_s",
         "pid",
     }
@@ -462,7 +464,7 @@ def test_stats_json(make_server, backend_name) -> None:
     assert stats["requests"] == 3  # the /stats request itself is counted after it is answered
     assert stats["accepted"] == 1
     assert stats["open_connections"] == 1
-    assert stats["protocol_errors"] == 0
+    assert (stats["client_errors"], stats["app_errors"], stats["internal_errors"]) == (0, 0, 0)
     assert stats["timeouts"] == 0
     assert stats["accept_errors"] == 0
     assert stats["pid"] == os.getpid()
@@ -492,7 +494,7 @@ def test_client_eof_after_request_still_gets_response(make_server) -> None:
 
 
 def test_graceful_stop_closes_idle_keepalive_connections_at_once(make_server) -> None:
-    with make_server(grace_period=8.0) as srv:
+    with make_server(timeout_graceful_shutdown=8.0) as srv:
         fresh = connect(srv.address, timeout=3.0)
         used = connect(srv.address, timeout=3.0)
         (resp,) = exchange(used, GET)
@@ -511,7 +513,7 @@ def test_graceful_stop_closes_idle_keepalive_connections_at_once(make_server) ->
 
 def test_graceful_stop_finishes_request_in_flight(make_server) -> None:
     body = pattern(50_000, 50)
-    with make_server(grace_period=8.0) as srv, connect(srv.address) as s:
+    with make_server(timeout_graceful_shutdown=8.0) as srv, connect(srv.address) as s:
         s.sendall(request("POST", "/echo", headers=[("Content-Length", str(len(body)))]))
         s.sendall(body[:1000])
         wait_for(lambda: srv.stats()["bytes_in"] > 1000, what="the partial request")

@@ -108,7 +108,7 @@ def test_plain_wsgi_streamed_iterable_write_and_errors(make_server) -> None:
     assert (boom.status, boom.body) == (500, b"500 Internal Server Error\n")
     assert (missing.status, missing.body) == (404, b"no such page: /missing")
     assert after.status == 200  # the connection survived the app's exception
-    assert stats["protocol_errors"] == 1
+    assert (stats["app_errors"], stats["client_errors"]) == (1, 0)
     assert stats["requests"] == 5
 
 

@@ -8,16 +8,16 @@ import pytest
 
 pytest.register_assert_rewrite("tests.protocols.helpers")
 
-from server.protocols import http as http_module  # noqa: E402
+from server.protocols.http import common  # noqa: E402
 from tests.protocols.helpers import EPOCH  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """server.protocols.http reads EPOCH (+ a fraction) as the time, with an empty date cache.
+    """common.py reads EPOCH (+ a fraction) as the time, with an empty date cache.
 
     Only that module's view of ``time`` is replaced, so the real
     ``_DateHeader`` formatting and caching still run.
     """
-    monkeypatch.setattr(http_module, "time", SimpleNamespace(time=lambda: EPOCH + 0.25))
-    monkeypatch.setattr(http_module, "_date", http_module._DateHeader())
+    monkeypatch.setattr(common, "time", SimpleNamespace(time=lambda: EPOCH + 0.25))
+    monkeypatch.setattr(common.date_header, "second", -1)

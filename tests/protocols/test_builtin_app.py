@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 
 from server.apps.builtin import ALLOWED, BuiltinApp
-from server.protocols.http import Counters, HttpConnection, HttpLimits, Request
+from server.protocols.http.common import Counters, HttpLimits, Request
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 from tests.protocols.helpers import (
     DATE_LINE,
     HELLO,
     SERVER_LINE,
     check,
     chunkings,
+    errors_of,
     feed,
     http_response,
 )
@@ -257,7 +259,7 @@ def test_head_stats_has_the_get_content_length() -> None:
 
 def test_stats_reading_the_live_counters() -> None:
     counters = Counters()
-    app = BuiltinApp(lambda: {"requests": counters.requests, "errors": counters.errors})
+    app = BuiltinApp(lambda: {"requests": counters.requests, "errors": errors_of(counters)})
     conn = HttpConnection(app, HttpLimits(), counters)
     out = conn.receive_data(raw(b"GET", b"/") + raw(b"GET", b"/missing") + raw(b"GET", b"/stats"))
     assert out.startswith(HELLO_RESPONSE + NOT_FOUND_RESPONSE)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from server.apps.builtin import BuiltinApp
-from server.protocols import http
-from server.protocols.http import Counters, HttpConnection, HttpLimits
+from server.protocols.http import h11_impl as http
+from server.protocols.http.common import Counters, HttpLimits
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 
 LIMITS = HttpLimits()
 GET_11 = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.protocols import http as http_module
-from server.protocols.http import Counters, HttpConnection, HttpLimits, Request, Response
+from server.protocols.http import common as http_common
+from server.protocols.http import h11_impl as http_module
+from server.protocols.http.common import Counters, HttpLimits, Request, Response
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 from tests.protocols.helpers import (
     APP_ERROR_500,
     CONTINUE,
@@ -27,6 +29,7 @@ from tests.protocols.helpers import (
     chunkings,
     connect,
     error_response,
+    errors_of,
     feed,
     http_response,
 )
@@ -104,8 +107,8 @@ GET_ANSWER = answer(b"GET", b"/")
 
 def test_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.5]
-    monkeypatch.setattr(http_module, "time", SimpleNamespace(time=lambda: now[0]))
-    date = http_module._DateHeader()
+    monkeypatch.setattr(http_common, "time", SimpleNamespace(time=lambda: now[0]))
+    date = http_common.DateHeader()
     first = date.get()
     assert first == (b"date", b"Thu, 01 Jan 1970 00:00:00 GMT")
     now[0] = 0.99
@@ -115,7 +118,7 @@ def test_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_pinned_clock_gives_the_rfc_example_date() -> None:
-    assert http_module._date.get() == (b"date", DATE_LINE[6:])
+    assert http_common.date_header.get() == (b"date", DATE_LINE[6:])
 
 
 # -- the response cache -------------------------------------------------------
@@ -125,11 +128,11 @@ def test_a_repeated_response_reuses_one_validated_event() -> None:
     first, _ = connect(app)
     second, _ = connect(app)
     assert first.receive_data(GET) == GET_ANSWER
-    (event,) = http_module._responses.events.values()
+    (event,) = http_module._responses.entries.values()
     assert second.receive_data(GET) == GET_ANSWER
-    assert list(http_module._responses.events.values()) == [event]
+    assert list(http_module._responses.entries.values()) == [event]
     assert first.receive_data(get(b"/other")) == answer(b"GET", b"/other")
-    assert len(http_module._responses.events) == 2  # another content-length
+    assert len(http_module._responses.entries) == 2  # another content-length
 
 
 def test_the_response_cache_is_emptied_when_the_date_changes(
@@ -137,10 +140,10 @@ def test_the_response_cache_is_emptied_when_the_date_changes(
 ) -> None:
     conn, _ = connect(app)
     assert conn.receive_data(GET) == GET_ANSWER
-    monkeypatch.setattr(http_module, "time", SimpleNamespace(time=lambda: EPOCH + 1.0))
+    monkeypatch.setattr(http_common, "time", SimpleNamespace(time=lambda: EPOCH + 1.0))
     later = GET_ANSWER.replace(DATE_LINE, b"date: Sun, 06 Nov 1994 08:49:38 GMT")
     assert conn.receive_data(GET) == later
-    (event,) = http_module._responses.events.values()
+    (event,) = http_module._responses.entries.values()
     assert (b"date", b"Sun, 06 Nov 1994 08:49:38 GMT") in event.headers
 
 
@@ -154,7 +157,7 @@ def test_unhashable_app_headers_are_answered_and_not_cached() -> None:
     )
     assert conn.receive_data(GET) == expected
     assert conn.receive_data(GET) == expected
-    assert http_module._responses.events == {}
+    assert http_module._responses.entries == {}
 
 
 def test_the_response_cache_is_bounded() -> None:
@@ -167,10 +170,10 @@ def test_the_response_cache_is_bounded() -> None:
         )
 
     conn, _ = connect(tagged)
-    n = http_module.RESPONSE_CACHE_MAX + 44
+    n = http_common.RESPONSE_CACHE_MAX + 44
     for i in range(n):
         assert conn.receive_data(get(b"/%d" % i)) == expected(b"/%d" % i)
-    assert len(http_module._responses.events) == http_module.RESPONSE_CACHE_MAX
+    assert len(http_module._responses.entries) == http_common.RESPONSE_CACHE_MAX
     last = b"/%d" % (n - 1)  # not kept, still answered
     assert conn.receive_data(get(last)) == expected(last)
 
@@ -240,7 +243,7 @@ def test_two_requests_on_one_keepalive_connection() -> None:
     assert counters.requests == 1
     assert conn.receive_data(post(b"/two", b"2")) == answer(b"POST", b"/two", b"2")
     assert conn.should_close is False
-    assert (counters.requests, counters.errors) == (2, 0)
+    assert (counters.requests, errors_of(counters)) == (2, 0)
 
 
 PIPELINE = [
@@ -290,7 +293,7 @@ def test_pipeline_cut_anywhere_gives_the_same_bytes(cuts: list[int]) -> None:
     chunks = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     fed = feed(app, chunks)
     assert fed.out == b"".join(PIPELINE_ANSWERS)
-    assert (fed.counters.requests, fed.counters.errors) == (5, 0)
+    assert (fed.counters.requests, errors_of(fed.counters)) == (5, 0)
 
 
 # -- closing: HTTP/1.0, Connection: close -------------------------------------
@@ -362,7 +365,7 @@ def test_100_continue_after_the_head_then_the_response() -> None:
     assert (conn.busy, conn.should_close) == (True, False)
     assert conn.receive_data(b"hel") == b""  # sent once only
     assert conn.receive_data(b"lo") == EXPECT_ANSWER
-    assert (counters.requests, counters.errors) == (1, 0)
+    assert (counters.requests, errors_of(counters)) == (1, 0)
 
 
 def test_100_continue_only_when_a_read_ends_with_the_head() -> None:
@@ -397,7 +400,7 @@ def test_no_100_continue_when_content_length_exceeds_the_limit() -> None:
     conn, counters = connect(app, limits)
     assert conn.receive_data(EXPECT_HEAD) == error_response(413)
     assert (conn.should_close, conn.busy) == (True, False)
-    assert (counters.requests, counters.errors) == (0, 1)
+    assert (counters.requests, errors_of(counters)) == (0, 1)
     assert conn.receive_data(b"hello") == b""
     check(
         app,
@@ -531,7 +534,7 @@ def test_content_length_over_the_limit_413_before_the_body() -> None:
     head = post_head(b"/up", 11)
     conn, counters = connect(app, SMALL_BODY)
     assert conn.receive_data(head) == error_response(413)  # no body byte needed
-    assert (conn.should_close, conn.busy, counters.requests, counters.errors) == (
+    assert (conn.should_close, conn.busy, counters.requests, errors_of(counters)) == (
         True,
         False,
         0,
@@ -640,7 +643,7 @@ def test_timed_out_while_busy_408_and_close(data: bytes) -> None:
     assert conn.busy is True
     assert conn.timed_out() == error_response(408)
     assert conn.should_close is True
-    assert (counters.requests, counters.errors) == (requests, 1)
+    assert (counters.requests, errors_of(counters)) == (requests, 1)
     assert conn.receive_data(b"lo" + GET) == b""  # nothing more is read
     assert before in (b"", CONTINUE, GET_ANSWER)
 
@@ -677,7 +680,7 @@ def test_timed_out_while_idle_is_silent_and_closes() -> None:
     conn, counters = connect(app)
     assert conn.timed_out() == b""
     assert (conn.should_close, conn.busy) == (True, False)
-    assert counters.errors == 0
+    assert errors_of(counters) == 0
     assert conn.receive_data(GET) == b""
     assert counters.requests == 0
 
@@ -709,7 +712,7 @@ def test_timed_out_after_a_response_is_silent() -> None:
     assert conn.receive_data(GET) == GET_ANSWER
     assert conn.timed_out() == b""
     assert conn.should_close is True
-    assert (counters.requests, counters.errors) == (1, 0)
+    assert (counters.requests, errors_of(counters)) == (1, 0)
 
 
 def test_stop_keepalive_after_a_response_closes_at_once() -> None:
@@ -770,7 +773,7 @@ def test_eof_on_a_fresh_connection() -> None:
     conn, counters = connect(app)
     assert conn.receive_data(b"") == b""
     assert (conn.should_close, conn.busy) == (True, False)
-    assert (counters.requests, counters.errors) == (0, 0)
+    assert (counters.requests, errors_of(counters)) == (0, 0)
 
 
 def test_eof_after_a_response() -> None:
@@ -778,7 +781,7 @@ def test_eof_after_a_response() -> None:
     assert conn.receive_data(GET) == GET_ANSWER
     assert conn.receive_data(b"") == b""
     assert (conn.should_close, conn.busy) == (True, False)
-    assert (counters.requests, counters.errors) == (1, 0)
+    assert (counters.requests, errors_of(counters)) == (1, 0)
 
 
 def test_eof_after_a_pipelined_response_in_the_same_read() -> None:
@@ -795,7 +798,7 @@ def test_eof_mid_request_gets_400_and_close(data: bytes) -> None:
     requests = counters.requests
     assert conn.receive_data(b"") == error_response(400)
     assert (conn.should_close, conn.busy) == (True, False)
-    assert (counters.requests, counters.errors) == (requests, 1)
+    assert (counters.requests, errors_of(counters)) == (requests, 1)
     assert before in (b"", CONTINUE, GET_ANSWER)
 
 
@@ -813,11 +816,11 @@ def test_data_after_should_close_is_ignored(closing: bytes) -> None:
     conn, counters = connect(app, SMALL_BODY)
     conn.receive_data(closing)
     assert conn.should_close is True
-    state = (counters.requests, counters.errors)
+    state = (counters.requests, errors_of(counters))
     for data in (GET, b"garbage\r\n\r\n", b""):
         assert conn.receive_data(data) == b""
         assert (conn.should_close, conn.busy) == (True, False)
-    assert (counters.requests, counters.errors) == state
+    assert (counters.requests, errors_of(counters)) == state
 
 
 # -- app failures -------------------------------------------------------------
@@ -913,7 +916,7 @@ def test_refused_response_in_a_later_read() -> None:
     assert conn.receive_data(GET) == GET_ANSWER
     assert conn.receive_data(get(b"/bad")) == RAW_500
     assert conn.should_close is True
-    assert (counters.requests, counters.errors) == (2, 1)
+    assert (counters.requests, errors_of(counters)) == (2, 1)
 
 
 # -- framing h11 chooses when the app gives no content-length -----------------
@@ -954,4 +957,4 @@ def test_counters_are_shared_between_connections() -> None:
     one.receive_data(GET)
     two.receive_data(get(b"/boom"))
     two.receive_data(b"garbage\r\n\r\n")
-    assert (counters.requests, counters.errors) == (2, 2)
+    assert (counters.requests, errors_of(counters)) == (2, 2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.apps.builtin import BuiltinApp
-from server.protocols.http import Counters, HttpConnection, HttpLimits, Request, Response
+from server.protocols.http.common import Counters, HttpLimits, Request, Response
+from server.protocols.http.h11_impl import H11Connection as HttpConnection
 
 from .support import Malformed, check_response_sequence, parse_all
 

@@ -9,7 +9,7 @@ import pytest
 
 from loadtest.procs import local_server
 from server.config import Config, parse_config
-from server.protocols.http import HttpLimits
+from server.protocols.http.common import HttpLimits
 
 
 def _check(config: Config) -> None:
@@ -18,9 +18,9 @@ def _check(config: Config) -> None:
     assert 0 < config.max_body_bytes <= 16 * 1024 * 1024
     assert 0 < config.max_connections <= 100_000
     assert 0 < config.backlog <= 65535
-    assert 0 < config.keepalive_timeout <= 120
-    assert 0 < config.idle_timeout <= 300
-    assert 0 < config.grace_period <= 120
+    assert 0 < config.timeout_keep_alive <= 120
+    assert 0 < config.timeout_read <= 300
+    assert 0 < config.timeout_graceful_shutdown <= 120
     assert config.workers == 1
     assert config.app is None
     assert not config.sqpoll

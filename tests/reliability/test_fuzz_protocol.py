@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.protocols.http import HttpLimits
+from server.protocols.http.common import HttpLimits
 
 from .corpus import NASTY, VALID
 from .sansio import LIMITS, drive, split, verify

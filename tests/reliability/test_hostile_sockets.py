@@ -57,7 +57,7 @@ def test_corpus_gets_responses_or_clean_closes(
 ) -> None:
     caplog.set_level(logging.INFO, logger="server")
     failures = []
-    with make_server(protocol="http", idle_timeout=1.0, keepalive_timeout=1.0) as srv:
+    with make_server(protocol="http", timeout_read=1.0, timeout_keep_alive=1.0) as srv:
         conns = _send_all(srv.address, half_close, closer)
         for name, sock, send_error in conns:
             data = dict(NASTY)[name]
@@ -76,7 +76,7 @@ def test_corpus_gets_responses_or_clean_closes(
         assert get_hello(srv.address) < 10
         wait_for(lambda: srv.stats()["open_connections"] == 0, what=lambda: str(srv.stats()))
         stats = srv.stats()
-        loop_exceptions = srv.server.loop.protocol_errors
+        loop_exceptions = srv.server.loop.internal_errors
     assert not failures, "\n".join(failures)
     assert loop_exceptions == 0
     assert not error_records(caplog), [r.getMessage() for r in error_records(caplog)]
@@ -93,7 +93,7 @@ def test_random_garbage_connections_leave_the_server_healthy(
     rng = random.Random(1234)
     blobs = [rng.randbytes(rng.randint(1, 9000)) for _ in range(60)]
     blobs += [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + b for b in blobs[:20]]
-    with make_server(protocol="http", idle_timeout=2.0, keepalive_timeout=2.0) as srv:
+    with make_server(protocol="http", timeout_read=2.0, timeout_keep_alive=2.0) as srv:
         for blob in blobs:
             with connect(srv.address) as sock:
                 try:
@@ -106,5 +106,5 @@ def test_random_garbage_connections_leave_the_server_healthy(
             check_response_sequence(parse_all(got.data, head_flags(blob)), closed=True)
         assert get_hello(srv.address) < 10
         wait_for(lambda: srv.stats()["open_connections"] == 0, what=lambda: str(srv.stats()))
-        assert srv.server.loop.protocol_errors == 0
+        assert srv.server.loop.internal_errors == 0
     assert not error_records(caplog), [r.getMessage() for r in error_records(caplog)]

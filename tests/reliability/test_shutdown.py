@@ -23,7 +23,8 @@ GRACE_S = 8.0
 def test_sigterm_under_load(
     backend_name: str, closer: Callable[[socket.socket], socket.socket]
 ) -> None:
-    args = ["--grace-period", str(GRACE_S), "--keepalive-timeout", "60", "--idle-timeout", "60"]
+    args = ["--timeout-graceful-shutdown", str(GRACE_S)]
+    args += ["--timeout-keep-alive", "60", "--timeout-read", "60"]
     with local_server(backend_name, "http", args) as server:
         address = server.address
         # Idle keep-alive connections, each after one request.
@@ -126,7 +127,7 @@ def test_sigterm_under_load(
 def test_sigterm_when_idle_exits_at_once(
     backend_name: str, closer: Callable[[socket.socket], socket.socket]
 ) -> None:
-    with local_server(backend_name, "echo", ["--grace-period", "30"]) as server:
+    with local_server(backend_name, "echo", ["--timeout-graceful-shutdown", "30"]) as server:
         socks = [closer(connect(server.address)) for _ in range(20)]
         for s in socks:
             s.sendall(b"x")

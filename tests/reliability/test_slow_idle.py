@@ -73,7 +73,7 @@ def test_slowloris_does_not_stop_a_normal_client(
     with (
         nofile_at_least(2 * SLOWLORIS + 500),
         make_server(
-            protocol="http", idle_timeout=30.0, keepalive_timeout=30.0, header_timeout=300.0
+            protocol="http", timeout_read=30.0, timeout_keep_alive=30.0, timeout_header=300.0
         ) as srv,
     ):
         slow = open_many(srv.address, SLOWLORIS)
@@ -120,7 +120,7 @@ def _closed_after(sock: socket.socket, limit: float) -> tuple[float, bytes, str]
 def test_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(
     make_server: Callable[..., Any],
 ) -> None:
-    with make_server(protocol="http", keepalive_timeout=0.6, idle_timeout=30.0) as srv:
+    with make_server(protocol="http", timeout_keep_alive=0.6, timeout_read=30.0) as srv:
         with connect(srv.address) as sock:
             sock.sendall(GET)
             assert Reader(sock).response().body == HELLO
@@ -134,7 +134,7 @@ def test_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(
 def test_silent_new_connection_is_closed_after_the_keepalive_timeout(
     make_server: Callable[..., Any],
 ) -> None:
-    with make_server(protocol="http", keepalive_timeout=0.6, idle_timeout=30.0) as srv:
+    with make_server(protocol="http", timeout_keep_alive=0.6, timeout_read=30.0) as srv:
         with connect(srv.address) as sock:
             elapsed, data, end = _closed_after(sock, 10)
         assert (data, end) == (b"", "eof")
@@ -142,7 +142,7 @@ def test_silent_new_connection_is_closed_after_the_keepalive_timeout(
 
 
 def test_stalled_request_gets_408_after_the_idle_timeout(make_server: Callable[..., Any]) -> None:
-    with make_server(protocol="http", keepalive_timeout=30.0, idle_timeout=0.6) as srv:
+    with make_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.6) as srv:
         for partial in (
             b"GET / HTTP/1.1\r\nHost: a\r\n",
             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
@@ -161,7 +161,7 @@ def test_trickled_head_gets_408_after_the_header_timeout(
 ) -> None:
     """Bytes arriving every 0.1 s beat the idle timeout, not the header timeout."""
     with make_server(
-        protocol="http", keepalive_timeout=30.0, idle_timeout=30.0, header_timeout=1.0
+        protocol="http", timeout_keep_alive=30.0, timeout_read=30.0, timeout_header=1.0
     ) as srv:
         sock = closer(connect(srv.address))
         trickler = Trickler([sock], interval=0.1)
@@ -193,7 +193,7 @@ def test_heads_each_within_the_header_timeout_are_served(
     pending, for 1.75 s in all, while each head takes 0.35 s.
     """
     with make_server(
-        protocol="http", keepalive_timeout=30.0, idle_timeout=30.0, header_timeout=1.0
+        protocol="http", timeout_keep_alive=30.0, timeout_read=30.0, timeout_header=1.0
     ) as srv:
         sock = closer(connect(srv.address))
         half = len(GET) // 2
@@ -214,7 +214,7 @@ def test_heads_each_within_the_header_timeout_are_served(
 def test_slow_but_steady_request_is_served(make_server: Callable[..., Any]) -> None:
     """The idle timeout measures silence, not the time a request takes."""
     with (
-        make_server(protocol="http", keepalive_timeout=30.0, idle_timeout=0.8) as srv,
+        make_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.8) as srv,
         connect(srv.address) as sock,
     ):
         request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 8 + b"\r\n\r\n"
@@ -229,7 +229,7 @@ def test_slow_but_steady_request_is_served(make_server: Callable[..., Any]) -> N
 def test_echo_idle_connection_is_closed_after_the_idle_timeout(
     make_server: Callable[..., Any],
 ) -> None:
-    with make_server(protocol="echo", idle_timeout=0.6) as srv:
+    with make_server(protocol="echo", timeout_read=0.6) as srv:
         with connect(srv.address) as sock:
             sock.sendall(b"ping")
             assert sock.recv(16) == b"ping"
@@ -240,7 +240,7 @@ def test_echo_idle_connection_is_closed_after_the_idle_timeout(
 
 def test_many_idle_connections_all_time_out(make_server: Callable[..., Any]) -> None:
     """The server half-closes each (FIN) at the timeout, then closes when the client does."""
-    with nofile_at_least(3000), make_server(protocol="http", keepalive_timeout=1.0) as srv:
+    with nofile_at_least(3000), make_server(protocol="http", timeout_keep_alive=1.0) as srv:
         socks = open_many(srv.address, 1000)
         try:
             assert not request_many(socks[:500])  # half are keep-alive after a request
@@ -259,7 +259,7 @@ def test_many_idle_connections_all_time_out(make_server: Callable[..., Any]) -> 
 @pytest.mark.timeout(240)
 def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
     """10,000 keep-alive connections, each after one request, held idle; RSS per connection."""
-    args = ["--keepalive-timeout", "600", "--idle-timeout", "600", "--max-connections", "20000"]
+    args = ["--timeout-keep-alive", "600", "--timeout-read", "600", "--max-connections", "20000"]
     with (
         nofile_at_least(IDLE + 500),
         local_server(backend_name, "http", [*args, "--backlog", "4096"]) as server,

@@ -1,10 +1,12 @@
 """HTTP/1.1 over h11: one ``h11.Connection`` per socket, bytes in, bytes out.
 
-The handler drains ``next_event()`` until h11 needs data, answers each
-complete request in order by calling a synchronous app, and starts the next
-cycle for keep-alive (uvicorn's ``h11_impl.handle_events`` does the same).
-Pipelined requests are therefore answered in order: h11 buffers the bytes of
-request N+1 until ``start_next_cycle()`` after response N.
+The reference parser (``--http h11``, the default).  The handler drains
+``next_event()`` until h11 needs data, answers each complete request in order
+by calling a synchronous app, and starts the next cycle for keep-alive
+(uvicorn's ``h11_impl.handle_events`` does the same).  Pipelined requests are
+therefore answered in order: h11 buffers the bytes of request N+1 until
+``start_next_cycle()`` after response N.  ``httptools_impl.py`` has the same
+shape; what both share is in ``common.py``.
 
 Limits, each answered with a response and then a close:
 
@@ -14,153 +16,51 @@ Limits, each answered with a response and then a close:
 - a body larger than ``max_body_bytes``: 413, decided from Content-Length
   before reading the body (and before any ``100 Continue``), or while
   counting a chunked body;
-- a request that does not complete within the idle timeout: 408.
+- a request whose bytes stop arriving for the read timeout: 408.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from email.utils import formatdate
-from http import HTTPStatus
-
 import h11
 
-Headers = Sequence[tuple[bytes, bytes]]
-
-
-@dataclass(slots=True)
-class Request:
-    """A complete request, body included, as the app sees it."""
-
-    method: bytes
-    target: bytes
-    headers: Headers
-    http_version: bytes
-    body: bytes
-
-
-@dataclass(slots=True)
-class Response:
-    """What an app returns. Apps should set content-length; h11 frames the rest."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-    reason: bytes | None = None  # None: the standard phrase for `status`
-
-
-def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """Path and query of a request target, origin-form or absolute-form.
-
-    RFC 9112 3.2.2: a server MUST accept the absolute form
-    (``GET http://host/p?q``), whose path is what follows the authority.
-    """
-    if target[:1] != b"/" and b"://" in target:
-        rest = target.partition(b"://")[2]
-        slash = rest.find(b"/")
-        target = (
-            rest[slash:] if slash >= 0 else b"/" + rest.partition(b"?")[1] + rest.partition(b"?")[2]
-        )
-    path, _, query = target.partition(b"?")
-    return path, query
-
-
-App = Callable[[Request], Response]
-
-
-@dataclass(frozen=True, slots=True)
-class HttpLimits:
-    max_header_bytes: int = 16 * 1024
-    max_body_bytes: int = 1024 * 1024
-
-
-class Counters:
-    """Server-wide totals the protocol objects add to (read by /stats)."""
-
-    __slots__ = ("errors", "requests")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-
+from server.protocols.http.common import (
+    APP_ERROR_BODY,
+    APP_ERROR_HEADERS,
+    REASONS,
+    SERVER_HEADER,
+    App,
+    Counters,
+    HttpLimits,
+    Request,
+    Response,
+    ResponseCache,
+    error_body,
+    error_headers,
+    error_response,
+)
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
-SERVER_HEADER = (b"server", b"ringserve")
-
-
-class _DateHeader:
-    """RFC 9110 wants a Date header; formatting it once a second is enough."""
-
-    __slots__ = ("header", "second")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.header = (b"date", b"")
-
-    def get(self) -> tuple[bytes, bytes]:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.header = (b"date", formatdate(now, usegmt=True).encode())
-        return self.header
-
-
-_date = _DateHeader()
-
 _EOM = h11.EndOfMessage()  # h11's events are frozen: one serves every response
-RESPONSE_CACHE_MAX = 256
 
 
-class _ResponseCache:
-    """Validated ``h11.Response`` events, reused while the Date header holds.
+def _build_response(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    keepalive: int,
+    date: tuple[bytes, bytes],
+) -> h11.Response:
+    """A validated h11.Response (raises h11.LocalProtocolError if h11 refuses it).
 
-    Building an ``h11.Response`` validates every header (6 us here, about a
-    tenth of a whole request), and a server sends the same few responses
-    over and over.  Events are frozen, so one can be sent on any connection;
-    the cache is keyed by everything that goes into one and emptied when the
-    Date header changes (once a second), and holds at most
-    `RESPONSE_CACHE_MAX` so varied responses cost a dict lookup, not memory.
+    Events are frozen, so one can be sent on any connection.
     """
-
-    __slots__ = ("date", "events")
-
-    def __init__(self) -> None:
-        self.date: tuple[bytes, bytes] | None = None
-        self.events: dict[tuple[object, ...], h11.Response] = {}
-
-    def get(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keepalive: bool
-    ) -> h11.Response:
-        """The event for a response with `headers` from the app.
-
-        Raises:
-            h11.LocalProtocolError: h11 refuses the headers.
-        """
-        date = _date.get()
-        events = self.events
-        if date is not self.date:
-            self.date = date
-            events.clear()
-        key: tuple[object, ...] | None
-        try:
-            key = (status, reason, tuple(headers), keepalive)
-            event = events.get(key)
-        except TypeError:  # unhashable headers from an app: build, don't keep
-            key, event = None, None
-        if event is None:
-            full = [*headers, SERVER_HEADER, date]
-            if not keepalive:
-                full.append((b"connection", b"close"))
-            event = h11.Response(status_code=status, headers=full, reason=reason)
-            if key is not None and len(events) < RESPONSE_CACHE_MAX:
-                events[key] = event
-        return event
+    full = [*headers, SERVER_HEADER, date]
+    if not keepalive:
+        full.append((b"connection", b"close"))
+    return h11.Response(status_code=status, headers=full, reason=reason)
 
 
-_responses = _ResponseCache()
+_responses: ResponseCache[h11.Response] = ResponseCache(_build_response)
 
 # h11's state is about 1 KiB per connection, and is only needed while a
 # request is in progress.  A server-side h11.Connection that has cycled back to
@@ -185,18 +85,7 @@ def _give_h11(conn: h11.Connection, max_header_bytes: int) -> None:
         pool.append(conn)
 
 
-def error_response(status: int, version: bytes = b"1.1") -> bytes:
-    """Raw bytes for an error response, for when h11 can no longer send one."""
-    reason = HTTPStatus(status).phrase.encode()
-    body = b"%d %s\n" % (status, reason)
-    return (
-        b"HTTP/%s %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (version, status, reason, len(body), body)
-    )
-
-
-class HttpConnection:
+class H11Connection:
     """Sans-IO HTTP/1.1 server connection.
 
     Args:
@@ -359,18 +248,13 @@ class HttpConnection:
         try:
             resp = self._app(req)
         except Exception:
-            self._counters.errors += 1
-            body = b"500 Internal Server Error\n"
-            resp = Response(
-                500,
-                [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
-                body,
-            )
+            self._counters.app_errors += 1
+            resp = Response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
         self._counters.requests += 1
         conn = self._conn
         assert conn is not None  # held while a request is in progress
         try:
-            reason = resp.reason if resp.reason is not None else _REASONS.get(resp.status, b"")
+            reason = resp.reason if resp.reason is not None else REASONS.get(resp.status, b"")
             response = _responses.get(resp.status, reason, resp.headers, self._keepalive)
             out.append(conn.send(response))
             if resp.body and request.method != b"HEAD":
@@ -380,32 +264,25 @@ class HttpConnection:
             # The app produced something h11 refuses (bad header, body longer
             # than its content-length): the peer gets a 500 and a close.
             # Earlier pipelined responses in `out` stay; this one is replaced.
-            self._counters.errors += 1
+            self._counters.app_errors += 1
             del out[mark:]
             out.append(error_response(500))
             self.should_close = True
 
     def _fail(self, status: int, out: list[bytes]) -> None:
         """Answer a client error with `status`, then close."""
-        self._counters.errors += 1
+        self._counters.client_errors += 1
         self.should_close = True
-        reason = _REASONS[status]
-        body = b"%d %s\n" % (status, reason)
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            SERVER_HEADER,
-            _date.get(),
-        ]
         conn = self._conn
         assert conn is not None  # held while a request is in progress
         state = conn.our_state
         mark = len(out)
         try:
-            response = h11.Response(status_code=status, headers=headers, reason=reason)
+            response = h11.Response(
+                status_code=status, headers=error_headers(status), reason=REASONS[status]
+            )
             out.append(conn.send(response))
-            out.append(conn.send(h11.Data(data=body)))
+            out.append(conn.send(h11.Data(data=error_body(status))))
             out.append(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             del out[mark:]

@@ -1,0 +1,40 @@
+"""HTTP/1.1, with one module per parser and what they share in ``common``.
+
+``h11_impl`` (h11, the default and the reference) and ``httptools_impl``
+(llhttp, Node.js's parser, through httptools) have the same shape and give
+the same bytes on the wire; uvicorn keeps its two parsers side by side the
+same way.  A parser module is imported only when ``--http`` chooses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Literal, Protocol
+
+from server.protocols import ServerProtocol
+from server.protocols.http.common import App, Counters, HttpLimits
+
+HttpName = Literal["h11", "httptools"]
+
+# name -> "module:class"; imported lazily, like the backends.
+HTTP_IMPLEMENTATIONS: dict[HttpName, str] = {
+    "h11": "server.protocols.http.h11_impl:H11Connection",
+    "httptools": "server.protocols.http.httptools_impl:HttptoolsConnection",
+}
+
+
+class HttpConnectionClass(Protocol):
+    """What a parser module's connection class is called with."""
+
+    def __call__(self, app: App, limits: HttpLimits, counters: Counters) -> ServerProtocol: ...
+
+
+def load_http(name: HttpName) -> HttpConnectionClass:
+    """The connection class of parser `name`.
+
+    Raises:
+        ImportError: the parser's library is not installed.
+    """
+    module_name, _, cls_name = HTTP_IMPLEMENTATIONS[name].partition(":")
+    cls: HttpConnectionClass = getattr(importlib.import_module(module_name), cls_name)
+    return cls
