@@ -16,14 +16,15 @@ Some facts about epoll that shape this module:
   and the listener readable, so the listener is unregistered for
   ``ACCEPT_RETRY_DELAY_S`` instead of spinning.
 
-The backend turns readiness into the completion-style events of ``base.py``.
+The backend turns readiness into the completion-style events of ``base.py``;
+the connection lifecycle (states, backpressure, the lingering close) is
+``core.py``'s, and this module implements the hooks of each state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import select
 import socket
 import time
@@ -31,15 +32,18 @@ from typing import Final
 
 from server.backends.base import (
     ACCEPT_RETRY_DELAY_S,
-    ACCEPTED,
-    CLOSED,
-    OUTPUT_HIGH_WATER_BYTES,
-    OUTPUT_LOW_WATER_BYTES,
     RECEIVED,
     BackendName,
     BackendOptions,
-    BackendStatistics,
     Event,
+)
+from server.backends.core import (
+    DRAINING,
+    LINGERING,
+    SENDABLE,
+    BackendCore,
+    Cause,
+    Connection,
 )
 
 RECV_SIZE: Final = 65536
@@ -48,65 +52,36 @@ EPOLLOUT: Final = select.EPOLLOUT
 _HANGUP: Final = select.EPOLLHUP | select.EPOLLERR
 
 
-class _Conn:
-    __slots__ = (
-        "cid",
-        "closing",
-        "eof",
-        "error",
-        "fd",
-        "lingering",
-        "mask",
-        "out",
-        "out_bytes",
-        "sock",
-    )
+class _Conn(Connection):
+    __slots__ = ("mask", "out", "sock")
 
     def __init__(self, cid: int, sock: socket.socket) -> None:
-        self.cid = cid
+        super().__init__(cid, sock.fileno())
         self.sock = sock
-        self.fd = sock.fileno()
         # A list, not a deque: an empty deque is 760 bytes, a list 56, and
         # most connections never queue anything.
         self.out: list[memoryview] = []
-        self.out_bytes = 0
         self.mask = EPOLLIN
-        self.closing = False
-        self.lingering = False
-        self.eof = False
-        self.error: OSError | None = None
 
 
-class EpollBackend:
+class EpollBackend(BackendCore[_Conn]):
     """Backend on ``select.epoll``; see the module docstring."""
 
     name: BackendName = "epoll"
 
     def __init__(self, options: BackendOptions) -> None:
-        self._options = options
+        super().__init__(options)
         self._ep = select.epoll()
-        self._conns: dict[int, _Conn] = {}
         self._by_fd: dict[int, _Conn] = {}
         self._listener: socket.socket | None = None
         self._listen_fd = -1
         self._listening = False
         self._accept_retry_at = 0.0
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
-        self._wakeup_r.setblocking(False)
-        self._wakeup_w.setblocking(False)
-        self._wakeup_fd = self._wakeup_r.fileno()
         self._ep.register(self._wakeup_fd, EPOLLIN)
-        self._next_cid = 1
-        self._ready: list[Event] = []  # events produced outside wait()
         self._recv_buf = bytearray(RECV_SIZE)
         self._recv_view = memoryview(self._recv_buf)
-        self._accepted = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
         self._wait_calls = 0
         self._syscalls = 0
-        self._accept_errors = 0
-        self._paused_reads = 0
 
     # -- the interface ---------------------------------------------------------
 
@@ -122,15 +97,11 @@ class EpollBackend:
             self._listener.close()
             self._listener = None
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        events = self._ready
-        self._ready = []
+    def _poll(self, timeout: float | None, events: list[Event]) -> None:
         if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
             self._accept_retry_at = 0.0
             self._set_accepting(True)
-        if events:
-            timeout = 0
-        elif self._accept_retry_at:
+        if self._accept_retry_at:
             delay = max(0.0, self._accept_retry_at - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
         ready = self._ep.poll(-1 if timeout is None else timeout)
@@ -141,9 +112,10 @@ class EpollBackend:
             conn = by_fd.get(fd)
             if conn is None:
                 if fd == self._listen_fd:
-                    self._accept(events)
+                    self._accept()
                 elif fd == self._wakeup_fd:
                     self._drain_wakeup()
+                    self._syscalls += 1
                 continue
             if mask & EPOLLOUT or (mask & ~EPOLLIN and conn.out):
                 self._flush(conn)
@@ -156,20 +128,16 @@ class EpollBackend:
                 # EPOLLHUP/EPOLLERR are reported even when not asked for; on
                 # a socket we no longer read and have nothing to send, they
                 # would wake every pass, so the connection ends here.
-                self._release(conn)
-        if self._ready:
-            events.extend(self._ready)
-            self._ready = []
-        return events
+                self.transition(conn, Cause.ABORT)
 
     def send(self, conn_id: int, data: bytes) -> None:
         conn = self._conns.get(conn_id)
-        if conn is None or conn.fd < 0 or not data:
+        if conn is None or conn.state > SENDABLE or not data:
             return
+        size = len(data)
         if conn.out:
             conn.out.append(memoryview(data))
-            conn.out_bytes += len(data)
-            self._check_backpressure(conn)
+            self._queued(conn, size)
             return
         try:
             n = conn.sock.send(data)
@@ -181,71 +149,72 @@ class EpollBackend:
             return
         self._syscalls += 1
         self._bytes_out += n
-        if n < len(data):
+        if n < size:
             conn.out.append(memoryview(data)[n:])
-            conn.out_bytes += len(data) - n
             self._modify(conn, conn.mask | EPOLLOUT)
-            self._check_backpressure(conn)
-
-    def close(self, conn_id: int) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.fd < 0 or conn.closing:
-            return
-        conn.closing = True
-        if conn.out:
-            if conn.mask & EPOLLIN:
-                self._modify(conn, conn.mask & ~EPOLLIN)
-            return
-        self._linger(conn)
-
-    def abort(self, conn_id: int) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is not None and conn.fd >= 0:
-            conn.out.clear()
-            conn.out_bytes = 0
-            self._release(conn)
+            self._queued(conn, size - n)
 
     def shutdown(self) -> None:
         self.stop_accepting()
         for conn in list(self._conns.values()):
-            if conn.fd >= 0:
-                self._release(conn)
+            self.transition(conn, Cause.ABORT)
+        self._ready.clear()
         self._ep.close()
-        self._wakeup_r.close()
-        self._wakeup_w.close()
-
-    def wakeup_fileno(self) -> int:
-        return self._wakeup_w.fileno()
-
-    def force_wakeup(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wakeup_w.send(b"\0")
+        self._close_wakeup()
 
     def describe(self) -> dict[str, object]:
         return {}
 
-    def statistics(self) -> BackendStatistics:
-        return BackendStatistics(
-            backend="epoll",
-            open_connections=len(self._conns),
-            ops_in_flight=0,
-            accepted=self._accepted,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-            wait_calls=self._wait_calls,
-            syscalls=self._syscalls,
-            sqes_submitted=0,
-            cqes_reaped=0,
-            accept_errors=self._accept_errors,
-            paused_reads=self._paused_reads,
-        )
+    def _mechanism_statistics(self) -> tuple[int, int, int, int, int]:
+        return 0, self._wait_calls, self._syscalls, 0, 0
 
-    # -- internals -------------------------------------------------------------
+    # -- the states' hooks ---------------------------------------------------------
+
+    def _enter_paused(self, conn: _Conn) -> None:
+        self._modify(conn, conn.mask & ~EPOLLIN)
+
+    def _enter_open(self, conn: _Conn) -> None:
+        if not conn.eof:
+            self._modify(conn, conn.mask | EPOLLIN)
+
+    def _enter_draining(self, conn: _Conn) -> None:
+        if conn.out:
+            self._modify(conn, conn.mask & ~EPOLLIN)  # _flush applies FLUSHED
+        else:
+            self.transition(conn, Cause.FLUSHED)
+
+    def _enter_lingering(self, conn: _Conn) -> None:
+        self._syscalls += 1
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.transition(conn, Cause.ABORT)
+            return
+        self._modify(conn, EPOLLIN)
+
+    def _enter_closing(self, conn: _Conn) -> None:
+        """Close the socket now (epoll has nothing in flight) and release it."""
+        conn.out.clear()
+        conn.out_bytes = 0
+        fd = conn.fd
+        conn.fd = -1
+        self._by_fd.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._ep.unregister(fd)
+        conn.sock.close()
+        self._syscalls += 2
+        self.transition(conn, Cause.RELEASED)
+
+    def _released(self) -> None:
+        if not self._listening and not self._accept_retry_at:
+            self._set_accepting(True)
+
+    # -- the mechanism -------------------------------------------------------------
 
     def _set_accepting(self, on: bool) -> None:
         if self._listener is None or on == self._listening:
             return
-        if on and len(self._conns) >= self._options.max_connections:
+        if on and not self._room():
             return
         self._listening = on
         self._syscalls += 1
@@ -254,11 +223,10 @@ class EpollBackend:
         else:
             self._ep.unregister(self._listen_fd)
 
-    def _accept(self, events: list[Event]) -> None:
+    def _accept(self) -> None:
         listener = self._listener
         assert listener is not None
-        limit = self._options.max_connections
-        while len(self._conns) < limit:
+        while self._room():
             try:
                 sock, _ = listener.accept()
             except BlockingIOError:
@@ -274,15 +242,11 @@ class EpollBackend:
                 continue  # ECONNABORTED and friends: that client is gone
             self._syscalls += 2  # accept4 + fcntl(O_NONBLOCK)
             sock.setblocking(False)
-            cid = self._next_cid
-            self._next_cid += 1
-            conn = _Conn(cid, sock)
-            self._conns[cid] = conn
+            conn = _Conn(self._take_cid(), sock)
             self._by_fd[conn.fd] = conn
             self._ep.register(conn.fd, EPOLLIN)
             self._syscalls += 1
-            self._accepted += 1
-            events.append((ACCEPTED, cid, None))
+            self._new_connection(conn)
         self._set_accepting(False)
 
     def _recv(self, conn: _Conn, events: list[Event]) -> None:
@@ -294,21 +258,20 @@ class EpollBackend:
         except OSError as exc:
             self._fail(conn, exc)
             return
-        # One reused buffer, and a bytes of exactly n: sock.recv(65536)
-        # allocates 64 KiB per call and shrinks it, which fragmented the heap
-        # (RSS crept up ~8% in a 30 s soak; flat this way).
-        data = self._recv_view[:n].tobytes()
-        if data:
-            self._bytes_in += len(data)
-            if not conn.lingering:
-                events.append((RECEIVED, conn.cid, data))
+        if n:
+            self._bytes_in += n
+            if conn.state is not LINGERING:
+                # One reused buffer, and a bytes of exactly n: sock.recv(65536)
+                # allocates 64 KiB per call and shrinks it, which fragmented
+                # the heap (RSS crept up ~8% in a 30 s soak; flat this way).
+                events.append((RECEIVED, conn.cid, self._recv_view[:n].tobytes()))
             return
-        if conn.lingering:
-            self._release(conn)
+        conn.eof = True
+        if conn.state is LINGERING:
+            self.transition(conn, Cause.PEER_EOF)
             return
         # EOF: stop reading (level-triggered EPOLLIN would fire forever) but
         # keep the socket open; the protocol decides when to close.
-        conn.eof = True
         self._modify(conn, conn.mask & ~EPOLLIN)
         events.append((RECEIVED, conn.cid, b""))
 
@@ -324,75 +287,18 @@ class EpollBackend:
             except OSError as exc:
                 self._fail(conn, exc)
                 return
-            self._bytes_out += n
-            conn.out_bytes -= n
+            self._written(conn, n)
             if n < len(chunk):
                 out[0] = chunk[n:]
                 return
             del out[0]
-        if conn.closing:
-            self._linger(conn)
-            return
-        mask = conn.mask & ~EPOLLOUT
-        if not conn.eof and not mask & EPOLLIN and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
-            mask |= EPOLLIN  # resume reading after backpressure
-        self._modify(conn, mask)
-
-    def _check_backpressure(self, conn: _Conn) -> None:
-        if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.mask & EPOLLIN:
-            self._paused_reads += 1
-            self._modify(conn, conn.mask & ~EPOLLIN)
+        if conn.state is DRAINING:
+            self.transition(conn, Cause.FLUSHED)
+        else:
+            self._modify(conn, conn.mask & ~EPOLLOUT)
 
     def _modify(self, conn: _Conn, mask: int) -> None:
         if mask != conn.mask:
             conn.mask = mask
             self._syscalls += 1
             self._ep.modify(conn.fd, mask)
-
-    def _fail(self, conn: _Conn, exc: OSError) -> None:
-        conn.error = exc
-        conn.out.clear()
-        conn.out_bytes = 0
-        self._release(conn)
-
-    def _linger(self, conn: _Conn) -> None:
-        """Close gracefully once output is sent.
-
-        Closing a socket that still has unread input makes the kernel send
-        RST, which can destroy the response just sent (a 400 or 413 after a
-        body the server did not read).  So, unless the peer already sent
-        EOF, shut down our side and read and discard until the peer's EOF;
-        the loop aborts a connection that lingers past its timeout.
-        """
-        if conn.eof:
-            self._release(conn)
-            return
-        self._syscalls += 1
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._release(conn)
-            return
-        conn.lingering = True
-        self._modify(conn, EPOLLIN)
-
-    def _release(self, conn: _Conn) -> None:
-        """Close the socket now and report CLOSED on the next wait()."""
-        fd = conn.fd
-        conn.fd = -1
-        self._by_fd.pop(fd, None)
-        del self._conns[conn.cid]
-        with contextlib.suppress(OSError, ValueError):
-            self._ep.unregister(fd)
-        conn.sock.close()
-        self._syscalls += 2
-        self._ready.append((CLOSED, conn.cid, conn.error))
-        if not self._listening and not self._accept_retry_at:
-            self._set_accepting(True)
-
-    def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wakeup_fd, 512):
-                pass
-        except OSError:
-            pass

@@ -19,21 +19,24 @@ How this mechanism behaves, and what follows for this module:
   whatever was queued meanwhile is joined into the next send.  ``Ring``
   keeps each send's ``bytes`` referenced until its completion.
 - An fd must not be closed while ops on it are in flight (the ring holds a
-  file reference and the ops would outlive the close); closing cancels the
-  connection's recv, waits for the final CQE of every op that names the fd
-  (recv, send, shutdown, cancel), then closes with an ``IORING_OP_CLOSE`` in
-  the same batch as other work.  Waiting for all of them matters: an op
-  punted to io-wq (SHUTDOWN always is) looks the fd number up only when it
-  runs, so after an early close it would hit the next connection given that
-  number.  The record (and its send buffer) lives until the close completes.
+  file reference and the ops would outlive the close).  Each connection
+  counts its ops in flight (``ops``: +1 per SQE, -1 per final CQE), and a
+  connection in ``CLOSING`` queues its ``IORING_OP_CLOSE`` when, and only
+  when, that count is zero (`_close_when_idle`).  Waiting for all of them
+  matters: an op punted to io-wq (SHUTDOWN always is) looks the fd number up
+  only when it runs, so after an early close it would hit the next
+  connection given that number.  The record (and its send buffer) lives
+  until the close completes.
 - ``user_data`` carries the op in its top byte and the connection id below;
   connection ids are never reused, so a late CQE cannot hit a newer
   connection.
+
+The connection lifecycle (states, backpressure, the lingering close) is
+``core.py``'s; this module implements each state's hook with ring ops.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
@@ -43,16 +46,23 @@ from typing import Final
 
 from server.backends.base import (
     ACCEPT_RETRY_DELAY_S,
-    ACCEPTED,
-    CLOSED,
     OUTPUT_HIGH_WATER_BYTES,
-    OUTPUT_LOW_WATER_BYTES,
     RECEIVED,
     BackendName,
     BackendOptions,
-    BackendStatistics,
     BackendUnavailable,
     Event,
+)
+from server.backends.core import (
+    CLOSING,
+    DRAINING,
+    LINGERING,
+    OPEN,
+    PAUSED,
+    SENDABLE,
+    BackendCore,
+    Cause,
+    Connection,
 )
 from uring_backend import Ring, UringUnavailable
 from uring_backend.ring import F_MORE
@@ -87,58 +97,39 @@ def encode(op: Op, cid: int) -> int:
 _RECV: Final = int(Op.RECV)
 _SEND: Final = int(Op.SEND)
 _SEND_BASE: Final = _SEND << CID_BITS
-_FD_OPS: Final = (Op.RECV, Op.SEND, Op.SHUTDOWN, Op.CANCEL, Op.CANCEL_RECV)
 _ACCEPT_UD: Final = encode(Op.ACCEPT, LISTENER_CID)
 _ACCEPT_RETRY_UD: Final = encode(Op.ACCEPT_RETRY, LISTENER_CID)
 _CANCEL_ACCEPT_UD: Final = encode(Op.CANCEL_ACCEPT, LISTENER_CID)
 _WAKEUP_UD: Final = encode(Op.WAKEUP, LISTENER_CID)
-_RESET: Final = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
+_DELIVERED: Final = PAUSED  # states up to this one get the bytes they receive
 
 
-class _Conn:
-    __slots__ = (
-        "aborted",
-        "cid",
-        "close_queued",
-        "closing",
-        "eof",
-        "error",
-        "fd",
-        "lingering",
-        "out",
-        "out_bytes",
-        "reading",
-        "recv_armed",
-        "send_buf",
-        "send_off",
-    )
+class _Conn(Connection):
+    __slots__ = ("ops", "out", "recv_armed", "send_buf", "send_off")
 
     def __init__(self, cid: int, fd: int) -> None:
-        self.cid = cid
-        self.fd = fd
-        self.recv_armed = False  # a multishot recv is in flight
-        self.reading = True  # we want bytes (false on EOF, backpressure, close)
+        super().__init__(cid, fd)
+        self.ops = 0  # SQEs naming this connection whose final CQE has not arrived
+        self.recv_armed = False  # the multishot recv is in flight
         self.send_buf: bytes | None = None  # the one send in flight
         self.send_off = 0
         # Queued behind the send in flight.  A list, not a deque: an empty
         # deque is 760 bytes, a list 56, and most connections never queue.
         self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.closing = False
-        self.lingering = False  # our side shut down; discarding input until EOF
-        self.aborted = False
-        self.close_queued = False
-        self.eof = False
-        self.error: OSError | None = None
 
 
-class UringBackend:
+def _wants_bytes(conn: _Conn) -> bool:
+    """Reading is wanted: serving (OPEN), or discarding until EOF (LINGERING)."""
+    return (conn.state is OPEN or conn.state is LINGERING) and not conn.eof
+
+
+class UringBackend(BackendCore[_Conn]):
     """Backend on io_uring; see the module docstring."""
 
     name: BackendName = "uring"
 
     def __init__(self, options: BackendOptions) -> None:
-        self._options = options
+        super().__init__(options)
         try:
             self._ring = Ring(
                 options.ring_entries,
@@ -148,27 +139,16 @@ class UringBackend:
                 sqpoll=options.sqpoll,
             )
         except UringUnavailable as exc:
+            self._close_wakeup()
             raise BackendUnavailable(str(exc)) from exc
-        self._conns: dict[int, _Conn] = {}
         self._parked: deque[int] = deque()  # accepted fds beyond max_connections
         self._listener: socket.socket | None = None
         self._accept_armed = False
         self._accepting = False
         self._shutting_down = False
-        self._wakeup_r, self._wakeup_w = socket.socketpair()
-        self._wakeup_r.setblocking(False)
-        self._wakeup_w.setblocking(False)
-        self._wakeup_fd = self._wakeup_r.fileno()
         self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
-        self._next_cid = 1
         self._sends_queued = 0  # sends queued in this pass (see wait())
-        self._events: list[Event] = []
-        self._accepted = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
         self._extra_syscalls = 0
-        self._accept_errors = 0
-        self._paused_reads = 0
 
     # -- the interface ---------------------------------------------------------
 
@@ -186,13 +166,9 @@ class UringBackend:
         while self._parked:
             os.close(self._parked.popleft())
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        events = self._events
-        self._events = []
+    def _poll(self, timeout: float | None, events: list[Event]) -> None:
         min_complete = 1
-        if events:
-            timeout = 0
-        elif self._sends_queued:
+        if timeout != 0 and self._sends_queued:
             # Sends on a socket with room complete inline, during the enter
             # that submits them, and would satisfy a wait for one completion
             # at once: the next pass would then be an enter of its own just to
@@ -211,6 +187,7 @@ class UringBackend:
         recv_op = _RECV
         send_op = _SEND
         cid_mask = CID_MASK
+        delivered = _DELIVERED
         bytes_in = bytes_out = 0
         for ud, res, flags, data in completions:
             op = ud >> CID_BITS
@@ -218,7 +195,7 @@ class UringBackend:
                 conn = conns.get(ud & cid_mask)
                 if conn is None:
                     continue
-                if res > 0 and flags & F_MORE and not conn.closing:
+                if res > 0 and flags & F_MORE and conn.state <= delivered:
                     bytes_in += res
                     append((RECEIVED, conn.cid, data))
                 else:
@@ -232,102 +209,51 @@ class UringBackend:
                     buf is not None
                     and res == len(buf) - conn.send_off
                     and not conn.out
-                    and conn.reading
-                    and not conn.closing
+                    and conn.state is OPEN
                 ):
                     bytes_out += res
+                    conn.out_bytes -= res
+                    conn.ops -= 1
                     conn.send_buf = None
                 else:
                     self._handle_send(conn, res)
             else:
-                self._handle_other(op, ud & cid_mask, res, flags, events)
+                self._handle_other(op, ud & cid_mask, res, flags)
         self._bytes_in += bytes_in
         self._bytes_out += bytes_out
-        if self._events:
-            events.extend(self._events)
-            self._events = []
-        return events
-
-    def _handle_other(self, op: int, cid: int, res: int, flags: int, events: list[Event]) -> None:
-        """Completions other than recv and send: few per connection, not per message."""
-        if op == Op.ACCEPT:
-            self._handle_accept(res, flags, events)
-        elif op == Op.CLOSE:
-            self._handle_close(cid, events)
-        elif op == Op.CANCEL or op == Op.CANCEL_RECV:
-            conn = self._conns.get(cid)
-            if conn is not None and conn.closing:
-                self._finish(conn)  # the close may have waited for this op
-        elif op == Op.WAKEUP:
-            self._handle_wakeup(flags)
-        elif op == Op.ACCEPT_RETRY:
-            if self._accepting:
-                self._arm_accept()
-        elif op == Op.SHUTDOWN:
-            conn = self._conns.get(cid)
-            if conn is not None:
-                if res < 0:  # the peer is already gone
-                    conn.eof = True
-                self._finish(conn)
-        # CANCEL_ACCEPT: the accept's own completion does the work
 
     def send(self, conn_id: int, data: bytes) -> None:
         conn = self._conns.get(conn_id)
-        if conn is None or conn.closing or not data:
+        if conn is None or conn.state > SENDABLE or not data:
             return
         if conn.send_buf is None:
             conn.send_buf = data
             conn.send_off = 0
+            conn.ops += 1
             self._ring.prep_send(conn.fd, data, _SEND_BASE | conn_id)
             self._sends_queued += 1
+            conn.out_bytes += len(data)
+            if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.state is OPEN:
+                self.transition(conn, Cause.PAUSE)
         else:
             conn.out.append(data)
-            conn.out_bytes += len(data)
-            if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.reading:
-                self._paused_reads += 1
-                conn.reading = False
-                self._cancel_recv(conn)
-
-    def close(self, conn_id: int) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is not None and not conn.closing:
-            conn.closing = True
-            conn.reading = False
-            self._finish(conn)
-
-    def abort(self, conn_id: int) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is not None:
-            conn.out.clear()
-            conn.out_bytes = 0
-            conn.closing = True
-            conn.aborted = True
-            conn.reading = False
-            self._cancel_all(conn)
-            self._finish(conn)
+            self._queued(conn, len(data))
 
     def shutdown(self) -> None:
         """Abort everything, drain the completions, close the ring."""
         self._shutting_down = True
         self.stop_accepting()
-        for cid in list(self._conns):
-            self.abort(cid)
+        for conn in list(self._conns.values()):
+            self.transition(conn, Cause.ABORT)
         self._ring.prep_cancel(_WAKEUP_UD, encode(Op.CANCEL, LISTENER_CID))
         waited = 0.0
         while (self._conns or self._ring.statistics().ops_in_flight) and waited < SHUTDOWN_DRAIN_S:
             self.wait(0.05)
             waited += 0.05
+        self._ready.clear()
         self._close_listener()
         self._ring.close()
-        self._wakeup_r.close()
-        self._wakeup_w.close()
-
-    def wakeup_fileno(self) -> int:
-        return self._wakeup_w.fileno()
-
-    def force_wakeup(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wakeup_w.send(b"\0")
+        self._close_wakeup()
 
     def describe(self) -> dict[str, object]:
         ring = self._ring
@@ -337,37 +263,159 @@ class UringBackend:
             "cq_entries": ring.cq_entries,
         }
 
-    def statistics(self) -> BackendStatistics:
+    def _mechanism_statistics(self) -> tuple[int, int, int, int, int]:
         rs = self._ring.statistics()
-        return BackendStatistics(
-            backend="uring",
-            open_connections=len(self._conns),
-            ops_in_flight=rs.ops_in_flight,
-            accepted=self._accepted,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-            wait_calls=rs.io_uring_enter_calls,
-            syscalls=rs.io_uring_enter_calls + self._extra_syscalls,
-            sqes_submitted=rs.sqes_submitted,
-            cqes_reaped=rs.cqes_reaped,
-            accept_errors=self._accept_errors,
-            paused_reads=self._paused_reads,
+        return (
+            rs.ops_in_flight,
+            rs.io_uring_enter_calls,
+            rs.io_uring_enter_calls + self._extra_syscalls,
+            rs.sqes_submitted,
+            rs.cqes_reaped,
         )
+
+    # -- the states' hooks ---------------------------------------------------------
+
+    def _enter_paused(self, conn: _Conn) -> None:
+        self._cancel_recv(conn)  # a send in flight goes on
+
+    def _enter_open(self, conn: _Conn) -> None:
+        if not conn.recv_armed and not conn.eof:
+            self._arm_recv(conn)
+        # else: the recv's ECANCELED completion re-arms it (see _handle_recv)
+
+    def _enter_draining(self, conn: _Conn) -> None:
+        # The recv stays armed (what it brings is discarded): LINGERING
+        # reads on with it, so a graceful close costs no cancel.
+        if conn.send_buf is None and not conn.out:
+            self.transition(conn, Cause.FLUSHED)
+
+    def _enter_lingering(self, conn: _Conn) -> None:
+        conn.ops += 1
+        self._ring.prep_shutdown(conn.fd, socket.SHUT_WR, encode(Op.SHUTDOWN, conn.cid))
+        if not conn.recv_armed:
+            self._arm_recv(conn)
+
+    def _enter_closing(self, conn: _Conn) -> None:
+        conn.out.clear()
+        buf = conn.send_buf
+        conn.out_bytes = len(buf) - conn.send_off if buf is not None else 0  # still in flight
+        if conn.recv_armed or conn.send_buf is not None:
+            # IORING_ASYNC_CANCEL_FD: every op on the fd, the send included.
+            ud = encode(Op.CANCEL, conn.cid)
+            if not self._ring.in_flight(ud):
+                conn.ops += 1
+                self._ring.prep_cancel_fd(conn.fd, ud)
+        self._close_when_idle(conn)
+
+    def _close_when_idle(self, conn: _Conn) -> None:
+        """The rule: a CLOSING connection's fd is closed once no op names it."""
+        if conn.state is CLOSING and conn.ops == 0:
+            conn.ops += 1
+            self._ring.prep_close(conn.fd, encode(Op.CLOSE, conn.cid))
+
+    def _released(self) -> None:
+        while self._parked and self._room():
+            self._open(self._parked.popleft())
+        if self._accepting and not self._accept_armed and not self._parked:
+            self._arm_accept()
 
     # -- completion handlers ---------------------------------------------------
 
-    def _handle_accept(self, res: int, flags: int, events: list[Event]) -> None:
+    def _handle_recv(
+        self, conn: _Conn, res: int, flags: int, data: bytes | None, events: list[Event]
+    ) -> None:
+        if not flags & F_MORE:
+            conn.recv_armed = False
+            conn.ops -= 1
+        if res > 0:
+            self._bytes_in += res
+            if conn.state <= _DELIVERED:
+                events.append((RECEIVED, conn.cid, data))
+        elif res == 0:
+            conn.eof = True
+            if conn.state <= _DELIVERED:
+                events.append((RECEIVED, conn.cid, b""))
+            elif conn.state is LINGERING:
+                self.transition(conn, Cause.PEER_EOF)
+        elif res != -errno.ENOBUFS and res != -errno.ECANCELED:
+            self._fail(conn, OSError(-res, os.strerror(-res)))
+        # ENOBUFS (the buffer ring ran dry), ECANCELED (cancelled for
+        # backpressure, then resumed) and data without F_MORE (e.g. after a
+        # CQ overflow) end the multishot recv: re-armed if still wanted.
+        if not conn.recv_armed and _wants_bytes(conn):
+            self._arm_recv(conn)
+        self._close_when_idle(conn)
+
+    def _handle_send(self, conn: _Conn, res: int) -> None:
+        conn.ops -= 1
+        buf = conn.send_buf
+        assert buf is not None
+        if res < 0:
+            conn.send_buf = None
+            if res != -errno.ECANCELED:
+                self._fail(conn, OSError(-res, os.strerror(-res)))
+            self._close_when_idle(conn)
+            return
+        conn.send_off += res
+        self._written(conn, res)
+        if conn.state is CLOSING:  # aborted meanwhile: nothing more goes out
+            conn.send_buf = None
+            self._close_when_idle(conn)
+            return
+        if conn.send_off < len(buf):  # short send: resume at the offset
+            conn.ops += 1
+            self._ring.prep_send(conn.fd, buf, encode(Op.SEND, conn.cid), conn.send_off)
+            return
+        out = conn.out
+        if out:
+            nxt = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            conn.send_buf = nxt
+            conn.send_off = 0
+            conn.ops += 1
+            self._ring.prep_send(conn.fd, nxt, encode(Op.SEND, conn.cid))
+            return
+        conn.send_buf = None
+        if conn.state is DRAINING:
+            self.transition(conn, Cause.FLUSHED)
+
+    def _handle_other(self, op: int, cid: int, res: int, flags: int) -> None:
+        """Completions other than recv and send: few per connection, not per message."""
+        if cid == LISTENER_CID:
+            if op == Op.ACCEPT:
+                self._handle_accept(res, flags)
+            elif op == Op.WAKEUP:
+                self._handle_wakeup(flags)
+            elif op == Op.ACCEPT_RETRY and self._accepting:
+                self._arm_accept()
+            # CANCEL_ACCEPT: the accept's own completion does the work
+            return
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
+        conn.ops -= 1
+        if op == Op.CLOSE:
+            self.transition(conn, Cause.RELEASED)
+            return
+        if op == Op.SHUTDOWN and res < 0:  # the peer is already gone
+            conn.eof = True
+            if conn.state is LINGERING:
+                self.transition(conn, Cause.PEER_EOF)
+        # CANCEL, CANCEL_RECV: the cancelled op's own completion does the work
+        self._close_when_idle(conn)
+
+    def _handle_accept(self, res: int, flags: int) -> None:
         if not flags & F_MORE:
             self._accept_armed = False
         if res >= 0:
             if not self._accepting:
                 os.close(res)
                 self._extra_syscalls += 1
-            elif len(self._conns) >= self._options.max_connections:
+            elif not self._room():
                 self._parked.append(res)
                 self._disarm_accept()
             else:
-                self._open(res, events)
+                self._open(res)
         elif res == -errno.ECANCELED:
             if not self._accepting:
                 self._close_listener()
@@ -380,102 +428,21 @@ class UringBackend:
             if self._accepting and not self._accept_armed and not retry_pending:
                 self._ring.prep_timeout(ACCEPT_RETRY_DELAY_S, _ACCEPT_RETRY_UD)
             return
-        if (
-            self._accepting
-            and not self._accept_armed
-            and len(self._conns) < self._options.max_connections
-        ):
-            self._arm_accept()
-
-    def _handle_recv(
-        self, conn: _Conn, res: int, flags: int, data: bytes | None, events: list[Event]
-    ) -> None:
-        more = flags & F_MORE
-        if not more:
-            conn.recv_armed = False
-        if res > 0:
-            self._bytes_in += res
-            if not conn.closing:
-                events.append((RECEIVED, conn.cid, data))
-            if not more and conn.reading:
-                self._arm_recv(conn)
-            return
-        if res == 0:
-            conn.eof = True
-            conn.reading = False
-            if not conn.closing:
-                events.append((RECEIVED, conn.cid, b""))
-        elif res == -errno.ENOBUFS:
-            if conn.reading:
-                self._arm_recv(conn)
-        elif res != -errno.ECANCELED:
-            self._fail(conn, -res)
-        if conn.closing:
-            self._finish(conn)
-        elif conn.reading and not conn.recv_armed and res == -errno.ECANCELED:
-            self._arm_recv(conn)  # cancelled for backpressure, then resumed
-
-    def _handle_send(self, conn: _Conn, res: int) -> None:
-        buf = conn.send_buf
-        assert buf is not None
-        if res < 0:
-            conn.send_buf = None
-            if res != -errno.ECANCELED:
-                self._fail(conn, -res)
-            self._finish(conn)
-            return
-        self._bytes_out += res
-        conn.send_off += res
-        if conn.send_off < len(buf):  # short send: resume at the offset
-            self._ring.prep_send(conn.fd, buf, encode(Op.SEND, conn.cid), conn.send_off)
-            return
-        out = conn.out
-        if out:
-            nxt = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            conn.out_bytes = 0
-            conn.send_buf = nxt
-            conn.send_off = 0
-            self._ring.prep_send(conn.fd, nxt, encode(Op.SEND, conn.cid))
-            return
-        conn.send_buf = None
-        if conn.closing:
-            self._finish(conn)
-        elif not conn.reading and not conn.eof and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
-            conn.reading = True  # backpressure released
-            if not conn.recv_armed:
-                self._arm_recv(conn)
-
-    def _handle_close(self, cid: int, events: list[Event]) -> None:
-        conn = self._conns.pop(cid, None)
-        if conn is None:
-            return
-        events.append((CLOSED, cid, conn.error))
-        while self._parked and len(self._conns) < self._options.max_connections:
-            self._open(self._parked.popleft(), events)
-        if self._accepting and not self._accept_armed and not self._parked:
+        if self._accepting and not self._accept_armed and self._room():
             self._arm_accept()
 
     def _handle_wakeup(self, flags: int) -> None:
-        try:
-            while os.read(self._wakeup_fd, 512):
-                pass
-        except OSError:
-            pass
+        self._drain_wakeup()
         self._extra_syscalls += 1
         if not flags & F_MORE and not self._shutting_down:
             self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
 
-    # -- helpers -----------------------------------------------------------------
+    # -- the mechanism -------------------------------------------------------------
 
-    def _open(self, fd: int, events: list[Event]) -> None:
-        cid = self._next_cid
-        self._next_cid += 1
-        conn = _Conn(cid, fd)
-        self._conns[cid] = conn
-        self._accepted += 1
+    def _open(self, fd: int) -> None:
+        conn = _Conn(self._take_cid(), fd)
+        self._new_connection(conn)
         self._arm_recv(conn)
-        events.append((ACCEPTED, cid, None))
 
     def _arm_accept(self) -> None:
         if self._listener is not None and not self._accept_armed:
@@ -493,62 +460,12 @@ class UringBackend:
 
     def _arm_recv(self, conn: _Conn) -> None:
         conn.recv_armed = True
+        conn.ops += 1
         self._ring.prep_recv_multishot(conn.fd, encode(Op.RECV, conn.cid))
-
-    def _fd_in_use(self, conn: _Conn) -> bool:
-        """True while any op that names the fd is in flight.
-
-        Closing must wait for all of them: ops punted to io-wq (SHUTDOWN
-        always is) look the fd number up only when they run, so after a close
-        they would hit whichever new connection was given that number.
-        """
-        in_flight = self._ring.in_flight
-        cid = conn.cid
-        return any(in_flight(encode(op, cid)) for op in _FD_OPS)
 
     def _cancel_recv(self, conn: _Conn) -> None:
         """Stop reading: cancel the multishot recv only (a send in flight goes on)."""
         ud = encode(Op.CANCEL_RECV, conn.cid)
         if conn.recv_armed and not self._ring.in_flight(ud):
+            conn.ops += 1
             self._ring.prep_cancel(encode(Op.RECV, conn.cid), ud)
-
-    def _cancel_all(self, conn: _Conn) -> None:
-        """Abort: cancel every op on the fd, the send included (IORING_ASYNC_CANCEL_FD)."""
-        ud = encode(Op.CANCEL, conn.cid)
-        if (conn.recv_armed or conn.send_buf is not None) and not self._ring.in_flight(ud):
-            self._ring.prep_cancel_fd(conn.fd, ud)
-
-    def _fail(self, conn: _Conn, err: int) -> None:
-        conn.error = OSError(err, os.strerror(err))
-        conn.out.clear()
-        conn.out_bytes = 0
-        conn.closing = True
-        conn.aborted = True
-        conn.reading = False
-        self._cancel_all(conn)
-
-    def _finish(self, conn: _Conn) -> None:
-        """Close the fd once the connection is closing and nothing is in flight."""
-        if not conn.closing or conn.close_queued:
-            return
-        if conn.send_buf is not None or conn.out:
-            return  # a graceful close waits for the output
-        if not conn.aborted and not conn.eof:
-            # Closing with unread input makes the kernel send RST, which can
-            # destroy the response just sent (a 400 or 413 after a body we
-            # did not read).  Shut down our side and discard input until the
-            # peer's EOF; the loop aborts a connection lingering too long.
-            if not conn.lingering:
-                conn.lingering = True
-                conn.reading = True
-                self._ring.prep_shutdown(conn.fd, socket.SHUT_WR, encode(Op.SHUTDOWN, conn.cid))
-            if not conn.recv_armed:
-                self._arm_recv(conn)
-            return
-        if conn.recv_armed:
-            self._cancel_recv(conn)
-            return
-        if self._fd_in_use(conn):
-            return  # the completion of that op calls _finish again
-        conn.close_queued = True
-        self._ring.prep_close(conn.fd, encode(Op.CLOSE, conn.cid))
