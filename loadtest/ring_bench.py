@@ -129,7 +129,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from uring_backend import Ring, UringUnavailable
+        from uring_backend import UringUnavailable
+        from uring_backend.testing import TestingRing as Ring
     except ImportError as exc:
         print(f"ring_bench: the uring extension is not built: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,6 @@ typedef struct urb_ring urb_ring;
 #define IORING_CQE_F_MORE ...
 #define IORING_CQE_BUFFER_SHIFT ...
 #define IORING_FEAT_NODROP ...
-#define IORING_FEAT_EXT_ARG ...
 
 urb_ring *urb_new(void);
 void urb_free(urb_ring *r);
@@ -43,7 +42,7 @@ int urb_setup_bufs(urb_ring *r, unsigned count, unsigned size, unsigned bgid);
 char *urb_slab(urb_ring *r);
 void urb_exit(urb_ring *r);
 
-int urb_prep_nop(urb_ring *r, uint64_t ud);
+int urb_prep_nop(urb_ring *r, uint64_t ud);  /* uring_backend.testing only */
 int urb_prep_accept_multishot(urb_ring *r, int fd, uint64_t ud);
 int urb_prep_recv_multishot(urb_ring *r, int fd, uint64_t ud);
 int urb_prep_send(urb_ring *r, int fd, const char *buf, unsigned off,
@@ -60,7 +59,6 @@ int urb_cycle(urb_ring *r, const uint16_t *bids, unsigned nbids,
               unsigned wait_nr, int64_t timeout_ns,
               uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max);
 void urb_counters(urb_ring *r, uint64_t *out);
-unsigned urb_sq_pending(urb_ring *r);
 """
 
 SOURCE = r"""
@@ -101,7 +99,6 @@ unsigned urb_features(urb_ring *r) { return r->ring.features; }
 unsigned urb_sq_entries(urb_ring *r) { return r->ring.sq.ring_entries; }
 unsigned urb_cq_entries(urb_ring *r) { return r->ring.cq.ring_entries; }
 char *urb_slab(urb_ring *r) { return r->slab; }
-unsigned urb_sq_pending(urb_ring *r) { return io_uring_sq_ready(&r->ring); }
 
 int urb_init(urb_ring *r, unsigned entries, unsigned cq_entries,
              unsigned flags, unsigned sq_thread_idle_ms)
@@ -237,111 +234,56 @@ static int urb_sqe(urb_ring *r, struct io_uring_sqe **out)
     return 0;
 }
 
-#define URB_SQE(sqe)                     \
-    struct io_uring_sqe *sqe = NULL;     \
-    int sqe_ret_ = urb_sqe(r, &sqe);     \
-    if (sqe_ret_ < 0)                    \
-        return sqe_ret_
+/*
+ * Every prep shim has one shape: take an SQE (submitting a full SQ first),
+ * fill it with one liburing io_uring_prep_* call, tag it with `ud`, return 0
+ * or -errno.  URB_PREP writes that shape once; each line below names the
+ * shim, its parameters after the ring and before `ud`, and the prep call.
+ */
+#define URB_PREP(name, params, ...)                  \
+    int urb_prep_##name(urb_ring *r, URB_UNPAREN params uint64_t ud) \
+    {                                                \
+        struct io_uring_sqe *sqe = NULL;             \
+        int ret = urb_sqe(r, &sqe);                  \
+        if (ret < 0)                                 \
+            return ret;                              \
+        __VA_ARGS__;                                 \
+        io_uring_sqe_set_data64(sqe, ud);            \
+        return 0;                                    \
+    }
+#define URB_UNPAREN(...) __VA_ARGS__
 
-int urb_prep_nop(urb_ring *r, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_accept_multishot(urb_ring *r, int fd, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL,
-                                   SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
+URB_PREP(nop, (), io_uring_prep_nop(sqe))
+URB_PREP(accept_multishot, (int fd,),
+         io_uring_prep_multishot_accept(sqe, fd, NULL, NULL,
+                                        SOCK_NONBLOCK | SOCK_CLOEXEC))
 /* Multishot recv with buffer selection: no buffer is tied to the socket
  * until data arrives, so an idle connection holds no receive memory. */
-int urb_prep_recv_multishot(urb_ring *r, int fd, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = r->bgid;
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
+URB_PREP(recv_multishot, (int fd,),
+         io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+         sqe->flags |= IOSQE_BUFFER_SELECT;
+         sqe->buf_group = r->bgid)
 /* `buf` points into a Python bytes object that ring.py keeps referenced
  * until this send's completion; `off` lets a short send resume without
  * copying the tail. MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE. */
-int urb_prep_send(urb_ring *r, int fd, const char *buf, unsigned off,
-                  unsigned len, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_send(sqe, fd, buf + off, len, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_close(urb_ring *r, int fd, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_close(sqe, fd);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_shutdown(urb_ring *r, int fd, int how, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_shutdown(sqe, fd, how);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_cancel(urb_ring *r, uint64_t target, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_cancel64(sqe, target, 0);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_cancel_fd(urb_ring *r, int fd, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_cancel_any(urb_ring *r, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_timeout(urb_ring *r, int64_t timeout_ns, uint64_t ud)
-{
-    URB_SQE(sqe);
-    struct __kernel_timespec *ts = &r->ts[sqe - r->ring.sq.sqes];
-    ts->tv_sec = timeout_ns / 1000000000LL;
-    ts->tv_nsec = timeout_ns % 1000000000LL;
-    io_uring_prep_timeout(sqe, ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
-
-int urb_prep_poll_multishot(urb_ring *r, int fd, unsigned events, uint64_t ud)
-{
-    URB_SQE(sqe);
-    io_uring_prep_poll_multishot(sqe, fd, events);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
-}
+URB_PREP(send, (int fd, const char *buf, unsigned off, unsigned len,),
+         io_uring_prep_send(sqe, fd, buf + off, len, MSG_NOSIGNAL))
+URB_PREP(close, (int fd,), io_uring_prep_close(sqe, fd))
+URB_PREP(shutdown, (int fd, int how,), io_uring_prep_shutdown(sqe, fd, how))
+URB_PREP(cancel, (uint64_t target,), io_uring_prep_cancel64(sqe, target, 0))
+URB_PREP(cancel_fd, (int fd,),
+         io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL))
+URB_PREP(cancel_any, (),
+         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL))
+/* IORING_OP_TIMEOUT reads its timespec at submission: each SQ slot has its
+ * own (see struct urb_ring). */
+URB_PREP(timeout, (int64_t timeout_ns,),
+         struct __kernel_timespec *ts = &r->ts[sqe - r->ring.sq.sqes];
+         ts->tv_sec = timeout_ns / 1000000000LL;
+         ts->tv_nsec = timeout_ns % 1000000000LL;
+         io_uring_prep_timeout(sqe, ts, 0, 0))
+URB_PREP(poll_multishot, (int fd, unsigned events,),
+         io_uring_prep_poll_multishot(sqe, fd, events))
 
 /*
  * Submit what is queued and wait, with exactly one io_uring_enter:

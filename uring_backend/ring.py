@@ -37,6 +37,8 @@ SETUP_SUBMIT_ALL: Final[int] = lib.IORING_SETUP_SUBMIT_ALL
 SETUP_COOP_TASKRUN: Final[int] = lib.IORING_SETUP_COOP_TASKRUN
 SETUP_SINGLE_ISSUER: Final[int] = lib.IORING_SETUP_SINGLE_ISSUER
 SETUP_DEFER_TASKRUN: Final[int] = lib.IORING_SETUP_DEFER_TASKRUN
+FEAT_NODROP: Final[int] = lib.IORING_FEAT_NODROP
+POLLIN: Final = 0x001
 
 # Tried in order until the kernel accepts one.  Without DEFER_TASKRUN or
 # COOP_TASKRUN, completions are posted by interrupting the task (task-work
@@ -64,9 +66,9 @@ Completion = tuple[int, int, int, "bytes | None"]
 class UringUnavailable(RuntimeError):
     """No io_uring instance can be created here; the message names why."""
 
-    def __init__(self, err: int) -> None:
+    def __init__(self, err: int, why: str | None = None) -> None:
         self.errno = err
-        super().__init__(_explain(err))
+        super().__init__(_explain(err) if why is None else f"io_uring unusable: {why}.")
 
 
 def _explain(err: int) -> str:
@@ -175,6 +177,11 @@ class Ring:
             raise UringUnavailable(-ret)
         self.setup_flags: int = lib.urb_flags(self._r)
         self.features: int = lib.urb_features(self._r)
+        if not self.features & FEAT_NODROP:
+            # Multishot ops post CQEs the submitter never asked for one by
+            # one; without NODROP (5.5+) an overflowing CQ loses them.
+            lib.urb_exit(self._r)
+            raise UringUnavailable(errno.EINVAL, "the kernel lacks IORING_FEAT_NODROP (5.5+)")
         self.sq_entries: int = lib.urb_sq_entries(self._r)
         self.cq_entries: int = lib.urb_cq_entries(self._r)
         ret = lib.urb_setup_bufs(self._r, buffers, buffer_size, BUFFER_GROUP)
@@ -200,13 +207,11 @@ class Ring:
     # Each prep checks that `user_data` is free, queues the SQE, and only then
     # records the op as in flight: a prep that raises leaves nothing behind.
 
-    def _free(self, user_data: int) -> None:
+    def _queue(self, shim: Any, user_data: int, *args: int) -> None:
+        """Queue one SQE with C shim `shim(ring, *args, user_data)`."""
         if user_data in self._inflight:
             raise ValueError(f"user_data {user_data:#x} is already in flight")
-
-    def prep_nop(self, user_data: int) -> None:
-        self._free(user_data)
-        _check(lib.urb_prep_nop(self._r, user_data))
+        _check(shim(self._r, *args, user_data))
         self._inflight[user_data] = None
 
     def prep_accept_multishot(self, fd: int, user_data: int) -> None:
@@ -214,9 +219,7 @@ class Ring:
 
         Each completion's `res` is a new non-blocking, close-on-exec fd.
         """
-        self._free(user_data)
-        _check(lib.urb_prep_accept_multishot(self._r, fd, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_accept_multishot, user_data, fd)
 
     def prep_recv_multishot(self, fd: int, user_data: int) -> None:
         """Receive into provided buffers until EOF, error or cancel.
@@ -225,9 +228,7 @@ class Ring:
         the next `wait()`.  `res == 0` is EOF; `-ENOBUFS` means the buffer
         ring ran dry and the recv must be re-armed.
         """
-        self._free(user_data)
-        _check(lib.urb_prep_recv_multishot(self._r, fd, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_recv_multishot, user_data, fd)
 
     def prep_send(self, fd: int, data: bytes, user_data: int, offset: int = 0) -> None:
         """Send `data[offset:]`; `data` stays referenced until completion.
@@ -242,7 +243,7 @@ class Ring:
         if not 0 <= offset < size:
             raise ValueError(f"offset {offset} outside a buffer of {size} bytes")
         inflight = self._inflight
-        if user_data in inflight:  # _free(), inlined: this is once per message
+        if user_data in inflight:  # _queue(), inlined: this is once per message
             raise ValueError(f"user_data {user_data:#x} is already in flight")
         ret = lib.urb_prep_send(self._r, fd, data, offset, size - offset, user_data)
         if ret < 0:
@@ -250,38 +251,26 @@ class Ring:
         inflight[user_data] = data
 
     def prep_close(self, fd: int, user_data: int) -> None:
-        self._free(user_data)
-        _check(lib.urb_prep_close(self._r, fd, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_close, user_data, fd)
 
     def prep_shutdown(self, fd: int, how: int, user_data: int) -> None:
-        self._free(user_data)
-        _check(lib.urb_prep_shutdown(self._r, fd, how, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_shutdown, user_data, fd, how)
 
     def prep_cancel(self, target: int, user_data: int) -> None:
         """Cancel the op queued with `target` as its user_data."""
-        self._free(user_data)
-        _check(lib.urb_prep_cancel(self._r, target, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_cancel, user_data, target)
 
     def prep_cancel_fd(self, fd: int, user_data: int) -> None:
         """Cancel every op in flight on `fd`."""
-        self._free(user_data)
-        _check(lib.urb_prep_cancel_fd(self._r, fd, user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_cancel_fd, user_data, fd)
 
     def prep_timeout(self, seconds: float, user_data: int) -> None:
         """Complete with -ETIME after `seconds`."""
-        self._free(user_data)
-        _check(lib.urb_prep_timeout(self._r, int(seconds * 1e9), user_data))
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_timeout, user_data, int(seconds * 1e9))
 
     def prep_poll_multishot(self, fd: int, user_data: int) -> None:
         """Post a completion each time `fd` becomes readable."""
-        self._free(user_data)
-        _check(lib.urb_prep_poll_multishot(self._r, fd, 0x001, user_data))  # POLLIN
-        self._inflight[user_data] = None
+        self._queue(lib.urb_prep_poll_multishot, user_data, fd, POLLIN)
 
     # -- the batch ---------------------------------------------------------
 
@@ -389,12 +378,6 @@ class Ring:
             if self._inflight:
                 _ORPHANS.append(self._inflight)
         lib.urb_exit(self._r)
-
-    def prep_cancel_any(self, user_data: int) -> None:
-        """Cancel every op in flight on this ring."""
-        self._free(user_data)
-        _check(lib.urb_prep_cancel_any(self._r, user_data))
-        self._inflight[user_data] = None
 
     def __enter__(self) -> Ring:
         return self

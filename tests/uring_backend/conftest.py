@@ -38,7 +38,7 @@ def make_ring() -> Iterator[Callable[..., Any]]:
     rings: list[Any] = []
 
     def factory(*args: Any, **kwargs: Any) -> Any:
-        from uring_backend import Ring
+        from uring_backend.testing import TestingRing as Ring
 
         ring = Ring(*args, **kwargs)
         rings.append(ring)

@@ -27,8 +27,9 @@ from tests.uring_backend.support import (
 
 require_ring()
 
-from uring_backend import Ring, UringUnavailable  # noqa: E402
+from uring_backend import UringUnavailable  # noqa: E402
 from uring_backend import ring as ring_module  # noqa: E402
+from uring_backend.testing import TestingRing as Ring  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -392,7 +393,7 @@ def test_uring_unavailable_messages() -> None:
 # -- bugs ----------------------------------------------------------------------------------
 
 USE_AFTER_CLOSE = """
-from uring_backend import Ring
+from uring_backend.testing import TestingRing as Ring
 ring = Ring(8, buffers=8, buffer_size=64)
 ring.close()
 try:
@@ -464,3 +465,14 @@ def test_a_prep_that_raises_leaves_nothing_in_flight(
         assert ring.wait(0) == []  # and indeed nothing was queued
     finally:
         ring._inflight.pop(ud, None)  # spare the fixture's close() its 1 s drain
+
+
+def test_a_kernel_without_nodrop_is_refused_with_the_reason(monkeypatch) -> None:
+    """The backend relies on NODROP (multishot CQEs must never be lost): set-up checks it."""
+    missing = 1 << 31  # a feature bit no kernel reports
+    monkeypatch.setattr(ring_module, "FEAT_NODROP", missing)
+    fds = open_fds()
+    with pytest.raises(UringUnavailable) as exc:
+        Ring(8, buffers=8, buffer_size=64)
+    assert str(exc.value) == "io_uring unusable: the kernel lacks IORING_FEAT_NODROP (5.5+)."
+    assert open_fds() == fds  # the ring it made was torn down

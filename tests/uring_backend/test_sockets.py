@@ -20,8 +20,8 @@ from tests.uring_backend.support import by_user_data, collect, collect_until, re
 
 require_ring()
 
-from uring_backend import Ring  # noqa: E402
 from uring_backend.ring import BUFFER_SHIFT, F_BUFFER, F_MORE  # noqa: E402
+from uring_backend.testing import TestingRing as Ring  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 
