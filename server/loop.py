@@ -121,8 +121,10 @@ class Loop:
                 elif kind == ACCEPTED:
                     protocols[cid] = proto = factory()
                     last_seen[cid] = now
-                    if deadline is not None:
+                    if deadline is not None:  # stopping: treated as _begin_stop treats the idle
                         proto.stop_keepalive()
+                        if proto.should_close:
+                            close(cid)
                 else:  # CLOSED
                     protocols.pop(cid, None)
                     last_seen.pop(cid, None)

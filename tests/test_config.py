@@ -126,19 +126,6 @@ def test_header_timeout_must_be_a_positive_number(
     assert "--timeout-header" in capsys.readouterr().err
 
 
-def test_header_timeout_sets_the_sweep_interval_for_http_only() -> None:
-    from server.loop import Loop
-
-    class Idle:
-        def wait(self, timeout: float | None) -> list[object]:
-            return []
-
-    http = Loop(Idle(), object, idle_timeout=5.0, read_timeout=30.0, header_timeout=0.4)  # type: ignore[arg-type]
-    assert http.sweep_interval == pytest.approx(0.1)
-    echo = Loop(Idle(), object, idle_timeout=30.0, read_timeout=30.0)  # type: ignore[arg-type]
-    assert echo.sweep_interval == 1.0
-
-
 DEPRECATED = [
     ("--keepalive-timeout", "--timeout-keep-alive", "timeout_keep_alive"),
     ("--idle-timeout", "--timeout-read", "timeout_read"),
