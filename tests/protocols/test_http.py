@@ -454,8 +454,14 @@ MALFORMED = {
         400,
     ),
     "bad chunk size": (chunked_head(b"/") + b"zz\r\nhello\r\n0\r\n\r\n", 400),
+    # llhttp refuses a request whose codings do not end in chunked (RFC 9112
+    # 6.3: 400), where h11 would answer 501; see test_parsers_agree.py.
     "unknown transfer-coding": (
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        400,
+    ),
+    "unknown transfer-coding before chunked": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         501,
     ),
 }
