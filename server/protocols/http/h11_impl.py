@@ -136,8 +136,11 @@ class H11Connection(FramedConnection):
         assert conn is not None  # held while a request is in progress
         conn.receive_data(data)
         try:
-            while conn.next_event() is not h11.NEED_DATA:
-                pass  # Data, EndOfMessage: the framing has the same pieces
+            # Data events until h11 needs more (the framing has the same pieces), or
+            # EndOfMessage (after which an Upgrade request leaves h11 PAUSED)
+            event = conn.next_event()
+            while event is not h11.NEED_DATA and type(event) is not h11.EndOfMessage:
+                event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             return exc.error_status_hint
         return 0
