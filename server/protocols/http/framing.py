@@ -94,6 +94,9 @@ def trailers_status(block: bytes) -> int:
     return 0
 
 
+_NO_BODY: Final[list[bytes]] = []  # between requests; _start gives each request its own
+
+
 def _tokens(value: bytes) -> list[bytes]:
     # h11's get_comma_header for one value: lowercased, split, stripped.
     return [v.strip() for v in value.lower().split(b",")]
@@ -137,7 +140,8 @@ class FramedConnection:
         self._counters = counters
         self._keepalive = True  # False after stop_keepalive
         self._heads = 0  # request heads received whole
-        self._buf = bytearray()  # what has arrived of a head, line or trailer block
+        # What has arrived of a head, line or trailer block: b"" when nothing.
+        self._buf: bytes | bytearray = b""
         self._searched = 0  # where in _buf to resume looking for its end
         self._state = HEAD
         self._remaining = 0  # bytes left of a Content-Length body or of a chunk
@@ -148,7 +152,7 @@ class FramedConnection:
         self._version = b""
         self._peer_keepalive = True  # the request in progress allows keep-alive
         self._expect = False  # it waits for 100 Continue, and no body byte came
-        self._body: list[bytes] = []
+        self._body: list[bytes] = _NO_BODY
         self._body_bytes = 0
         self.should_close = False
         self.busy = False
@@ -290,8 +294,11 @@ class FramedConnection:
                 self._expect = False
                 if not self._complete(out):
                     return
-        if type(data) is bytearray:
-            del data[:pos]
+        if type(data) is bytearray:  # it is self._buf
+            if pos < n:
+                del data[:pos]
+            else:
+                self._buf = b""
         elif pos < n:
             self._buf = bytearray(data[pos:])
         if self._expect and self._state != HEAD:
@@ -362,7 +369,7 @@ class FramedConnection:
         """Answer the complete request; False if the connection closes after it."""
         self._expect = False
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        self._body = []
+        self._body = _NO_BODY
         request = Request(self._method, self._target, self._headers, self._version, body)
         try:
             resp = self._app(request)
@@ -384,6 +391,9 @@ class FramedConnection:
         if close:
             self.should_close = True
             return False
+        # An idle connection keeps nothing of the request it answered.
+        self._method = self._target = self._version = b""
+        self._headers = ()
         self._peer_keepalive = True
         self._next_cycle()
         return True

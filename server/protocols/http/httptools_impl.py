@@ -52,20 +52,14 @@ from server.protocols.http.common import (
 from server.protocols.http.framing import FramedConnection
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 
-# h11's grammar (``h11._abnf``) for a head whose lines all end in CRLF: a
-# request line, then header lines with no obs-fold.  A head that matches is
-# one h11 parses into the same lines llhttp did.
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_FIELD_CONTENT = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"
-_H11_HEAD: Final = re.compile(
-    _TOKEN
-    + rb" [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r\n(?:"
-    + _TOKEN
-    + rb":[ \t]*(?:"
-    + _FIELD_CONTENT
-    + rb")?[ \t]*\r\n)*\r\n"
+# h11's request line (``h11._abnf.request_line``): single spaces, a target
+# of visible ASCII, HTTP/d.d.  llhttp also reads ``GET  /`` and ``GET /``
+# (HTTP/0.9).  Header lines need no check of their own: the names and values
+# llhttp accepts (tokens; no control character but HTAB, no bare CR or LF, no
+# obs-fold) are a subset of h11's.
+_H11_REQUEST_LINE: Final = re.compile(
+    rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]"
 )
 _CONTENT_LENGTH_MAX_DIGITS: Final = 20  # h11's
 
@@ -73,13 +67,12 @@ _CONTENT_LENGTH_MAX_DIGITS: Final = 20  # h11's
 class _Head:
     """llhttp's callbacks for one request head, and the parser that calls them."""
 
-    __slots__ = ("headers", "headers_done", "keep_alive", "message_done", "parser", "target")
+    __slots__ = ("headers", "headers_done", "message_done", "parser", "target")
 
     def __init__(self) -> None:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
-        self.keep_alive = False
         self.message_done = False
         self.parser = llhttp.new_parser(self)
 
@@ -98,32 +91,12 @@ class _Head:
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
-        # After a request that closes, llhttp refuses another on the same parser;
-        # asked later, once the message is complete, it no longer knows.
-        self.keep_alive = self.parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
-        self.message_done = True
+        self.message_done = True  # the head had no body: the parser can read the next
 
 
 _heads: list[_Head] = []  # pooled: taken for one head, then given back
-
-
-def _h11_surely_accepts(head: bytes, headers: list[tuple[bytes, bytes]], version: bytes) -> bool:
-    """True if h11 accepts this head, which llhttp accepted (False: ask h11)."""
-    if not _H11_HEAD.fullmatch(head):
-        return False
-    hosts = encodings = 0
-    for name, value in headers:
-        if name == b"host":
-            hosts += 1
-        elif name == b"transfer-encoding":
-            encodings += 1
-            if value != b"chunked":
-                return False
-        elif name == b"content-length" and len(value) > _CONTENT_LENGTH_MAX_DIGITS:
-            return False
-    return encodings <= 1 and (hosts == 1 or (hosts == 0 and version != b"1.1"))
 
 
 def _h11_status(head: bytes) -> int:
@@ -178,27 +151,40 @@ class HttptoolsConnection(FramedConnection):
         headers: list[tuple[bytes, bytes]] = []
         sink.headers = headers
         sink.headers_done = sink.message_done = False
-        fresh = True  # the parser can start the next head as it is
         try:
             parser.feed_data(head)
         except llhttp.Upgrade:
-            fresh = False  # CONNECT or Upgrade: llhttp expects another protocol now
+            sink.message_done = False  # CONNECT or Upgrade: llhttp expects another protocol
         except llhttp.ParserError:
+            sink.headers_done = False
+        if not sink.headers_done:  # refused (or paused: ``PRI * HTTP/2.0``, HTTP/2's preface)
             sink.parser = llhttp.new_parser(sink)
             _heads.append(sink)
             return 400
-        if not sink.headers_done:  # cannot happen: the framing found the blank line
-            sink.parser = llhttp.new_parser(sink)
-            _heads.append(sink)
-            return 400
+        # llhttp took the head whole, so its lines end in CRLF, the first one
+        # with the version: b"1.1" from b"GET / HTTP/1.1".
+        line_end = head.find(b"\r\n")
+        version = head[line_end - 3 : line_end]
         method = parser.get_method()
-        raw_version = parser.get_http_version()
-        version = _VERSIONS.get(raw_version) or raw_version.encode()
-        if not fresh or not sink.message_done or not sink.keep_alive:
-            sink.parser = llhttp.new_parser(sink)
+        # What h11 checks that llhttp does not (h11 is asked when this is unsure).
+        sure = _H11_REQUEST_LINE.fullmatch(head, 0, line_end) is not None
+        hosts = encodings = 0
+        closes = version != b"1.1"
+        for name, value in headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                encodings += 1
+                sure = sure and value == b"chunked"
+            elif name == b"content-length":
+                sure = sure and len(value) <= _CONTENT_LENGTH_MAX_DIGITS
+            elif name == b"connection":
+                closes = True  # maybe: after a closing request llhttp reads no other
+        if not sink.message_done or closes:
+            sink.parser = llhttp.new_parser(sink)  # not at the start of a message now
         self._target = sink.target
         _heads.append(sink)
-        if not _h11_surely_accepts(head, headers, version):
+        if not sure or encodings > 1 or not (hosts == 1 or (hosts == 0 and version != b"1.1")):
             status = _h11_status(head)
             if status:
                 return status
