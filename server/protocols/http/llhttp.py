@@ -28,7 +28,9 @@ Upgrade: Final = httptools.HttpParserUpgrade
 
 
 class Sink(Protocol):
-    """The callbacks httptools looks up on the object it is given (any subset)."""
+    """What a parser calls back: httptools looks up ``on_url``, ``on_header``,
+    ``on_body``, ``on_message_complete``... on it and calls those it finds; every
+    sink here has at least this one."""
 
     def on_headers_complete(self) -> None: ...
 
@@ -45,7 +47,7 @@ class Parser(Protocol):
     def should_keep_alive(self) -> bool: ...
 
 
-def new_parser(sink: object) -> Parser:
+def new_parser(sink: Sink) -> Parser:
     """A request parser calling back `sink` (no leniency: llhttp's strict defaults)."""
     return httptools.HttpRequestParser(sink)
 
