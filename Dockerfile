@@ -31,7 +31,7 @@ WORKDIR /src
 COPY . .
 
 # Builds ringserve's wheel (the cffi extension is compiled against
-# liburing-dev here), then installs it with its dependencies (h11, cffi)
+# liburing-dev here), then installs it with its dependencies (h11, httptools, cffi)
 # into /opt/venv, which the runtime stage copies.  pip and setuptools are
 # removed from that venv: nothing installs into it at run time.
 RUN /opt/build-venv/bin/pip wheel --no-deps -w /wheels . \

@@ -1,13 +1,15 @@
 """The h11 ceiling: ringserve's HTTP path with no I/O at all.
 
-``python -m loadtest.h11_ceiling [--duration 5] [--connections 100] [--json]``
+``python -m loadtest.h11_ceiling [--http h11|httptools] [--duration 5] [--json]``
 
-Feeds `server.protocols.http.h11_impl.H11Connection` with the built-in app
+Feeds the connection class of ``--http`` (default `server.protocols.http.
+h11_impl.H11Connection`; ``httptools``: ``httptools_impl.HttptoolsConnection``)
+with the built-in app
 (`server.apps.builtin.BuiltinApp`) exactly the request wrk sends for
 ``GET /`` (``GET / HTTP/1.1``, ``Host: 127.0.0.1:PORT``, nothing else),
 round-robin over ``--connections`` keep-alive connection objects, in memory:
 no sockets, no event loop, no syscalls.  Each response is produced exactly
-as a backend would produce it (h11 parsing, the app, the Date header,
+as a backend would produce it (parsing, the app, the Date header,
 serialising), so the requests/s printed is the most any backend of this
 server could reach on one CPU with this request; ``compare --protocol http``
 runs it once and reports each server's wrk figure as a share of it.
@@ -29,10 +31,11 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import get_args
 
 from server.apps.builtin import HELLO, BuiltinApp
-from server.protocols.http.common import Counters, HttpLimits
-from server.protocols.http.h11_impl import H11Connection as HttpConnection
+from server.protocols.http import HttpName, load_http
+from server.protocols.http.common import App, Counters, HttpLimits
 
 DEFAULT_PORT = 8080
 
@@ -55,21 +58,35 @@ class Ceiling:
     python: str
 
 
-def measure(duration: float, connections: int = 100, warmup: float = 0.5) -> Ceiling:
+def measure(
+    duration: float,
+    connections: int = 100,
+    warmup: float = 0.5,
+    http: HttpName = "h11",
+    app: App | None = None,
+) -> Ceiling:
     """Drive the HTTP path in memory for `warmup` + `duration` seconds; count the latter.
 
+    Args:
+        http: the parser (``--http``).
+        app: another app to serve ``GET /`` (default: the built-in one; e.g.
+            ``server.apps.wsgi.WsgiAdapter`` around a WSGI hello).
+
     Raises:
-        RuntimeError: a response is not the built-in app's 200 hello.
+        RuntimeError: a response is not a 200 (the built-in app's hello, by default).
     """
     if duration <= 0 or connections < 1 or warmup < 0:
         raise ValueError("duration must be positive, connections at least 1, warmup >= 0")
     counters = Counters()
-    app = BuiltinApp(lambda: {"backend": "memory", "requests": counters.requests})
+    builtin = app is None
+    if app is None:
+        app = BuiltinApp(lambda: {"backend": "memory", "requests": counters.requests})
     limits = HttpLimits()
-    conns = [HttpConnection(app, limits, counters) for _ in range(connections)]
+    connection_class = load_http(http)
+    conns = [connection_class(app, limits, counters) for _ in range(connections)]
     request = wrk_request()
     first = conns[0].receive_data(request)
-    if not (first.startswith(b"HTTP/1.1 200 ") and first.endswith(HELLO)):
+    if not first.startswith(b"HTTP/1.1 200 ") or (builtin and not first.endswith(HELLO)):
         raise RuntimeError(f"unexpected response: {first[:200]!r}")
 
     def spin(until: float) -> int:
@@ -118,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m loadtest.h11_ceiling",
         description="Requests/s of HttpConnection + the built-in app on wrk's GET /, in memory.",
     )
+    p.add_argument(
+        "--http", choices=list(get_args(HttpName)), default="h11", help="HTTP parser (h11)"
+    )
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (5)")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds discarded first (0.5)")
     p.add_argument("--connections", type=int, default=100, help="connection objects (100)")
@@ -127,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         p.error("--duration must be positive, --warmup not negative, --connections at least 1")
     cpu = pin(args.cpu)
-    result = measure(args.duration, args.connections, args.warmup)
+    result = measure(args.duration, args.connections, args.warmup, args.http)
     result = Ceiling(**{**asdict(result), "cpu": cpu})
     if args.json:
         print(json.dumps(asdict(result)), flush=True)
     else:
         where = f"CPU {cpu}" if cpu is not None else "not pinned"
         print(
-            f"h11 ceiling: {result.requests_per_s:,.0f} req/s in memory, "
+            f"{args.http} ceiling: {result.requests_per_s:,.0f} req/s in memory, "
             f"{result.us_per_request:.2f} us per request "
             f"({result.cpu_us_per_request:.2f} us CPU); {result.requests:,} requests over "
             f"{result.connections} keep-alive connections in {result.seconds:.2f} s, {where}, "

@@ -143,3 +143,25 @@ def make_server(
         return serve_in_thread(backend_name, **overrides)
 
     yield factory
+
+
+HTTP_PARSERS = ["h11", "httptools"]
+
+
+@pytest.fixture(params=HTTP_PARSERS)
+def http_parser(request: pytest.FixtureRequest) -> str:
+    """The HTTP parser (``Config.http``) a parser-specific test runs with: each, in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_http_server(
+    backend_name: str, http_parser: str
+) -> Iterator[Callable[..., contextlib.AbstractContextManager[ServerThread]]]:
+    """`make_server` for HTTP with the parametrized parser: on every backend and parser."""
+
+    def factory(**overrides: Any) -> contextlib.AbstractContextManager[ServerThread]:
+        return serve_in_thread(backend_name, http=http_parser, **overrides)
+
+    yield factory

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,13 @@ from tests.backends.client import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def make_server(make_http_server: Any) -> Any:
+    """Every test here is HTTP: it runs with each parser as well as on each backend."""
+    return make_http_server
+
 
 HELLO_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -488,6 +496,29 @@ def test_client_eof_after_request_still_gets_response(make_server) -> None:
         reader = HttpReader(s)
         assert reader.read_response().body == HELLO
         reader.assert_eof()
+
+
+@pytest.mark.parametrize("sends", ["one send", "two sends"])
+def test_two_pipelined_requests_then_shut_wr_get_both_responses_then_eof(
+    make_server, sends: str
+) -> None:
+    """An issue says the second response is dropped when the client half-closes
+    right after two pipelined requests; pinned here on every backend and parser.
+    The EOF is read in the same receive as the requests, or after them."""
+    echo = request("POST", "/echo", b"second")
+    with make_server() as srv, connect(srv.address) as s:
+        if sends == "one send":
+            s.sendall(GET + echo)
+        else:
+            s.sendall(GET)
+            s.sendall(echo)
+        s.shutdown(socket.SHUT_WR)
+        reader = HttpReader(s)
+        first, second = reader.read_response(), reader.read_response()
+        assert (first.status, first.normalized_head, first.body) == (200, HELLO_HEAD, HELLO)
+        assert (second.status, second.body) == (200, b"second")
+        reader.assert_eof()
+        assert srv.stats()["requests"] == 2
 
 
 # -- graceful stop (in-process; tests/test_cli.py does it with signals) --------

@@ -11,12 +11,19 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.backends.client import HELLO, pattern, sha256
 
 pytestmark = pytest.mark.timeout(40)
+
+
+@pytest.fixture
+def make_server(make_http_server: Any) -> Any:
+    """Every test here is HTTP: it runs with each parser as well as on each backend."""
+    return make_http_server
 
 
 def tool(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,13 @@ from tests.backends.client import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def make_server(make_http_server: Any) -> Any:
+    """Every test here is HTTP: it runs with each parser as well as on each backend."""
+    return make_http_server
+
 
 PLAIN = "tests.backends.wsgi_apps:app"
 FLASK = "tests.backends.wsgi_apps:flask_app"

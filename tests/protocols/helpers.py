@@ -2,17 +2,23 @@
 
 Every input is fed several ways (whole, one byte at a time, cut in two at every
 offset, in three pieces) and the exact output bytes and end state are asserted
-for each; see `check`.
+for each; see `check`.  `HttpConnection` is the connection class under test:
+H11Connection, unless the ``http_parser`` fixture (conftest.py) sets another.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
-from server.protocols.http.common import App, Counters, HttpLimits
-from server.protocols.http.h11_impl import H11Connection as HttpConnection
+from server.protocols.http.common import App, Counters, HttpLimits, ResponseCache
+from server.protocols.http.framing import FramedConnection
+from server.protocols.http.h11_impl import H11Connection
+
+HttpConnection: type[FramedConnection] = H11Connection
 
 # RFC 9110's example date. The ``fixed_clock`` fixture (conftest.py) pins the
 # clock of server.protocols.http to EPOCH, so every response carries DATE_LINE.
@@ -82,12 +88,25 @@ def chunkings(data: bytes, *, max_cuts: int = 400) -> Iterator[tuple[str, list[b
         yield "thirds", [data[:a], data[a:b], data[b:]]
 
 
+def response_cache() -> ResponseCache[Any]:
+    """The response cache of the parser module under test."""
+    return importlib.import_module(HttpConnection.__module__)._responses  # type: ignore[no-any-return]
+
+
+def cached_date(entry: Any) -> bytes:
+    """The Date value inside a cached response (an h11.Response or a ResponseHead)."""
+    head = (
+        entry.head if hasattr(entry, "head") else b"\r\n".join(b"%s: %s" % h for h in entry.headers)
+    )
+    return head.partition(b"date: ")[2].partition(b"\r\n")[0]
+
+
 @dataclass
 class Fed:
     """One connection after `feed`: its outputs, one per receive_data call."""
 
     name: str
-    conn: HttpConnection
+    conn: FramedConnection
     counters: Counters
     outputs: list[bytes]
 
@@ -101,7 +120,7 @@ def errors_of(counters: Counters) -> int:
     return counters.client_errors + counters.app_errors
 
 
-def connect(app: App, limits: HttpLimits | None = None) -> tuple[HttpConnection, Counters]:
+def connect(app: App, limits: HttpLimits | None = None) -> tuple[FramedConnection, Counters]:
     counters = Counters()
     return HttpConnection(app, limits or HttpLimits(), counters), counters
 

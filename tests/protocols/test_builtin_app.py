@@ -9,7 +9,7 @@ import pytest
 
 from server.apps.builtin import ALLOWED, BuiltinApp
 from server.protocols.http.common import Counters, HttpLimits, Request
-from server.protocols.http.h11_impl import H11Connection as HttpConnection
+from tests.protocols import helpers
 from tests.protocols.helpers import (
     DATE_LINE,
     HELLO,
@@ -189,10 +189,12 @@ def test_allowed_table() -> None:
 # -- through HttpConnection ---------------------------------------------------
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_hello_over_http() -> None:
     check(APP, raw(b"GET", b"/"), HELLO_RESPONSE, should_close=False, requests=1, errors=0)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_repeated_hellos_are_identical() -> None:
     """The app shares one header list between responses: nothing may grow it."""
     data = raw(b"GET", b"/") * 3
@@ -200,11 +202,13 @@ def test_repeated_hellos_are_identical() -> None:
     check(APP, data, HELLO_RESPONSE * 3, should_close=False, requests=3)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_head_hello_over_http() -> None:
     head_only = HELLO_RESPONSE[: -len(HELLO)]
     check(APP, raw(b"HEAD", b"/"), head_only, should_close=False, requests=1)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_echo_over_http_keeps_the_content_type() -> None:
     body = b"a,b\r\n1,2\r\n"
     data = raw(b"POST", b"/echo", b"Content-Type: text/csv; charset=latin-1", body=body)
@@ -219,6 +223,7 @@ def test_echo_over_http_keeps_the_content_type() -> None:
     check(APP, data, expected, should_close=False, requests=1)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_echo_over_http_with_a_chunked_body() -> None:
     data = (
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
@@ -235,6 +240,7 @@ def test_echo_over_http_with_a_chunked_body() -> None:
     check(APP, data, expected, should_close=False, requests=1)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_stats_over_http_parses_to_the_stats_dict() -> None:
     data = raw(b"GET", b"/stats")
     for name, chunks in chunkings(data, max_cuts=30):
@@ -251,16 +257,18 @@ def test_stats_over_http_parses_to_the_stats_dict() -> None:
         assert json.loads(body) == STATS, name
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_head_stats_has_the_get_content_length() -> None:
     get = feed(APP, [raw(b"GET", b"/stats")]).out
     head = feed(APP, [raw(b"HEAD", b"/stats")]).out
     assert head == get.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_stats_reading_the_live_counters() -> None:
     counters = Counters()
     app = BuiltinApp(lambda: {"requests": counters.requests, "errors": errors_of(counters)})
-    conn = HttpConnection(app, HttpLimits(), counters)
+    conn = helpers.HttpConnection(app, HttpLimits(), counters)
     out = conn.receive_data(raw(b"GET", b"/") + raw(b"GET", b"/missing") + raw(b"GET", b"/stats"))
     assert out.startswith(HELLO_RESPONSE + NOT_FOUND_RESPONSE)
     body = out.rpartition(b"\r\n\r\n")[2]
@@ -269,10 +277,12 @@ def test_stats_reading_the_live_counters() -> None:
     assert counters.requests == 3
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_404_over_http() -> None:
     check(APP, raw(b"GET", b"/nope"), NOT_FOUND_RESPONSE, should_close=False, requests=1)
 
 
+@pytest.mark.usefixtures("http_parser")
 @pytest.mark.parametrize(
     ("method", "target", "allow"),
     [(b"POST", b"/", b"GET, HEAD"), (b"GET", b"/echo", b"POST"), (b"PUT", b"/stats", b"GET, HEAD")],
@@ -282,6 +292,7 @@ def test_405_over_http(method: bytes, target: bytes, allow: bytes) -> None:
     check(APP, data, not_allowed_response(allow), should_close=False, requests=1, errors=0)
 
 
+@pytest.mark.usefixtures("http_parser")
 def test_every_route_pipelined() -> None:
     data = (
         raw(b"GET", b"/")

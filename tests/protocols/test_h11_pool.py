@@ -20,14 +20,19 @@ def pool() -> list:
     return http._h11_pools.setdefault(LIMITS.max_header_bytes, [])
 
 
+POST_HEAD = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n"
+
+
 def test_idle_connection_holds_no_h11_state_and_busy_one_does() -> None:
     pool().clear()
     conn = make()
     assert conn._conn is None
-    conn.receive_data(b"GET / HT")  # a request in progress keeps its state
+    conn.receive_data(b"POST /echo HT")  # a partial head is only bytes, framed before h11
+    assert conn._conn is None and conn.busy
+    conn.receive_data(POST_HEAD[13:])  # a request in progress keeps its state
     assert conn._conn is not None and conn.busy
     held = conn._conn
-    conn.receive_data(b"TP/1.1\r\nHost: t\r\n\r\n")
+    conn.receive_data(b"hi")
     assert conn._conn is None and not conn.busy and not conn.should_close
     assert pool() == [held]
 
@@ -65,7 +70,7 @@ def test_the_pool_is_bounded() -> None:
     pool().clear()
     conns = [make() for _ in range(http.H11_POOL_MAX + 10)]
     for c in conns:
-        c.receive_data(b"GET / HT")  # all take state at once
+        c.receive_data(POST_HEAD)  # all take state at once
     for c in conns:
-        c.receive_data(b"TP/1.1\r\nHost: t\r\n\r\n")
+        c.receive_data(b"hi")
     assert len(pool()) == http.H11_POOL_MAX

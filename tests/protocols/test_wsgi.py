@@ -36,6 +36,7 @@ from tests.protocols.helpers import (
 pytestmark = [
     pytest.mark.filterwarnings("error::wsgiref.validate.WSGIWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("http_parser"),  # each test on both parsers
 ]
 
 

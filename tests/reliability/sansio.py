@@ -1,4 +1,8 @@
-"""The sans-IO model: HttpConnection + the built-in app, driven the way the loop drives it."""
+"""The sans-IO model: an HTTP connection + the built-in app, driven the way the loop drives it.
+
+`drive` takes the connection class (H11Connection by default); `PARSERS` are
+both, for the tests that run on each.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,16 @@ from dataclasses import dataclass, field
 
 from server.apps.builtin import BuiltinApp
 from server.protocols.http.common import Counters, HttpLimits, Request, Response
-from server.protocols.http.h11_impl import H11Connection as HttpConnection
+from server.protocols.http.framing import FramedConnection
+from server.protocols.http.h11_impl import H11Connection
+from server.protocols.http.httptools_impl import HttptoolsConnection
 
 from .support import Malformed, check_response_sequence, parse_all
 
+PARSERS: dict[str, type[FramedConnection]] = {
+    "h11": H11Connection,
+    "httptools": HttptoolsConnection,
+}
 LIMITS = [HttpLimits(), HttpLimits(max_header_bytes=512, max_body_bytes=64), HttpLimits(2048, 4096)]
 
 
@@ -19,9 +29,19 @@ class RecordingApp:
     def __init__(self) -> None:
         self.app = BuiltinApp(lambda: {"requests": 1, "note": "fuzz"})
         self.methods: list[bytes] = []
+        self.seen: list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bytes]] = []
 
     def __call__(self, request: Request) -> Response:
         self.methods.append(request.method)
+        self.seen.append(
+            (
+                request.method,
+                request.target,
+                [(bytes(n), bytes(v)) for n, v in request.headers],
+                request.http_version,
+                request.body,
+            )
+        )
         return self.app(request)
 
 
@@ -29,11 +49,25 @@ class RecordingApp:
 class Outcome:
     outputs: list[bytes]
     app: RecordingApp
-    conn: HttpConnection
+    conn: FramedConnection
     counters: Counters
     closed: bool = False
     timeout_words: bytes = b""
     notes: list[str] = field(default_factory=list)
+    # after each receive_data: (should_close, busy, pending_head())
+    states: list[tuple[bool, bool, int]] = field(default_factory=list)
+
+    def summary(self) -> tuple[object, ...]:
+        """Everything two parsers must agree on: bytes, states, counters, what the app saw."""
+        c = self.counters
+        return (
+            self.outputs,
+            self.timeout_words,
+            self.states,
+            self.closed,
+            (c.requests, c.client_errors, c.app_errors),
+            self.app.seen,
+        )
 
     @property
     def data(self) -> bytes:
@@ -46,11 +80,12 @@ def drive(
     eof: bool = False,
     stop_at: int | None = None,
     time_out: bool = False,
+    connection_class: type[FramedConnection] = H11Connection,
 ) -> Outcome:
     """Feed `chunks` the way the loop does; `stop_at`: stop_keepalive() before that chunk."""
     app = RecordingApp()
     counters = Counters()
-    conn = HttpConnection(app, limits, counters)
+    conn = connection_class(app, limits, counters)
     out = Outcome([], app, conn, counters)
     feeds = [*chunks, b""] if eof else chunks
     for i, chunk in enumerate(feeds):
@@ -65,6 +100,7 @@ def drive(
         assert isinstance(conn.should_close, bool) and isinstance(conn.busy, bool)
         assert not (conn.should_close and conn.busy), "busy after should_close"
         out.outputs.append(data)
+        out.states.append((conn.should_close, conn.busy, conn.pending_head()))
     if time_out and not conn.should_close:
         out.timeout_words = conn.timed_out()
         assert conn.should_close, "timed_out() must close"

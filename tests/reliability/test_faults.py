@@ -82,12 +82,12 @@ PARTIAL_REQUESTS = [
 
 
 def test_reset_mid_request(
-    make_server: Callable[..., Any],
+    make_http_server: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
     closer: Callable[[socket.socket], socket.socket],
 ) -> None:
     caplog.set_level(logging.INFO, logger="server")
-    with make_server(protocol="http", timeout_read=30.0) as srv:
+    with make_http_server(protocol="http", timeout_read=30.0) as srv:
         for partial in PARTIAL_REQUESTS * 5:
             sock = closer(connect(srv.address))
             before = srv.stats()["bytes_in"]
@@ -102,7 +102,7 @@ def test_reset_mid_request(
 
 
 def test_reset_mid_response(
-    make_server: Callable[..., Any],
+    make_http_server: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
     closer: Callable[[socket.socket], socket.socket],
 ) -> None:
@@ -110,7 +110,7 @@ def test_reset_mid_response(
     caplog.set_level(logging.INFO, logger="server")
     body = random.Random(1).randbytes(1_000_000)
     request = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    with make_server(protocol="http") as srv:
+    with make_http_server(protocol="http") as srv:
         for _ in range(5):
             sock = closer(socket.socket())
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -155,13 +155,13 @@ def test_reset_while_echoing_megabytes(
 
 
 def test_reset_after_an_error_response(
-    make_server: Callable[..., Any],
+    make_http_server: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
     closer: Callable[[socket.socket], socket.socket],
 ) -> None:
     """A reset while the server lingers (shut down, discarding input until EOF)."""
     caplog.set_level(logging.INFO, logger="server")
-    with make_server(protocol="http") as srv:
+    with make_http_server(protocol="http") as srv:
         for _ in range(5):
             sock = closer(connect(srv.address))
             sock.sendall(b"BAD\x00 / HTTP/1.1\r\n\r\n")
@@ -177,10 +177,10 @@ def test_reset_after_an_error_response(
 # -- half-closed sockets -------------------------------------------------------------------
 
 
-def test_half_closed_http_clients_get_every_response(make_server: Callable[..., Any]) -> None:
+def test_half_closed_http_clients_get_every_response(make_http_server: Callable[..., Any]) -> None:
     body = random.Random(2).randbytes(500_000)
     post = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    with make_server(protocol="http") as srv:
+    with make_http_server(protocol="http") as srv:
         # Request, then EOF: the response, then a clean close.
         cases = [([GET], [HELLO]), ([GET] * 3, [HELLO] * 3), ([post], [body])]
         cases.append(([GET, post, GET], [HELLO, body, HELLO]))
@@ -268,14 +268,14 @@ def test_slow_reader_gets_every_echoed_byte(
 
 
 def test_slow_reader_gets_every_pipelined_response(
-    make_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
+    make_http_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
 ) -> None:
     """Pipelined POST /echo requests whose responses pile up past the 1 MiB high-water mark."""
     bodies = [random.Random(i).randbytes(900_000) for i in range(6)]
     requests = b"".join(
         b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(b) + b for b in bodies
     )
-    with make_server(protocol="http") as srv:
+    with make_http_server(protocol="http") as srv:
         sock = closer(socket.socket())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(srv.address)

@@ -1,21 +1,30 @@
-"""Hostile input at the protocol layer: HttpConnection + the built-in app, no sockets.
+"""Hostile input at the protocol layer: each HTTP connection + the built-in app, no sockets.
 
 Whatever bytes arrive, in whatever chunks: no exception leaves the protocol
 object, and its output is a sequence of well-formed HTTP/1.1 responses (parsed
 strictly by `support.parse_all`), where an error the server answers itself is
 the last response and is followed by ``should_close``; or nothing at all.
+
+And the two parsers are one server: fed the same bytes in the same pieces,
+H11Connection and HttptoolsConnection give the same bytes, the same states
+after every piece, the same counters, and the app sees the same requests
+(the differential tests at the end).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from server.protocols.http import common
 from server.protocols.http.common import HttpLimits
 
-from .corpus import NASTY, VALID
-from .sansio import LIMITS, drive, split, verify
+from .corpus import EDGES, NASTY, VALID
+from .sansio import LIMITS, PARSERS, drive, split, verify
 
 # -- strategies ----------------------------------------------------------------------
 
@@ -124,6 +133,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
 _one = st.one_of(
     st.sampled_from(VALID),
     st.sampled_from([data for _, data in NASTY]),
+    st.sampled_from([data for _, data in EDGES]),
     generated_request(),
     chunked_body(),
     giant_line(),
@@ -151,6 +161,7 @@ def feeding(draw: st.DrawFn) -> tuple[list[bytes], HttpLimits, bool, int | None,
     return chunks, limits, eof, stop_at, time_out
 
 
+@pytest.mark.parametrize("parser", PARSERS)
 @settings(
     max_examples=500,
     deadline=None,
@@ -158,10 +169,10 @@ def feeding(draw: st.DrawFn) -> tuple[list[bytes], HttpLimits, bool, int | None,
 )
 @given(feeding())
 def test_hostile_bytes_in_random_chunks(
-    case: tuple[list[bytes], HttpLimits, bool, int | None, bool],
+    parser: str, case: tuple[list[bytes], HttpLimits, bool, int | None, bool]
 ) -> None:
     chunks, limits, eof, stop_at, time_out = case
-    verify(drive(chunks, limits, eof, stop_at, time_out))
+    verify(drive(chunks, limits, eof, stop_at, time_out, PARSERS[parser]))
 
 
 def _chunkings(data: bytes) -> list[tuple[str, list[bytes]]]:
@@ -175,22 +186,80 @@ def _chunkings(data: bytes) -> list[tuple[str, list[bytes]]]:
     return ways
 
 
-@pytest.mark.parametrize("name,data", NASTY, ids=[n for n, _ in NASTY])
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("name,data", NASTY + EDGES, ids=[n for n, _ in NASTY + EDGES])
 @pytest.mark.parametrize("eof", [False, True], ids=["open", "eof"])
-def test_corpus_every_chunking(name: str, data: bytes, eof: bool) -> None:
+def test_corpus_every_chunking(parser: str, name: str, data: bytes, eof: bool) -> None:
     for limits in LIMITS:
         for way, chunks in _chunkings(data):
             try:
-                verify(drive([c for c in chunks if c], limits, eof=eof))
+                verify(
+                    drive(
+                        [c for c in chunks if c], limits, eof=eof, connection_class=PARSERS[parser]
+                    )
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{name} fed {way} with {limits}: {exc}") from None
 
 
-def test_smuggling_shapes_never_reach_the_app_twice() -> None:
-    """CL+TE bodies are framed by Transfer-Encoding and the connection closes after."""
+@pytest.mark.parametrize("parser", PARSERS)
+def test_smuggling_shapes_never_reach_the_app(parser: str) -> None:
+    """A request with both Content-Length and Transfer-Encoding is refused (llhttp's
+    rule, on both parsers): the app never sees it, nor what was smuggled behind it."""
     for name in ("cl-and-te", "te-and-cl"):
         data = dict(NASTY)[name]
-        out = drive([data], HttpLimits())
+        out = drive([data], HttpLimits(), connection_class=PARSERS[parser])
         verify(out)
-        assert out.app.methods == [b"POST"], (name, out.app.methods)
+        assert out.app.methods == [], (name, out.app.methods)
+        assert out.data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), name
         assert out.closed, f"{name}: connection kept open after a CL+TE request"
+
+
+# -- the two parsers agree ----------------------------------------------------------
+
+
+def _agree(chunks: list[bytes], limits: HttpLimits, *args: object) -> None:
+    # One second for both runs: the Date header must not tick between them.
+    clock = SimpleNamespace(time=lambda: 784111777.0)
+    with (
+        mock.patch.object(common, "time", clock),
+        mock.patch.object(common.date_header, "second", -1),
+    ):
+        h11_side = drive(chunks, limits, *args, connection_class=PARSERS["h11"])  # type: ignore[arg-type]
+        httptools_side = drive(chunks, limits, *args, connection_class=PARSERS["httptools"])  # type: ignore[arg-type]
+    assert httptools_side.summary() == h11_side.summary()
+
+
+@settings(
+    max_examples=1500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(feeding())
+def test_both_parsers_answer_hostile_bytes_alike(
+    case: tuple[list[bytes], HttpLimits, bool, int | None, bool],
+) -> None:
+    """Random, mutated, truncated and combined requests (the corpus among them), cut
+    anywhere, with EOF, stop_keepalive and timeouts: the same bytes and states."""
+    chunks, limits, eof, stop_at, time_out = case
+    _agree(chunks, limits, eof, stop_at, time_out)
+
+
+@pytest.mark.parametrize(
+    "name,data",
+    VALID_NAMED := [(f"valid-{i}", d) for i, d in enumerate(VALID)] + NASTY + EDGES,
+    ids=[n for n, _ in VALID_NAMED],
+)
+def test_both_parsers_agree_on_the_corpus_every_chunking(name: str, data: bytes) -> None:
+    """Every corpus entry, whole, bytewise (or in 4 KiB pieces), in halves and in
+    7-byte pieces, with and without EOF, under each set of limits."""
+    for limits in LIMITS:
+        for way, chunks in _chunkings(data):
+            for eof in (False, True):
+                try:
+                    _agree([c for c in chunks if c], limits, eof)
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"{name} fed {way} with {limits}, eof={eof}: {exc}"
+                    ) from None

@@ -50,14 +50,14 @@ def _send_all(
 
 @pytest.mark.parametrize("half_close", [True, False], ids=["then-eof", "then-silence"])
 def test_corpus_gets_responses_or_clean_closes(
-    make_server: Callable[..., Any],
+    make_http_server: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
     half_close: bool,
     closer: Callable[[socket.socket], socket.socket],
 ) -> None:
     caplog.set_level(logging.INFO, logger="server")
     failures = []
-    with make_server(protocol="http", timeout_read=1.0, timeout_keep_alive=1.0) as srv:
+    with make_http_server(protocol="http", timeout_read=1.0, timeout_keep_alive=1.0) as srv:
         conns = _send_all(srv.address, half_close, closer)
         for name, sock, send_error in conns:
             data = dict(NASTY)[name]
@@ -84,7 +84,7 @@ def test_corpus_gets_responses_or_clean_closes(
 
 
 def test_random_garbage_connections_leave_the_server_healthy(
-    make_server: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    make_http_server: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Seeded random bytes (pipelined after a good request, too), each then EOF."""
     import random
@@ -93,7 +93,7 @@ def test_random_garbage_connections_leave_the_server_healthy(
     rng = random.Random(1234)
     blobs = [rng.randbytes(rng.randint(1, 9000)) for _ in range(60)]
     blobs += [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + b for b in blobs[:20]]
-    with make_server(protocol="http", timeout_read=2.0, timeout_keep_alive=2.0) as srv:
+    with make_http_server(protocol="http", timeout_read=2.0, timeout_keep_alive=2.0) as srv:
         for blob in blobs:
             with connect(srv.address) as sock:
                 try:

@@ -21,9 +21,9 @@ GRACE_S = 8.0
 
 @pytest.mark.timeout(120)
 def test_sigterm_under_load(
-    backend_name: str, closer: Callable[[socket.socket], socket.socket]
+    backend_name: str, http_parser: str, closer: Callable[[socket.socket], socket.socket]
 ) -> None:
-    args = ["--timeout-graceful-shutdown", str(GRACE_S)]
+    args = ["--http", http_parser, "--timeout-graceful-shutdown", str(GRACE_S)]
     args += ["--timeout-keep-alive", "60", "--timeout-read", "60"]
     with local_server(backend_name, "http", args) as server:
         address = server.address

@@ -67,12 +67,12 @@ class Trickler(threading.Thread):
 
 @pytest.mark.timeout(180)
 def test_slowloris_does_not_stop_a_normal_client(
-    make_server: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    make_http_server: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="server")
     with (
         nofile_at_least(2 * SLOWLORIS + 500),
-        make_server(
+        make_http_server(
             protocol="http", timeout_read=30.0, timeout_keep_alive=30.0, timeout_header=300.0
         ) as srv,
     ):
@@ -118,9 +118,9 @@ def _closed_after(sock: socket.socket, limit: float) -> tuple[float, bytes, str]
 
 
 def test_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(
-    make_server: Callable[..., Any],
+    make_http_server: Callable[..., Any],
 ) -> None:
-    with make_server(protocol="http", timeout_keep_alive=0.6, timeout_read=30.0) as srv:
+    with make_http_server(protocol="http", timeout_keep_alive=0.6, timeout_read=30.0) as srv:
         with connect(srv.address) as sock:
             sock.sendall(GET)
             assert Reader(sock).response().body == HELLO
@@ -141,8 +141,10 @@ def test_silent_new_connection_is_closed_after_the_keepalive_timeout(
         assert 0.5 <= elapsed < 5, elapsed
 
 
-def test_stalled_request_gets_408_after_the_idle_timeout(make_server: Callable[..., Any]) -> None:
-    with make_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.6) as srv:
+def test_stalled_request_gets_408_after_the_idle_timeout(
+    make_http_server: Callable[..., Any],
+) -> None:
+    with make_http_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.6) as srv:
         for partial in (
             b"GET / HTTP/1.1\r\nHost: a\r\n",
             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
@@ -157,10 +159,10 @@ def test_stalled_request_gets_408_after_the_idle_timeout(make_server: Callable[.
 
 
 def test_trickled_head_gets_408_after_the_header_timeout(
-    make_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
+    make_http_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
 ) -> None:
     """Bytes arriving every 0.1 s beat the idle timeout, not the header timeout."""
-    with make_server(
+    with make_http_server(
         protocol="http", timeout_keep_alive=30.0, timeout_read=30.0, timeout_header=1.0
     ) as srv:
         sock = closer(connect(srv.address))
@@ -185,14 +187,14 @@ def test_trickled_head_gets_408_after_the_header_timeout(
 
 
 def test_heads_each_within_the_header_timeout_are_served(
-    make_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
+    make_http_server: Callable[..., Any], closer: Callable[[socket.socket], socket.socket]
 ) -> None:
     """The bound is per head: a pipelining client that is never between heads is not cut.
 
     Each write ends one head and begins the next, so every sweep sees a head
     pending, for 1.75 s in all, while each head takes 0.35 s.
     """
-    with make_server(
+    with make_http_server(
         protocol="http", timeout_keep_alive=30.0, timeout_read=30.0, timeout_header=1.0
     ) as srv:
         sock = closer(connect(srv.address))
@@ -211,10 +213,10 @@ def test_heads_each_within_the_header_timeout_are_served(
         wait_for(lambda: srv.stats()["open_connections"] == 0, timeout=10)
 
 
-def test_slow_but_steady_request_is_served(make_server: Callable[..., Any]) -> None:
+def test_slow_but_steady_request_is_served(make_http_server: Callable[..., Any]) -> None:
     """The idle timeout measures silence, not the time a request takes."""
     with (
-        make_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.8) as srv,
+        make_http_server(protocol="http", timeout_keep_alive=30.0, timeout_read=0.8) as srv,
         connect(srv.address) as sock,
     ):
         request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 8 + b"\r\n\r\n"
@@ -257,9 +259,10 @@ def test_many_idle_connections_all_time_out(make_server: Callable[..., Any]) -> 
 
 
 @pytest.mark.timeout(240)
-def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
+def test_10k_idle_keepalive_connections_memory(backend_name: str, http_parser: str) -> None:
     """10,000 keep-alive connections, each after one request, held idle; RSS per connection."""
     args = ["--timeout-keep-alive", "600", "--timeout-read", "600", "--max-connections", "20000"]
+    args += ["--http", http_parser]
     with (
         nofile_at_least(IDLE + 500),
         local_server(backend_name, "http", [*args, "--backlog", "4096"]) as server,
@@ -288,7 +291,8 @@ def test_10k_idle_keepalive_connections_memory(backend_name: str) -> None:
             rss1, fds1 = server.rss_kib(), server.fds()
             per_conn = (rss1 - rss0) * 1024 / IDLE
             print(
-                f"\n{backend_name}: {IDLE} idle keep-alive connections: server RSS {rss0} -> "
+                f"\n{backend_name}, {http_parser}: {IDLE} idle keep-alive connections: "
+                f"server RSS {rss0} -> "
                 f"{rss1} KiB, {per_conn:.0f} bytes per idle connection; fds {fds0} -> {fds1}"
             )
             assert fds1 - fds0 == IDLE

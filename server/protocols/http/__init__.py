@@ -3,7 +3,10 @@
 ``h11_impl`` (h11, the default and the reference) and ``httptools_impl``
 (llhttp, Node.js's parser, through httptools) have the same shape and give
 the same bytes on the wire; uvicorn keeps its two parsers side by side the
-same way.  A parser module is imported only when ``--http`` chooses it.
+same way.  Both are built on ``framing.py``, which frames requests for them,
+and each checks a head against the other's rules (a request is served only
+if both accept it), so both libraries are dependencies; a parser module is
+still imported only when ``--http`` chooses it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """What every HTTP parser shares: the types apps see, limits, counters, the
-Date header, reason phrases, error responses and the response cache.
+Date header, reason phrases, error responses, the response cache and the
+response serializer.
 
-Nothing here parses.  The apps import only this module, never a parser
-module, so a parser is imported only when ``--http`` chooses it.
+Nothing here parses requests.  The apps import only this module, never a
+parser module, so a parser is imported only when ``--http`` chooses it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -194,3 +196,227 @@ class ResponseCache(Generic[T]):
             if key is not None and len(entries) < RESPONSE_CACHE_MAX:
                 entries[key] = entry
         return entry
+
+
+# -- the response serializer ------------------------------------------------------
+#
+# h11 writes a response by validating its headers (``normalize_and_validate``),
+# fixing its framing and Connection headers (``_clean_up_response_headers_for_
+# sending``) and writing it (``write_any_response``); the body then goes through
+# the writer its framing chose.  `serialize_head` and `frame_body` do the same
+# without h11, byte for byte (``tests/protocols/test_serializer.py`` holds them
+# against h11 on random responses), so a parser without a writer of its own
+# answers exactly as H11Connection does.
+
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE: Final = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_DIGITS: Final = re.compile(rb"[0-9]+")
+# h11 sends any reason phrase; this is the one it accepts when it *reads* a
+# status line, so an app cannot inject a CR/LF through it on either parser.
+_REASON: Final = re.compile(rb"(?:[ \t]|[^\x00\s])*")
+_CONTENT_LENGTH_MAX_DIGITS: Final = 20
+
+# `variant` bits: what else, besides the app's response, changes the bytes.
+KEEPALIVE: Final = 1  # the server keeps the connection (no stop_keepalive, no TE+CL)
+PEER_KEEPALIVE: Final = 2  # the request allows keep-alive (HTTP/1.1, no Connection: close)
+PEER_HTTP11: Final = 4  # the request is HTTP/1.1, so a body of unknown length is chunked
+
+# How the body of a response is framed.
+LENGTH: Final = 0  # Content-Length: the body must have exactly that many bytes
+EMPTY: Final = 1  # 204/304: no body whatever the headers say
+CHUNKED: Final = 2  # Transfer-Encoding: chunked (an HTTP/1.1 peer, no length given)
+UNTIL_CLOSE: Final = 3  # an HTTP/1.0 peer and no length: the body ends at the close
+
+
+class Refused(Exception):
+    """The app's response cannot be sent as it is (h11 would refuse it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A serialized response head and how its body is framed.
+
+    Attributes:
+        status: the status code.
+        head: status line, headers and the blank line, as sent.
+        framing: `LENGTH`, `EMPTY`, `CHUNKED` or `UNTIL_CLOSE`.
+        length: the Content-Length when `framing` is `LENGTH`.
+        close: the connection closes after this response.
+    """
+
+    status: int
+    head: bytes
+    framing: int
+    length: int
+    close: bool
+
+
+def _bytesify(s: object) -> bytes:
+    # h11's bytesify: bytes as they are, str as ASCII, no ints, else bytes(s).
+    if type(s) is bytes:
+        return s
+    if isinstance(s, str):
+        return s.encode("ascii")
+    if isinstance(s, int):
+        raise TypeError("expected bytes-like object, not int")
+    data: bytes = bytes(s)  # type: ignore[call-overload]
+    return data
+
+
+def check_reason(reason: object) -> bytes:
+    """`reason` as bytes, if it cannot break the status line.
+
+    Raises:
+        Refused: it holds a NUL, CR, LF, VT or FF.
+    """
+    phrase = _bytesify(reason)
+    if not _REASON.fullmatch(phrase):
+        raise Refused(f"illegal reason phrase {phrase!r}")
+    return phrase
+
+
+def _comma_values(items: list[tuple[bytes, bytes, bytes]], name: bytes) -> list[bytes]:
+    # h11's get_comma_header: lowercased, split on commas, stripped, non-empty.
+    out: list[bytes] = []
+    for _, found, value in items:
+        if found == name:
+            out.extend(v for v in (p.strip() for p in value.lower().split(b",")) if v)
+    return out
+
+
+def _normalized(headers: Headers) -> list[tuple[bytes, bytes, bytes]]:
+    """(name as given, lowercase name, value) after h11's validation of sent headers.
+
+    Raises:
+        Refused: a bad name or value, conflicting or malformed Content-Length,
+            a Transfer-Encoding other than a single ``chunked``.
+    """
+    items: list[tuple[bytes, bytes, bytes]] = []
+    seen_length: bytes | None = None
+    seen_te = False
+    for raw_name, raw_value in headers:
+        name = _bytesify(raw_name)
+        value = _bytesify(raw_value)
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise Refused(f"illegal header {name!r}: {value!r}")
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths = {v.strip() for v in value.split(b",")}
+            if len(lengths) != 1:
+                raise Refused("conflicting Content-Length values")
+            value = lengths.pop()
+            if not _DIGITS.fullmatch(value) or len(value) > _CONTENT_LENGTH_MAX_DIGITS:
+                raise Refused(f"bad Content-Length {value!r}")
+            if seen_length is None:
+                seen_length = value
+                items.append((name, lower, value))
+            elif seen_length != value:
+                raise Refused("conflicting Content-Length headers")
+        elif lower == b"transfer-encoding":
+            value = value.lower()
+            if seen_te or value != b"chunked":
+                raise Refused("only one Transfer-Encoding: chunked can be sent")
+            seen_te = True
+            items.append((name, lower, value))
+        else:
+            items.append((name, lower, value))
+    return items
+
+
+def _replace(
+    items: list[tuple[bytes, bytes, bytes]], name: bytes, values: list[bytes]
+) -> list[tuple[bytes, bytes, bytes]]:
+    # h11's set_comma_header: drop `name`, append it title-cased once per value.
+    kept = [item for item in items if item[1] != name]
+    title = name.title()
+    kept.extend((title, name, value) for value in values)
+    return kept
+
+
+def serialize_head(status: object, reason: object, headers: Headers, variant: int) -> ResponseHead:
+    """The bytes h11 sends for this response head, and how its body is framed.
+
+    The request's method does not change the head (h11 frames a HEAD
+    response's headers as a GET's); `frame_body` is told about it.
+
+    Args:
+        status, reason, headers: as the app returned them (`headers` complete:
+            the server and date headers already added).
+        variant: `PEER_KEEPALIVE` | `PEER_HTTP11` bits (`KEEPALIVE` is the
+            caller's: it adds its own ``connection: close``).
+
+    Raises:
+        Refused: h11 would refuse this response (or its reason phrase could
+            break the status line).  Other exceptions (TypeError,
+            UnicodeEncodeError, ValueError) for headers that are not pairs
+            of bytes or ASCII strings, as h11 raises them.
+    """
+    if not isinstance(status, int):
+        raise Refused("status code must be an integer")
+    code = int(status)
+    if not 200 <= code < 1000:
+        raise Refused(f"status {code} is not a final status")
+    phrase = check_reason(reason)
+    items = _normalized(headers)
+    need_close = False
+    if code in (204, 304):
+        framing = EMPTY
+    elif _comma_values(items, b"transfer-encoding"):
+        framing = CHUNKED
+    elif _comma_values(items, b"content-length"):
+        framing = LENGTH
+    else:
+        framing = UNTIL_CLOSE
+    if framing in (CHUNKED, UNTIL_CLOSE):
+        items = _replace(items, b"content-length", [])
+        if variant & PEER_HTTP11:
+            items = _replace(items, b"transfer-encoding", [b"chunked"])
+            framing = CHUNKED
+        else:
+            items = _replace(items, b"transfer-encoding", [])
+            framing = UNTIL_CLOSE
+            # h11 spares a HEAD response this close, but an HTTP/1.0 peer
+            # never has keep-alive (below), so the bytes are the same.
+            need_close = True
+    if not variant & PEER_KEEPALIVE or need_close:
+        connection = set(_comma_values(items, b"connection"))
+        connection.discard(b"keep-alive")
+        connection.add(b"close")
+        items = _replace(items, b"connection", sorted(connection))
+    lines = [b"HTTP/1.1 %d %s\r\n" % (code, phrase)]
+    # h11 writes Host first (a habit of its request writer it keeps for responses).
+    lines.extend(b"%s: %s\r\n" % (raw, value) for raw, lower, value in items if lower == b"host")
+    lines.extend(b"%s: %s\r\n" % (raw, value) for raw, lower, value in items if lower != b"host")
+    lines.append(b"\r\n")
+    length = int(_comma_values(items, b"content-length")[0]) if framing == LENGTH else 0
+    close = b"close" in _comma_values(items, b"connection")
+    return ResponseHead(code, b"".join(lines), framing, length, close)
+
+
+def frame_body(head: ResponseHead, body: object, method: bytes) -> bytes:
+    """The body's bytes on the wire, framed as `head` says (nothing for HEAD).
+
+    Raises:
+        Refused: the body does not fit the framing (longer or shorter than the
+            Content-Length, or any body on a 204/304), or a 2xx answers a
+            CONNECT (h11 would switch protocols and send nothing more).
+        TypeError: the body is not bytes-like.
+    """
+    if method == b"CONNECT" and 200 <= head.status < 300:
+        raise Refused("a 2xx answer to CONNECT switches protocols")
+    if method == b"HEAD":
+        return b""
+    # h11 sends no Data for an empty body, whatever its type.
+    data = body if type(body) is bytes else bytes(memoryview(body)) if body else b""  # type: ignore[arg-type]
+    framing = head.framing
+    if framing == LENGTH:
+        if len(data) != head.length:
+            raise Refused(f"body of {len(data)} bytes for Content-Length {head.length}")
+        return data
+    if framing == EMPTY:
+        if data:
+            raise Refused("a body on a 204 or 304 response")
+        return b""
+    if framing == CHUNKED:
+        return b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+    return data

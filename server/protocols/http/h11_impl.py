@@ -1,18 +1,21 @@
-"""HTTP/1.1 over h11: one ``h11.Connection`` per socket, bytes in, bytes out.
+"""HTTP/1.1 over h11: one ``h11.Connection`` per request in progress, bytes in, bytes out.
 
-The reference parser (``--http h11``, the default).  The handler drains
-``next_event()`` until h11 needs data, answers each complete request in order
-by calling a synchronous app, and starts the next cycle for keep-alive
-(uvicorn's ``h11_impl.handle_events`` does the same).  Pipelined requests are
-therefore answered in order: h11 buffers the bytes of request N+1 until
-``start_next_cycle()`` after response N.  ``httptools_impl.py`` has the same
-shape; what both share is in ``common.py``.
+The reference parser (``--http h11``, the default).  `FramedConnection`
+(``framing.py``) cuts the bytes into complete heads, chunks and body pieces
+exactly as h11 would and decides the limits; each piece is handed to h11,
+whose events give the request, and whose ``send`` writes every response, so
+the bytes on the wire are h11's.  Each complete request is answered in order
+by calling a synchronous app (uvicorn's ``h11_impl.handle_events`` does the
+same), and pipelined requests are answered in order: the next head is read
+only after the response to the one before.  ``httptools_impl.py`` has the
+same shape.
 
 Limits, each answered with a response and then a close:
 
-- a malformed request: h11's ``error_status_hint`` (400 in general);
-- a request head larger than ``max_header_bytes``: 431 (h11 raises once its
-  incomplete-event buffer exceeds ``max_incomplete_event_size``);
+- a malformed request: h11's ``error_status_hint`` (400 in general, 501 for
+  a transfer coding it does not support), or 400 for what llhttp refuses
+  (a request is served only if both parsers accept it; ``framing.py``);
+- a request head larger than ``max_header_bytes``: 431;
 - a body larger than ``max_body_bytes``: 413, decided from Content-Length
   before reading the body (and before any ``100 Continue``), or while
   counting a chunked body;
@@ -23,21 +26,21 @@ from __future__ import annotations
 
 import h11
 
+from server.protocols.http import llhttp
 from server.protocols.http.common import (
-    APP_ERROR_BODY,
-    APP_ERROR_HEADERS,
     REASONS,
     SERVER_HEADER,
     App,
     Counters,
     HttpLimits,
-    Request,
     Response,
     ResponseCache,
+    check_reason,
     error_body,
     error_headers,
     error_response,
 )
+from server.protocols.http.framing import FramedConnection
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 _EOM = h11.EndOfMessage()  # h11's events are frozen: one serves every response
@@ -50,14 +53,15 @@ def _build_response(
     keepalive: int,
     date: tuple[bytes, bytes],
 ) -> h11.Response:
-    """A validated h11.Response (raises h11.LocalProtocolError if h11 refuses it).
+    """A validated h11.Response (raises if h11 refuses it, or its reason phrase could
+    break the status line, which h11 does not check).
 
     Events are frozen, so one can be sent on any connection.
     """
     full = [*headers, SERVER_HEADER, date]
     if not keepalive:
         full.append((b"connection", b"close"))
-    return h11.Response(status_code=status, headers=full, reason=reason)
+    return h11.Response(status_code=status, headers=full, reason=check_reason(reason))
 
 
 _responses: ResponseCache[h11.Response] = ResponseCache(_build_response)
@@ -66,7 +70,7 @@ _responses: ResponseCache[h11.Response] = ResponseCache(_build_response)
 # request is in progress.  A server-side h11.Connection that has cycled back to
 # IDLE/IDLE with nothing buffered behaves as a new one (the next Request sets
 # their_http_version again; it is reset here for error responses sent before
-# one), so idle keep-alive connections hand theirs back to a bounded pool.
+# one), so connections hand theirs back to a bounded pool after each response.
 H11_POOL_MAX = 1024
 _h11_pools: dict[int, list[h11.Connection]] = {}
 
@@ -85,7 +89,7 @@ def _give_h11(conn: h11.Connection, max_header_bytes: int) -> None:
         pool.append(conn)
 
 
-class H11Connection:
+class H11Connection(FramedConnection):
     """Sans-IO HTTP/1.1 server connection.
 
     Args:
@@ -94,198 +98,93 @@ class H11Connection:
         counters: totals shared by all connections.
     """
 
-    __slots__ = (
-        "_app",
-        "_body",
-        "_body_bytes",
-        "_conn",
-        "_counters",
-        "_heads",
-        "_keepalive",
-        "_limits",
-        "_request",
-        "busy",
-        "should_close",
-    )
+    __slots__ = ("_conn",)
 
     def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
-        self._app = app
-        self._limits = limits
-        self._counters = counters
-        self._conn: h11.Connection | None = None  # taken from the pool on first bytes
-        self._request: h11.Request | None = None
-        self._body: list[bytes] = []
-        self._body_bytes = 0
-        self._keepalive = True
-        self._heads = 0  # request heads received whole
-        self.should_close = False
-        self.busy = False
+        super().__init__(app, limits, counters)
+        self._conn: h11.Connection | None = None  # taken from the pool for a request
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Feed bytes (``b""`` = EOF); return the bytes of every response ready.
-
-        Never raises for anything the peer sends.
-        """
-        if self.should_close:
-            return b""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = _take_h11(self._limits.max_header_bytes)
-        out: list[bytes] = []
-        try:
-            conn.receive_data(data)
-            self._handle_events(out)
-        except h11.RemoteProtocolError as exc:
-            self._fail(exc.error_status_hint, out)
-        self.busy = busy = not self.should_close and (
-            conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
-        )
-        if not busy and not self.should_close and conn.our_state is h11.IDLE:
-            _give_h11(conn, self._limits.max_header_bytes)  # idle: no h11 state held
-            self._conn = None
-        return b"".join(out)
-
-    def pending_head(self) -> int:
-        # A partial head is the only thing h11 leaves buffered while the peer
-        # is IDLE: receive_data handles every whole request before returning.
-        conn = self._conn
-        if conn is None or self.should_close or conn.their_state is not h11.IDLE:
-            return 0
-        return self._heads + 1 if conn.trailing_data[0] else 0
-
-    def timed_out(self) -> bytes:
-        out: list[bytes] = []
-        if self.busy:
-            self._fail(408, out)
-        self.should_close = True
-        return b"".join(out)
-
-    def stop_keepalive(self) -> None:
-        self._keepalive = False
-        if not self.busy:
-            self.should_close = True
+    # receive_data, pending_head, timed_out, stop_keepalive: FramedConnection's.
 
     # -- internals -----------------------------------------------------------
 
-    def _handle_events(self, out: list[bytes]) -> None:
+    def _h11(self) -> h11.Connection:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = _take_h11(self._limits.max_header_bytes)
+        return conn
+
+    def _parse(self, head: bytes) -> int:
+        conn = self._h11()
+        if not llhttp.head_ok(head):
+            return 400  # refused before h11 sees it, so its state is a fresh one's
+        conn.receive_data(head)
+        try:
+            request = conn.next_event()
+            assert type(request) is h11.Request  # the framing found h11's blank line
+            conn.next_event()  # EndOfMessage if there is no body, else NEED_DATA
+        except h11.RemoteProtocolError as exc:
+            return exc.error_status_hint
+        self._method = request.method
+        self._target = request.target
+        self._headers = request.headers
+        self._version = request.http_version
+        return 0
+
+    def _raw(self, data: bytes) -> int:
         conn = self._conn
         assert conn is not None  # held while a request is in progress
-        while True:
-            event = conn.next_event()
-            if type(event) is h11.Data:
-                self._body_bytes += len(event.data)
-                if self._body_bytes > self._limits.max_body_bytes:
-                    self._fail(413, out)
-                    return
-                self._body.append(event.data)
-            elif type(event) is h11.Request:
-                if not self._start(event, out):
-                    return
-            elif type(event) is h11.EndOfMessage:
-                self._respond(out)
-                if self.should_close or conn.our_state is not h11.DONE:
-                    self.should_close = True  # MUST_CLOSE, or ERROR after a refused response
-                    return
-                if conn.their_state is h11.DONE:
-                    # Without bytes of a next request h11 answers NEED_DATA,
-                    # not PAUSED, so the cycle is restarted here.
-                    conn.start_next_cycle()
-            elif event is h11.NEED_DATA:
-                if conn.they_are_waiting_for_100_continue:
-                    out.append(conn.send(_CONTINUE))
-                return
-            elif event is h11.PAUSED:
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    continue
-                self.should_close = True  # e.g. CONNECT/Upgrade: not served
-                return
-            elif type(event) is h11.ConnectionClosed:
-                self.should_close = True
-                return
-
-    def _start(self, request: h11.Request, out: list[bytes]) -> bool:
-        """Check a request head against the limits; False if it was refused."""
-        self._heads += 1
-        self._request = request
-        self._body = []
-        self._body_bytes = 0
-        # h11 enforces max_incomplete_event_size only while a head is still
-        # incomplete; a whole head arriving in one read is measured here.
-        head_bytes = len(request.method) + len(request.target) + 13
-        content_length = -1
-        chunked = False
-        for name, value in request.headers:
-            head_bytes += len(name) + len(value) + 4
-            if name == b"content-length":
-                content_length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-        if head_bytes > self._limits.max_header_bytes:
-            self._fail(431, out)
-            return False
-        if request.http_version not in (b"1.1", b"1.0"):
-            self._fail(505, out)  # h11 parses any HTTP/x.y; we speak 1.x
-            return False
-        if content_length > self._limits.max_body_bytes:
-            self._fail(413, out)
-            return False
-        if chunked and content_length >= 0:
-            # RFC 9112 6.1: both framings on one request is a smuggling
-            # shape; the body is framed by Transfer-Encoding and the
-            # connection must close after the response.
-            self._keepalive = False
-        return True
-
-    def _respond(self, out: list[bytes]) -> None:
-        mark = len(out)
-        request = self._request
-        assert request is not None
-        self._request = None
-        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        self._body = []
-        req = Request(request.method, request.target, request.headers, request.http_version, body)
+        conn.receive_data(data)
         try:
-            resp = self._app(req)
-        except Exception:
-            self._counters.app_errors += 1
-            resp = Response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
-        self._counters.requests += 1
+            # Data events until h11 needs more (the framing has the same pieces), or
+            # EndOfMessage (after which an Upgrade request leaves h11 PAUSED)
+            event = conn.next_event()
+            while event is not h11.NEED_DATA and type(event) is not h11.EndOfMessage:
+                event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return exc.error_status_hint
+        return 0
+
+    def _send(self, resp: Response) -> tuple[bytes, bool] | None:
         conn = self._conn
         assert conn is not None  # held while a request is in progress
         try:
             reason = resp.reason if resp.reason is not None else REASONS.get(resp.status, b"")
             response = _responses.get(resp.status, reason, resp.headers, self._keepalive)
-            out.append(conn.send(response))
-            if resp.body and request.method != b"HEAD":
-                out.append(conn.send(h11.Data(data=resp.body)))
-            out.append(conn.send(_EOM))
-        except h11.LocalProtocolError:
-            # The app produced something h11 refuses (bad header, body longer
-            # than its content-length): the peer gets a 500 and a close.
-            # Earlier pipelined responses in `out` stay; this one is replaced.
-            self._counters.app_errors += 1
-            del out[mark:]
-            out.append(error_response(500))
-            self.should_close = True
+            head = conn.send(response)
+            if resp.body and self._method != b"HEAD":
+                data = head + conn.send(h11.Data(data=resp.body)) + conn.send(_EOM)
+            else:
+                data = head + conn.send(_EOM)
+        except Exception:  # h11.LocalProtocolError, or headers that are not bytes pairs
+            return None
+        return data, conn.our_state is not h11.DONE or conn.their_state is not h11.DONE
 
-    def _fail(self, status: int, out: list[bytes]) -> None:
-        """Answer a client error with `status`, then close."""
-        self._counters.client_errors += 1
-        self.should_close = True
-        conn = self._conn
-        assert conn is not None  # held while a request is in progress
+    def _error(self, status: int) -> bytes:
+        conn = self._h11()
+        self._conn = None  # not pooled: it is in the middle of something
         state = conn.our_state
-        mark = len(out)
         try:
             response = h11.Response(
                 status_code=status, headers=error_headers(status), reason=REASONS[status]
             )
-            out.append(conn.send(response))
-            out.append(conn.send(h11.Data(data=error_body(status))))
-            out.append(conn.send(h11.EndOfMessage()))
+            return (
+                conn.send(response)
+                + conn.send(h11.Data(data=error_body(status)))
+                + conn.send(h11.EndOfMessage())
+            )
         except h11.LocalProtocolError:
-            del out[mark:]
-            if state in (h11.IDLE, h11.SEND_RESPONSE):
-                out.append(error_response(status))
             # else a response was already sent or begun: closing is the answer
+            return error_response(status) if state in (h11.IDLE, h11.SEND_RESPONSE) else b""
+
+    def _continue(self) -> bytes:
+        conn = self._conn
+        assert conn is not None  # held while a request is in progress
+        return conn.send(_CONTINUE)
+
+    def _next_cycle(self) -> None:
+        conn = self._conn
+        assert conn is not None  # held while a request is in progress
+        self._conn = None
+        conn.start_next_cycle()
+        _give_h11(conn, self._limits.max_header_bytes)
