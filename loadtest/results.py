@@ -1,7 +1,7 @@
-"""Result records: one per run, medians over repeats, and the CSV/JSON files.
+"""Result records (one per run, medians over repeats), their CSV/JSON files, tables and plots.
 
 Server-side figures come from the server's own counters read at the edges of
-the generator's measured window (`procs.ServerSnapshot`):
+the generator's measured window (`servers.ServerSnapshot`):
 
 - ``server_requests``: HTTP requests completed, or for echo the messages
   echoed, ``bytes_in / 64``;
@@ -22,6 +22,13 @@ no counters: its ``server_requests``, ``syscalls_per_request`` and
 ``wait_calls_per_request`` are None (blank in the CSV), and its
 ``cpu_us_per_request`` divides its CPU seconds (psutil, as for ours) by the
 generator's count.  ``backend`` is the server's name either way.
+
+In the tables every server has a column in each metric's group; metrics
+marked `ratio` also get a column per other server with the base server's
+figure divided by that server's (the base is uring when it ran, else the
+first server): ``u/e`` = uring / epoll, above 1 means uring's figure is
+higher.  With peers, columns are headed by short names, spelled out under
+the table.
 """
 
 from __future__ import annotations
@@ -30,13 +37,13 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from loadtest import ECHO_MESSAGE_BYTES
-from loadtest.procs import ServerSnapshot
+from loadtest.servers import ServerSnapshot
 from loadtest.tools import ToolResult
 
 
@@ -98,15 +105,11 @@ class Result:
     peak_rss_kib: int
     client_cpu_util: float
     window_s: float
-    server_exit_status: int  # of the last run
+    server_exit_status: int  # of the last run that did not exit 0, else 0
 
 
 def _per(value: float, count: int) -> float | None:
     return value / count if count > 0 else None
-
-
-def _us_per(seconds: float, count: int) -> float | None:
-    return seconds * 1e6 / count if count > 0 else None
 
 
 def result_from_run(
@@ -124,95 +127,269 @@ def result_from_run(
 
     Snapshots without counters (a peer's) leave the counter figures None.
     """
-    cpu_s = after.cpu_s - before.cpu_s
-    user_s = after.user_s - before.user_s
-    system_s = after.system_s - before.system_s
-    if before.stats is None or after.stats is None:
-        count = measured.requests
-        server_requests = syscalls_per = waits_per = None
-    else:
+    count, server_requests, syscalls_per, waits_per = measured.requests, None, None, None
+    if before.stats is not None and after.stats is not None:
         b, a = before.stats, after.stats
 
         def delta(key: str) -> int:
             return int(a.get(key, 0)) - int(b.get(key, 0))
 
-        if protocol == "echo":
-            server_requests = delta("bytes_in") // ECHO_MESSAGE_BYTES
-        else:
-            server_requests = delta("requests")
-        count = server_requests
-        syscalls_per = _per(delta("syscalls"), server_requests)
-        waits_per = _per(delta("wait_calls"), server_requests)
+        echo = protocol == "echo"
+        count = server_requests = (
+            delta("bytes_in") // ECHO_MESSAGE_BYTES if echo else delta("requests")
+        )
+        syscalls_per = _per(delta("syscalls"), count)
+        waits_per = _per(delta("wait_calls"), count)
+    user_s, system_s = after.user_s - before.user_s, after.system_s - before.system_s
+    figures = {f: getattr(measured, f) for f in ("requests_per_s", "avg_ms", "p50_ms", "p90_ms")}
     return Result(
-        protocol=protocol,
-        tool=tool,
-        backend=backend,
-        connections=connections,
-        runs=1,
-        requests_per_s=measured.requests_per_s,
-        avg_ms=measured.avg_ms,
-        p50_ms=measured.p50_ms,
-        p90_ms=measured.p90_ms,
-        p99_ms=measured.p99_ms,
-        errors=measured.errors,
-        requests=measured.requests,
-        server_requests=server_requests,
-        syscalls_per_request=syscalls_per,
-        wait_calls_per_request=waits_per,
-        cpu_s=cpu_s,
-        cpu_us_per_request=_us_per(cpu_s, count),
-        user_us_per_request=_us_per(user_s, count),
-        system_us_per_request=_us_per(system_s, count),
-        peak_rss_kib=peak_rss_kib,
-        client_cpu_util=measured.client_cpu_util,
-        window_s=measured.window_s,
+        protocol=protocol, tool=tool, backend=backend, connections=connections, runs=1,
+        **figures, p99_ms=measured.p99_ms, errors=measured.errors, requests=measured.requests,
+        server_requests=server_requests, syscalls_per_request=syscalls_per,
+        wait_calls_per_request=waits_per, cpu_s=user_s + system_s,
+        cpu_us_per_request=_per((user_s + system_s) * 1e6, count),
+        user_us_per_request=_per(user_s * 1e6, count),
+        system_us_per_request=_per(system_s * 1e6, count), peak_rss_kib=peak_rss_kib,
+        client_cpu_util=measured.client_cpu_util, window_s=measured.window_s,
         server_exit_status=server_exit_status,
-    )
-
-
-def _median(values: Sequence[Any]) -> Any:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    middle = statistics.median(present)
-    return round(middle) if isinstance(present[0], int) else middle
+    )  # fmt: skip
 
 
 def median_result(runs: Sequence[Result]) -> Result:
     """Medians of every figure over `runs` (same server, tool and point)."""
-    first = runs[0]
     if len(runs) == 1:
-        return first
-    keep = {"protocol", "tool", "backend", "connections", "server_exit_status"}
-    changes: dict[str, Any] = {"runs": len(runs), "errors": sum(r.errors for r in runs)}
+        return runs[0]
+    changes: dict[str, Any] = {
+        "runs": len(runs),
+        "errors": sum(r.errors for r in runs),
+        "server_exit_status": next((r.server_exit_status for r in runs if r.server_exit_status), 0),
+    }
     for f in fields(Result):
-        if f.name not in keep and f.name not in changes:
-            changes[f.name] = _median([getattr(r, f.name) for r in runs])
-    changes["server_exit_status"] = next(
-        (r.server_exit_status for r in runs if r.server_exit_status != 0), 0
-    )
-    return replace(first, **changes)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
-    return value
+        present = [v for r in runs if (v := getattr(r, f.name)) is not None]
+        if f.name not in changes and f.name not in ("protocol", "tool", "backend", "connections"):
+            middle = statistics.median(present) if present else None
+            changes[f.name] = round(middle) if present and isinstance(present[0], int) else middle
+    return replace(runs[0], **changes)
 
 
 def records(results: Sequence[Result], meta: Metadata) -> list[dict[str, Any]]:
     """Flat dicts: each result's fields, then the metadata's (``protocol`` is in both)."""
-    return [{k: _clean(v) for k, v in {**asdict(r), **asdict(meta)}.items()} for r in results]
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, 6)
+        return value
+
+    return [{k: clean(v) for k, v in {**asdict(r), **asdict(meta)}.items()} for r in results]
 
 
-def write_csv(path: Path, results: Sequence[Result], meta: Metadata) -> None:
-    rows = records(results, meta)
-    columns = list(dict.fromkeys(f.name for f in (*fields(Result), *fields(Metadata))))
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """`rows` as CSV, with the first row's keys as the columns."""
     with path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
 
 
-def write_json(path: Path, results: Sequence[Result], meta: Metadata) -> None:
-    path.write_text(json.dumps(records(results, meta), indent=2) + "\n")
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+# -- tables ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    label: str
+    value: Callable[[Result], float | int | None]
+    fmt: str
+    ratio: bool = False  # add base/other server columns
+    counters: bool = False  # from the server's own counters: peers have none
+
+
+THROUGHPUT = (
+    Metric("req/s", lambda r: r.requests_per_s, "{:,.0f}", ratio=True),
+    Metric("p50 ms", lambda r: r.p50_ms, "{:.2f}"),
+    Metric("p90 ms", lambda r: r.p90_ms, "{:.2f}"),
+    Metric("p99 ms", lambda r: r.p99_ms, "{:.2f}", ratio=True),
+    Metric("errors", lambda r: r.errors, "{:d}"),
+)
+COST = (
+    Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True, counters=True),
+    Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}", counters=True),
+    Metric("server CPU us/req", lambda r: r.cpu_us_per_request, "{:.1f}", ratio=True),
+    Metric("user us/req", lambda r: r.user_us_per_request, "{:.2f}"),
+    Metric("sys us/req", lambda r: r.system_us_per_request, "{:.2f}"),
+    Metric("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}"),
+    Metric("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}"),
+    Metric("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}"),
+)
+# Short names for column heads and ratio labels.
+SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo"}
+SHORT["c-uring-echo"] = "c-echo"
+OWN_BACKENDS = ("uring", "epoll")
+
+
+def short(server: str) -> str:
+    return SHORT.get(server, server)
+
+
+def render_table(
+    title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric]
+) -> str:
+    """One row per connection count; each metric gets a column per server.
+
+    Metrics marked `ratio` also get a "base/other" column per other server
+    (the base is uring if it ran, else the first server), except where one
+    side has no counters (a peer).  Only our two backends: heads are the
+    backend names; with peers, short names.  Groups are " | " apart, each
+    with its label centred above it.
+    """
+    by_key = {(r.connections, r.backend): r for r in results}
+    base = "uring" if "uring" in servers else servers[0]
+    counted = {r.backend for r in results if r.syscalls_per_request is not None}
+    named = (lambda s: s) if set(servers) <= set(OWN_BACKENDS) else short
+
+    def value(metric: Metric, point: int, server: str) -> float | int | None:
+        result = by_key.get((point, server))
+        return None if result is None else metric.value(result)
+
+    groups = []  # (label, heads, cells per row)
+    points = sorted({r.connections for r in results})
+    for m in metrics:
+        pairs = [(base, s) for s in servers if s != base and m.ratio]
+        pairs = [(a, b) for a, b in pairs if not m.counters or {a, b} <= counted]
+        heads = [named(s) for s in servers] + [f"{short(a)}/{short(b)}" for a, b in pairs]
+        rows = []
+        for point in points:
+            cells = ["-" if (v := value(m, point, s)) is None else m.fmt.format(v) for s in servers]
+            for a, b in pairs:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
+                x, y = value(m, point, a), value(m, point, b)
+                cells.append(f"{x / y:.2f}" if x and y else "-")
+            rows.append(cells)
+        groups.append((m.label, heads, rows))
+    first = max(len("conns"), *(len(str(p)) for p in points))
+    label_line, head_line, lines = (
+        [" " * first],
+        ["conns".rjust(first)],
+        [[str(p).rjust(first)] for p in points],
+    )
+    for label, heads, rows in groups:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+        widths[-1] += max(0, len(label) - sum(widths) - 2 * (len(widths) - 1))
+        label_line.append(label.center(sum(widths) + 2 * (len(widths) - 1)))
+        head_line.append("  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
+        for line, row in zip(lines, rows, strict=True):
+            line.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    head = " | ".join(head_line)
+    return "\n".join(
+        [title, " | ".join(label_line), head, "-" * len(head), *(" | ".join(x) for x in lines)]
+    )
+
+
+def ceiling_lines(
+    results: Sequence[Result], servers: Sequence[str], ceiling: float, end: float | None = None
+) -> list[str]:
+    """Per point: each server's requests/s as a share of the in-memory h11 ceiling.
+
+    With `end` (the ceiling measured again after the runs) a share is a range
+    over the two, lower first, unless they round to the same percentage.
+    """
+    ceilings = (max(ceiling, end or ceiling), min(ceiling, end or ceiling))
+    measured = f"{ceiling:,.0f} req/s in memory"
+    if end is not None:
+        measured += f" before the runs, {end:,.0f} after"
+
+    def share(rps: float) -> str:
+        low, high = (round(rps / c * 100) for c in ceilings)
+        return f"{low}%" if low == high else f"{low}-{high}%"
+
+    by_key = {(r.connections, r.backend): r for r in results}
+    lines = []
+    for point in sorted({r.connections for r in results}):
+        shares = [
+            (s, share(by_key[point, s].requests_per_s)) for s in servers if (point, s) in by_key
+        ]
+        if shares:
+            (first, pct), rest = shares[0], shares[1:]
+            line = f"c={point}: {first} reaches {pct} of the h11 ceiling ({measured})"
+            lines.append(line + ("; " + ", ".join(f"{s} {p}" for s, p in rest) if rest else ""))
+    return lines
+
+
+def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) -> str:
+    """Both tables (throughput and latency; cost per request) for every tool.
+
+    After wrk's tables (HTTP ``GET /``), when the h11 ceiling was measured,
+    a line per point with each server's share of it (uring first).
+    """
+    out = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        head = (
+            f"{meta.protocol} / {tool}: median of {max(r.runs for r in mine)} run(s), "
+            f"{meta.duration_s} s per point after {meta.warmup_s:g} s warm-up"
+        )
+        throughput = render_table(head + " -- throughput and latency", mine, servers, THROUGHPUT)
+        cost = render_table(head + " -- server cost", mine, servers, COST)
+        if not set(servers) <= set(OWN_BACKENDS):
+            throughput += "\nratio columns: base/other; " + ", ".join(
+                f"{short(s)} = {s}" for s in servers
+            )
+            cost += (
+                "\nsyscalls/req and waits/req come from our backends' counters (peers: -); "
+                "a peer's CPU us/req is over the generator's count"
+            )
+        out += [throughput, cost]
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            order = sorted(servers, key=lambda s: s != "uring")  # uring first, the rest as given
+            out.append(
+                "\n".join(
+                    ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
+                )
+            )
+    return "\n\n".join(out)
+
+
+def plot(
+    results: Sequence[Result], servers: Sequence[str], meta: Metadata, out_dir: Path
+) -> list[Path]:
+    """Per tool, one PNG: requests/s and p99 against connections, a line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for server in servers:
+            points = sorted((r for r in mine if r.backend == server), key=lambda r: r.connections)
+            xs = [r.connections for r in points]
+            if points:
+                ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=server)
+                ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=server)
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            ax_rps.axhline(
+                meta.h11_ceiling_rps, color="grey", ls="--", label="h11 ceiling (in memory)"
+            )
+        connections = sorted({r.connections for r in mine})
+        for ax, ylabel in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+            if connections[-1] >= 10 * connections[0]:
+                ax.set_xscale("log")
+            ax.set_xticks(connections, [str(c) for c in connections])
+            ax.minorticks_off()
+            ax.set(xlabel="connections", ylabel=ylabel, ylim=(0, None))
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.suptitle(
+            f"ringserve {meta.protocol} / {tool} -- kernel {meta.kernel}, "
+            f"{meta.cpu_count} CPUs, {meta.duration_s} s per point",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        fig.savefig(path := out_dir / f"{meta.protocol}_{tool}.png", dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -31,6 +31,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.config import positive_int
+
 DEFAULT_BATCHES = (1, 16, 64, 256)
 
 
@@ -109,20 +111,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.ring_bench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--iterations", type=int, default=2000, help="timed passes per batch size")
+    # fmt: off
+    p.add_argument("--iterations", type=positive_int, default=2000, help="timed passes per batch")
     p.add_argument("--warmup", type=int, default=200, help="untimed passes first")
-    p.add_argument("--repeats", type=int, default=3, help="runs per batch size; best is shown")
-    p.add_argument(
-        "--batches",
-        type=lambda s: tuple(int(x) for x in s.split(",")),
-        default=DEFAULT_BATCHES,
-        help="comma-separated NOPs per pass, each <= 256 (default 1,16,64,256)",
-    )
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs per batch; best shown")
+    p.add_argument("--batches", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=DEFAULT_BATCHES, help="NOPs per pass, each <= 256 (1,16,64,256)")
+    # fmt: on
     args = p.parse_args(argv)
-    if any(not 1 <= b <= 256 for b in args.batches):
-        p.error("batch sizes must be between 1 and 256 (the SQ size)")
-    if min(args.iterations, args.repeats) < 1 or args.warmup < 0:
-        p.error("--iterations and --repeats must be >= 1, --warmup >= 0")
+    if any(not 1 <= b <= 256 for b in args.batches) or args.warmup < 0:
+        p.error("batch sizes must be between 1 and 256 (the SQ size), --warmup >= 0")
     return args
 
 
@@ -170,23 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if gc_was_enabled:
             gc.enable()
 
-    print()
-    print(
-        f"{'batch':>6} {'µs/wait()':>10} {'ns/completion':>14} {'completions/µs':>15} "
-        f"{'enters/batch':>13} {'µs/pass':>9}"
-    )
+    # fmt: off
+    print(f"\n{'batch':>6} {'µs/wait()':>10} {'ns/completion':>14} {'completions/µs':>15} "
+          f"{'enters/batch':>13} {'µs/pass':>9}")
     for r in results:
-        print(
-            f"{r.batch:>6} {r.wait_ns / 1000:>10.2f} {r.wait_ns / r.batch:>14.0f} "
-            f"{r.batch / (r.wait_ns / 1000):>15.2f} {r.enters_per_batch:>13.2f} "
-            f"{r.pass_ns / 1000:>9.2f}"
-        )
-    print()
-    print(f"prep_nop(): {prep_ns:.0f} ns per call (Python method + one cffi call, no syscall)")
-    print(
-        f"totals: {stats.io_uring_enter_calls} enters, {stats.sqes_submitted} SQEs, "
-        f"{stats.cqes_reaped} CQEs, {stats.sq_full_submits} forced submits (SQ full)"
-    )
+        print(f"{r.batch:>6} {r.wait_ns / 1000:>10.2f} {r.wait_ns / r.batch:>14.0f} "
+              f"{r.batch / (r.wait_ns / 1000):>15.2f} {r.enters_per_batch:>13.2f} "
+              f"{r.pass_ns / 1000:>9.2f}")
+    print(f"\nprep_nop(): {prep_ns:.0f} ns per call (Python method + one cffi call, no syscall)\n"
+          f"totals: {stats.io_uring_enter_calls} enters, {stats.sqes_submitted} SQEs, "
+          f"{stats.cqes_reaped} CQEs, {stats.sq_full_submits} forced submits (SQ full)")
+    # fmt: on
     return 0
 
 

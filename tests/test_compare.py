@@ -26,9 +26,8 @@ import pytest
 
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.procs import ServerSnapshot, local_server
-from loadtest.report import ceiling_lines
-from loadtest.results import result_from_run
+from loadtest.results import ceiling_lines, result_from_run
+from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +242,7 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         (["--backends", "uring,kqueue"], "unknown kqueue"),
         (["--connections", "1,ten"], "not a list of integers"),
         (["--connections", "0"], "at least 1"),
-        (["--duration", "1.5"], "whole number"),
+        (["--duration", "1.5"], "invalid positive_int value: '1.5'"),
         (["--tools", "ab"], "unknown ab"),
         (["--protocol", "ftp"], "invalid choice"),
         (["--protocol", "echo", "--peers", "uvicorn"], "unknown uvicorn"),
@@ -262,9 +261,9 @@ def test_server_args_reach_both_backends_and_the_record(tmp_path: Path) -> None:
     opts = compare_module.parse_args(
         ["--server-args", "--no-tcp-nodelay --cq-factor 32", "--out", str(tmp_path)]
     )
-    assert opts.server_args == ("--no-tcp-nodelay", "--cq-factor", "32")
+    assert opts.server_args == ["--no-tcp-nodelay", "--cq-factor", "32"]
     for backend in ("uring", "epoll"):
-        argv = compare_module.server_argv(("taskset", "-c", "0"), backend, opts)
+        argv = compare_module.our_argv(backend, opts, ("taskset", "-c", "0"))
         assert argv[:6] == ["taskset", "-c", "0", sys.executable, "-m", "server"]
         assert argv[-3:] == ["--no-tcp-nodelay", "--cq-factor", "32"]
         assert argv[argv.index("--backend") + 1] == backend
@@ -336,7 +335,7 @@ def test_a_finished_server_process_leaves_no_fd_open(how: str) -> None:
     """Its pipes close when it ends, not when the garbage collector gets to them
     (which would change another test's fd count in the middle of that test)."""
     before = open_fds()
-    server = local_server("epoll", "echo")
+    server = ServerProcess(server_argv("epoll", "echo"))
     if how == "stop":
         server.start()
         assert server.stop() == 0

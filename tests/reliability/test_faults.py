@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.procs import local_server
+from tests.support.server import local_server
 
 from .support import (
     GET,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from loadtest.procs import local_server
 from server.config import Config
+from tests.support.server import local_server
 
 from .support import (
     GET,

@@ -1,0 +1,444 @@
+"""Child processes: spawned with cleanup, our server under test, and the peer servers.
+
+Every process started here (`spawn`) leads its own session, so its process
+group is its pid, and is registered; `kill_all()` kills whatever is still
+running, and `compare` calls it in a ``finally``, so no server or generator
+outlives a run that fails or is interrupted.
+
+`ServerProcess` is ``python -m server`` as a child, read through its JSON
+lines on stdout only: it is ready at ``{"event": "listening", ...}`` (which
+the server prints once it accepts, after its signal handlers are installed,
+so it may be signalled at once), its counters come as ``{"event": "stats",
+...}`` in answer to SIGUSR1, and ``{"event": "exit", ...}`` as it exits.
+The banner on stderr is for people: stderr is kept as the log.  CPU times,
+RSS and fds come from psutil.  A peer server (`PeerProcess`: uvloop,
+uvicorn, the C echo server) prints no such lines: it is ready once it owns a
+listening socket on its port, and its snapshots carry CPU seconds only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import queue
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from loadtest import PROJECT_ROOT
+
+# A log line at ERROR or above, or a traceback.
+_ERROR_LINE = re.compile(r" (?:ERROR|CRITICAL) |^Traceback|^\S*Error: ")
+_live: set[subprocess.Popen[str]] = set()
+_live_lock = threading.Lock()
+
+
+class ServerStartError(Exception):
+    """The server exited or stayed silent instead of listening."""
+
+
+class RunError(Exception):
+    """A run is void: the load generator or the server failed during it."""
+
+
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, nofile: int | None = None
+) -> subprocess.Popen[str]:
+    """Start `argv` in the project root, in its own session, registered for `kill_all`.
+
+    `nofile`: the child's RLIMIT_NOFILE soft limit (None: inherited).
+    """
+    limit = (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    proc = subprocess.Popen(
+        list(argv), cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+        preexec_fn=functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, limit)
+        if nofile is not None else None,
+    )  # fmt: skip
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """Kill `proc`'s process group and reap it.
+
+    It leads its own session, so the group also holds anything it started
+    (the load client's workers) even after it exited itself.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    with _live_lock:
+        _live.discard(proc)
+
+
+def kill_all() -> list[int]:
+    """Kill every process started here that is still running; returns their pids."""
+    with _live_lock:
+        procs = list(_live)
+    killed = [p.pid for p in procs if p.poll() is None]
+    for proc in procs:
+        kill(proc)
+    return killed
+
+
+def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
+    """A thread feeding `stream`'s lines to `sink`; it closes the stream at EOF.
+
+    Closing here, not when the Popen object is collected, keeps the pipe's
+    fd from closing at some later moment (a test's fd count would see it).
+    """
+
+    def run() -> None:
+        with contextlib.suppress(ValueError, OSError), stream:
+            for line in stream:
+                sink(line)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """`pid` and its live descendants ([] if it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def process_tree_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of `pid` and its live descendants ((0, 0) if gone).
+
+    System time includes what the kernel does on the process's behalf inside
+    its syscalls: for the uring backend, the socket work io_uring runs as task
+    work inside ``io_uring_enter`` (DEFER_TASKRUN); user time is the
+    interpreter, cffi and liburing.
+    """
+    user = system = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            user, system = user + times.user, system + times.system
+    return user, system
+
+
+def owns_listener(pid: int, port: int) -> bool:
+    """True once `pid` (or a child of it) has a TCP socket listening on `port`.
+
+    Stronger than connecting to the port: a stray server on the same port
+    does not count.  Where psutil cannot tell (access denied), a connect does.
+    """
+    try:
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for p in process_tree(pid)
+            for c in p.net_connections(kind="tcp")
+        )
+    except psutil.AccessDenied:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except psutil.Error:
+        pass
+    return False
+
+
+def server_argv(
+    backend: str,
+    protocol: str = "http",
+    args: Sequence[str] = (),
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    prefix: Sequence[str] = (),
+) -> list[str]:
+    """``python -m server`` with these settings (`host` None: the server's default)."""
+    where = [] if host is None else ["--host", host]
+    server = [sys.executable, "-m", "server", "--backend", backend, "--protocol", protocol]
+    return [*prefix, *server, *where, "--port", str(port), *args]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSnapshot:
+    """The server's counters (its /stats dict; None for a peer) and CPU seconds at one moment."""
+
+    stats: dict[str, Any] | None
+    user_s: float
+    system_s: float
+    at: float  # time.monotonic()
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+class ServerProcess:
+    """A ``python -m server`` child: start, read its counters, sample RSS, signal, stop.
+
+    Its stdout and stderr lines are kept in `stdout_lines` and `stderr_lines`
+    (stderr also in `log_path`, if given); the JSON lines are read as they
+    come (`listening`, `stats`, `exit_stats`).  As a context manager it
+    starts the server (unless `start` was called already) and kills it on
+    the way out.  `argv` is the whole command (e.g. `server_argv`, with any
+    ``taskset`` prefix); `nofile` the child's RLIMIT_NOFILE soft limit and
+    `env` its environment (None: inherited).
+    """
+
+    keep_lines: int | None = None  # of stderr (None: all)
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path | None = None,
+        nofile: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.argv, self.log_path, self.nofile, self.env = list(argv), log_path, nofile, env
+        self.proc: subprocess.Popen[str] | None = None
+        self.address: tuple[str, int] = ("", 0)  # set once it listens
+        self.listening: dict[str, Any] = {}
+        self.exit_stats: dict[str, Any] | None = None
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._stats: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stats_lock = threading.Lock()
+        self._log_lock = threading.Lock()
+        self._log: IO[str] | None = None
+        self._readers: list[threading.Thread] = []
+        self._peak_rss = 0
+        self._stop_sampling = threading.Event()
+
+    def start(self, timeout: float = 20.0) -> tuple[str, int]:
+        """Start it and wait until it is ready; returns its address (also in `address`).
+
+        Raises:
+            ServerStartError: it exited, or was not ready within `timeout` s;
+                the message carries its last stderr lines.
+        """
+        if self.log_path is not None:
+            self._log = self.log_path.open("w")
+        self.proc = proc = spawn(self.argv, self.env, self.nofile)
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [pump(proc.stdout, self._on_stdout), pump(proc.stderr, self._on_stderr)]
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if (exited := proc.poll() is not None) or time.monotonic() > deadline:
+                self._join_readers(2.0)  # its last words
+                self.kill()
+                late = f"{self._late()} within {timeout:.0f} s"
+                why = f"exited with status {proc.returncode}" if exited else late
+                raise ServerStartError(f"the server {why}:\n{self._last_words()}")
+            time.sleep(0.01)
+        threading.Thread(target=self._sample_rss, daemon=True).start()
+        return self.address
+
+    def _ready(self) -> bool:
+        if self.listening:
+            self.address = (self.listening["host"], int(self.listening["port"]))
+        return bool(self.listening)
+
+    def _late(self) -> str:
+        return "printed no listening line"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (kill after `timeout` s); returns its exit status.
+
+        Afterwards `exit_stats` holds its exit line.
+        """
+        assert self.proc is not None
+        self._stop_sampling.set()
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        self.kill()
+        return self.proc.returncode
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the server (nothing happens if it is gone)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for it to exit and its output to be read; returns its exit status.
+
+        Raises:
+            subprocess.TimeoutExpired: it is still running after `timeout` s.
+        """
+        assert self.proc is not None
+        status = self.proc.wait(timeout)
+        self._join_readers(5.0)
+        return status
+
+    def kill(self) -> None:
+        """Kill it if it still runs, read the rest of its output and close the log."""
+        self._stop_sampling.set()
+        if self.proc is not None:
+            kill(self.proc)
+            self._join_readers(2.0)  # they close the pipes at EOF
+        with self._log_lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The server's counters now: SIGUSR1, then the stats line it prints.
+
+        A line that answered an earlier, timed-out request is dropped first.
+
+        Raises:
+            TimeoutError: no stats line within `timeout` s.
+            ProcessLookupError: the server is gone.
+        """
+        with self._stats_lock:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._stats.get_nowait()
+            os.kill(self.pid, signal.SIGUSR1)
+            try:
+                return self._stats.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no stats line within {timeout} s") from None
+
+    def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
+        """Counters via SIGUSR1 plus CPU seconds via psutil, taken together.
+
+        Raises:
+            RunError: the server is gone or did not answer (the run is void).
+        """
+        user, system = process_tree_cpu_times(self.pid)
+        at = time.monotonic()
+        try:
+            return ServerSnapshot(self.stats(timeout), user, system, at)
+        except (ProcessLookupError, TimeoutError):
+            self._check_alive()
+            raise RunError(f"the server did not answer SIGUSR1 within {timeout:.0f} s") from None
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            why = f"exited with status {self.proc.returncode} during the run"
+            raise RunError(f"the server {why}:\n{self._last_words()}")
+
+    def error_lines(self) -> list[str]:
+        """Its log lines at ERROR or above, and tracebacks."""
+        return [line for line in self.stderr_lines if _ERROR_LINE.search(line)]
+
+    def rss_kib(self) -> int:
+        """Its RSS now, in KiB (0 if it is gone)."""
+        with contextlib.suppress(psutil.Error):
+            return int(psutil.Process(self.pid).memory_info().rss) // 1024
+        return 0
+
+    def fds(self) -> int:
+        """How many fds it has open (-1 if it is gone)."""
+        with contextlib.suppress(psutil.Error):
+            return int(psutil.Process(self.pid).num_fds())
+        return -1
+
+    def peak_rss_kib(self) -> int:
+        """The highest RSS seen (sampled every 0.1 s while it runs), in KiB."""
+        return max(self._peak_rss // 1024, self.rss_kib())
+
+    def _last_words(self) -> str:
+        """Its error lines if it printed any (not the usage text), else its last lines."""
+        tail = self.stderr_lines[-20:]
+        errors = [line for line in tail if "error:" in line.lower()]
+        return "".join(errors[-3:] or tail[-5:]).strip() or "(nothing on stderr)"
+
+    def _join_readers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+
+    def _on_stdout(self, line: str) -> None:
+        self.stdout_lines.append(line)
+        with contextlib.suppress(ValueError):
+            record = json.loads(line) if line.startswith("{") else {}
+            event = record.get("event")
+            if event == "listening" and not self.listening:
+                self.listening = record
+            elif event == "stats":
+                self._stats.put(record)
+            elif event == "exit":
+                self.exit_stats = record
+
+    def _on_stderr(self, line: str) -> None:
+        self.stderr_lines.append(line)
+        if self.keep_lines is not None and len(self.stderr_lines) > self.keep_lines:
+            del self.stderr_lines[0]
+        with self._log_lock:
+            if self._log is not None:
+                self._log.write(line)
+
+    def _sample_rss(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.pid)
+            while not self._stop_sampling.wait(0.1):
+                self._peak_rss = max(self._peak_rss, proc.memory_info().rss)
+
+
+class PeerProcess(ServerProcess):
+    """A peer server (no JSON lines, no counters): start, CPU snapshots, sample RSS, stop.
+
+    It is ready once it listens on `address`'s port.  Its stdout and stderr
+    both go to the log, and only their last 20 lines to `stderr_lines` (a
+    peer may log every request).  `clean_exits`: exit statuses that mean a
+    graceful stop (uvicorn re-raises the SIGTERM it handled, so it ends with
+    -SIGTERM); `stop` reports them as 0.
+    """
+
+    keep_lines = 20
+
+    def __init__(
+        self, argv: Sequence[str], log: Path, address: tuple[str, int], clean: Sequence[int]
+    ) -> None:
+        super().__init__(argv, log)
+        self.address, self.clean_exits = address, tuple(clean)
+
+    def _ready(self) -> bool:
+        return owns_listener(self.pid, self.address[1])
+
+    def _late(self) -> str:
+        return f"did not listen on port {self.address[1]}"
+
+    def _on_stdout(self, line: str) -> None:
+        self._on_stderr(line)
+
+    def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
+        """CPU seconds only (`stats` is None); RunError if the peer is gone."""
+        self._check_alive()
+        return ServerSnapshot(None, *process_tree_cpu_times(self.pid), time.monotonic())
+
+    def stop(self, timeout: float = 30.0) -> int:
+        status = super().stop(timeout)
+        return 0 if status in self.clean_exits else status
