@@ -2,31 +2,26 @@
 
 ``python -m loadtest.client --protocol echo|http --port P --connections 100 --duration 10``
 
-Echo: each connection sends a ``--size``-byte message and waits for exactly
-those bytes back; messages differ from one to the next and connection i
-starts at message i, so a reordered, repeated or misdelivered echo fails.
-HTTP: each request is, at random, ``GET /`` (the hello back) or ``POST
-/echo`` with a random body of up to 2 KiB (that body back), and must get a
-200 with the exact body.  ``--pipeline D`` keeps D requests in flight per
-connection instead of one.  ``--churn`` closes each connection after 20-200
-requests and opens another, half of the time by asking the server to close
-(``Connection: close``; for echo, by sending EOF), half by closing itself,
-so accepts and closes are part of the load (`loadtest.soak` uses it).  The
-connections are split over ``--processes`` workers, each a single-threaded
-epoll loop on raw non-blocking sockets, so the client costs little per
-message beyond the two syscalls it must make.  Any error (a wrong byte, a
-reset, an early EOF, no answer for 10 s) replaces the connection; a worker
-gives up after 100.
+Echo: each connection sends ``--size``-byte messages (each different, so a
+reordered, repeated or misdelivered echo fails) and waits for exactly those
+bytes back.  HTTP: ``GET /`` or ``POST /echo`` with a random body of up to
+2 KiB, at random; a 200 with the exact body must come back.  ``--pipeline
+D`` keeps D requests in flight per connection.  ``--churn`` closes each
+connection after 20-200 requests and opens another, half of the time by
+asking the server to close (``Connection: close``; echo: by sending EOF),
+so accepts and closes are part of the load (`loadtest.soak`).  The parent
+connects, then forks ``--processes`` workers, each a single-threaded epoll
+loop on its share of the sockets, costing little per message beyond the
+two syscalls it must make.  An error (a wrong byte, a reset, an early EOF,
+no answer for 10 s) replaces the connection; a worker gives up after 100.
 
-The measured window opens after ``--warmup`` seconds: the parent prints the
-`loadtest` window markers on stderr when it opens and closes, with
-``--progress`` a JSON line of running totals on stdout every second, and at
-the end one JSON line: messages (answered and checked in the window),
-messages/s, latency percentiles (ms), errors, and the workers' CPU
-utilisation over the window (near 1.0 per process: the client, not the
-server, was the limit).  When the window closes no new request is sent and
-those in flight are answered before the connections close, so the server
-never sees one cut off.
+The window opens after ``--warmup`` seconds; the `loadtest` markers go to
+stderr when it opens and closes, with ``--progress`` running totals to
+stdout every second, and at the end one JSON line: messages answered in the
+window, messages/s, latency percentiles (ms), errors and the workers' CPU
+utilisation (near 1.0 per process: the client was the limit).  When the
+window closes no new request is sent and those in flight are answered
+first, so the server never sees one cut off.
 """
 
 from __future__ import annotations
@@ -35,7 +30,8 @@ import argparse
 import contextlib
 import json
 import math
-import multiprocessing as mp
+import os
+import pickle
 import random
 import select
 import socket
@@ -43,7 +39,8 @@ import sys
 import time
 from array import array
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 import loadtest
@@ -66,7 +63,6 @@ class Plan:
     size: int = loadtest.ECHO_MESSAGE_BYTES
     pipeline: int = 1
     churn: bool = False
-    first_index: int = 0  # connection numbers first_index.. (they name the messages)
 
 
 @dataclass(slots=True)
@@ -94,10 +90,9 @@ class _Conn:
 
 
 def parse_response(buf: bytes) -> tuple[bytes, bytes, int] | None:
-    """(status line, body, end) of the response at the start of `buf`; None if incomplete.
+    """(status line, body, end) of the response starting `buf`, None if incomplete.
 
-    Raises:
-        ValueError: no Content-Length (the built-in app always sends one).
+    ValueError without a Content-Length (the built-in app always sends one).
     """
     end = buf.find(b"\r\n\r\n")
     if end < 0:
@@ -112,30 +107,37 @@ def parse_response(buf: bytes) -> tuple[bytes, bytes, int] | None:
     return (lines[0], buf[end + 4 : stop], stop) if len(buf) >= stop else None
 
 
+def connect(plan: Plan) -> socket.socket:
+    sock = socket.create_connection((plan.host, plan.port), IO_TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class Worker:
     """Runs `plan.connections` connections on one epoll until its window ends."""
 
-    def __init__(self, plan: Plan, progress: Any = None, slot: int = 0) -> None:
+    def __init__(
+        self, plan: Plan, socks: list[tuple[int, socket.socket]], progress: Any, slot: int
+    ):
         self.plan, self.progress, self.slot = plan, progress, slot  # progress: 3 counts per slot
         self.totals = Totals()
         self.ep = select.epoll()
         self.conns: dict[int, _Conn] = {}
         self.missing: list[int] = []  # connections to open again
-        self.rng = random.Random(plan.first_index)
+        self.rng = random.Random(slot)
         self.messages = [(b"%d:" % i + b"m" * plan.size)[: plan.size] for i in range(256)]
         self.latencies = array("I")
-        self.running = self.in_window = self.stopping = False
+        self.in_window = self.stopping = False
+        for index, sock in socks:
+            self._add(sock, index)
 
-    def connect(self, index: int) -> None:
-        sock = socket.create_connection((self.plan.host, self.plan.port), IO_TIMEOUT_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _add(self, sock: socket.socket, index: int) -> _Conn:
         sock.setblocking(False)
         conn = _Conn(sock, index, self.rng.randint(*CHURN) if self.plan.churn else -1, index)
         self.conns[sock.fileno()] = conn
         self.ep.register(sock.fileno(), select.EPOLLIN)
         self.totals.connections_opened += 1
-        if self.running:
-            self._send(conn, self.plan.pipeline)
+        return conn
 
     def _drop(self, conn: _Conn, again: bool = True) -> None:
         """Close it; `again`: open another in its place (unless stopping)."""
@@ -241,7 +243,6 @@ class Worker:
 
     def run(self, window_start: float, window_end: float) -> Totals:
         """Load until `window_end` (`time.monotonic()`), counting from `window_start`."""
-        self.running = True
         for conn in list(self.conns.values()):
             self._send(conn, self.plan.pipeline)
         totals, conns = self.totals, self.conns
@@ -258,7 +259,9 @@ class Worker:
                     self._drop(idle)
             while self.missing and not self.stopping:
                 try:
-                    self.connect(self.missing.pop())
+                    self._send(
+                        self._add(connect(self.plan), self.missing.pop()), self.plan.pipeline
+                    )
                 except OSError as exc:
                     self._error(f"connect: {exc}")
             for fd, _ in self.ep.poll(0.05):
@@ -283,88 +286,59 @@ class Worker:
         return totals
 
 
-def _worker_main(plan: Plan, pipe: Any, progress: Any, slot: int) -> None:
-    """A worker process: connect, report ready, get the window, run, send the totals.
-
-    Anything that goes wrong is sent back as a string instead.
-    """
-    worker = Worker(plan, progress, slot)
-    try:
-        for index in range(plan.first_index, plan.first_index + plan.connections):
-            worker.connect(index)
-        pipe.send("ready")
-        pipe.send(asdict(worker.run(*pipe.recv())))
-    except Exception as exc:
-        pipe.send(f"{type(exc).__name__}: {exc}")
-    finally:
-        for conn in worker.conns.values():
-            conn.sock.close()
-        worker.ep.close()
-
-
-class ClientError(Exception):
-    """The client could not run (could not connect, a worker died)."""
-
-
-def _receive(pipe: Any, timeout: float, what: str) -> Any:
-    if not pipe.poll(timeout):
-        raise ClientError(f"a worker did not {what} within {timeout:.0f} s")
-    try:
-        message = pipe.recv()
-    except EOFError:
-        raise ClientError(f"a worker died before it could {what}") from None
-    if isinstance(message, str) and message != "ready":
-        raise ClientError(message)
-    return message
-
-
 def run_client(
     plan: Plan, duration: float, warmup: float, processes: int = 1, progress: bool = False
 ) -> dict[str, Any]:
-    """Run the whole client and return its summary; prints the window markers on stderr.
-
-    Raises:
-        ClientError: a worker could not connect or died.
-    """
-    ctx = mp.get_context("fork")
+    """Run the client and return its summary (OSError if it cannot connect or a worker fails)."""
     processes = max(1, min(processes, plan.connections))
-    counts = ctx.RawArray("q", 3 * processes) if progress else None
-    workers: list[tuple[Any, Any]] = []  # (process, pipe)
-    try:
-        for slot in range(processes):
-            first = plan.connections * slot // processes
-            count = plan.connections * (slot + 1) // processes - first
-            mine = replace(plan, connections=count, first_index=first)
-            parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(mine, child_end, counts, slot))
-            proc.daemon = True
-            proc.start()
-            child_end.close()
-            workers.append((proc, parent_end))
-        for _, pipe in workers:
-            _receive(pipe, IO_TIMEOUT_S + plan.connections / 1000, "connect")
-        window_start = time.monotonic() + warmup
-        window_end = window_start + duration
-        for _, pipe in workers:
-            pipe.send((window_start, window_end))
-        time.sleep(max(0.0, window_start - time.monotonic()))
-        print(loadtest.WINDOW_START_MARKER, file=sys.stderr, flush=True)
-        while (left := window_end - time.monotonic()) > 0:
-            time.sleep(min(left, 1.0))
-            if counts is not None:
-                keys = ("messages", "errors", "connections_opened")
-                t = round(duration - max(0.0, window_end - time.monotonic()), 3)
-                running = {k: sum(counts[i::3]) for i, k in enumerate(keys)}
-                print(json.dumps({"event": "progress", "t": t, **running}), flush=True)
-        print(loadtest.WINDOW_END_MARKER, file=sys.stderr, flush=True)
-        reports = [Totals(**_receive(pipe, IO_TIMEOUT_S + 30, "report")) for _, pipe in workers]
-    finally:
-        for proc, pipe in workers:
-            pipe.close()
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    socks = [connect(plan) for _ in range(plan.connections)]
+    counts = RawArray("q", 3 * processes) if progress else None  # shared with the workers
+    window_start = time.monotonic() + warmup
+    window_end = window_start + duration
+    workers = []
+    for slot in range(processes):
+        mine = range(
+            plan.connections * slot // processes, plan.connections * (slot + 1) // processes
+        )
+        read_end, write_end = os.pipe()
+        if (pid := os.fork()) == 0:  # the worker
+            result: Any = "no result"
+            try:
+                for i in set(range(len(socks))) - set(mine):
+                    socks[i].close()  # its own only, or the server sees no close
+                result = Worker(plan, [(i, socks[i]) for i in mine], counts, slot).run(
+                    window_start, window_end
+                )
+            except BaseException as exc:
+                result = f"{type(exc).__name__}: {exc}"
+            finally:
+                with os.fdopen(write_end, "wb") as out:
+                    pickle.dump(result, out)
+                os._exit(0)
+        os.close(write_end)
+        workers.append((pid, read_end))
+    for sock in socks:
+        sock.close()
+    time.sleep(max(0.0, window_start - time.monotonic()))
+    print(loadtest.WINDOW_START_MARKER, file=sys.stderr, flush=True)
+    while (left := window_end - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0))
+        if counts is not None:
+            keys = ("messages", "errors", "connections_opened")
+            running = {k: sum(counts[i::3]) for i, k in enumerate(keys)}
+            t = round(duration - max(0.0, window_end - time.monotonic()), 3)
+            print(json.dumps({"event": "progress", "t": t, **running}), flush=True)
+    print(loadtest.WINDOW_END_MARKER, file=sys.stderr, flush=True)
+    reports: list[Any] = []
+    for pid, read_end in workers:
+        with os.fdopen(read_end, "rb") as results:
+            try:
+                reports.append(pickle.load(results))
+            except EOFError:
+                reports.append("it died")
+        os.waitpid(pid, 0)
+    if failed := [r for r in reports if isinstance(r, str)]:
+        raise OSError(f"a worker failed: {failed[0]}")
     latencies = array("I")
     for report in reports:
         latencies.frombytes(report.latencies_us)
@@ -409,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(a.protocol, a.host, a.port, a.connections, a.size, a.pipeline, a.churn)
     try:
         summary = run_client(plan, a.duration, a.warmup, a.processes, a.progress)
-    except (ClientError, OSError) as exc:
+    except OSError as exc:
         print(f"client: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)

@@ -1,43 +1,38 @@
 """Compare the uring and epoll backends under load: ``python -m loadtest.compare``.
 
-For every tool, connection count, repeat and backend it starts a fresh server
+For every tool, connection count, repeat and server it starts a fresh server
 (same settings each time; pinned to the first usable CPU with ``taskset``
 when there are two or more, the load generator pinned to the others), drives
 it, reads the server's counters over the generator's measured window, and
-stops it.  Repeats alternate the backends' order run by run and report
-medians.  At the end it prints a side-by-side table per tool, and writes
+stops it.  Repeats alternate the servers' order run by run and report
+medians.  It prints a side-by-side table per tool and writes
 ``results.csv``, ``results.json``, ``runs.csv`` (every run) and a PNG per
-tool into ``--out``; ``logs/`` there keeps each server's and generator's
-output.
+tool into ``--out``, with each server's and generator's output in ``logs/``.
 
-``--peers`` adds other servers to every point, under the same load and
-pinning, in the same alternation: for HTTP ``uvloop-h11`` (our HttpConnection
-and built-in app on uvloop) and ``uvicorn`` (h11, uvloop,
-`loadtest.peers.uvicorn_app`, which serves ``GET /`` and ``POST /echo`` like
-the built-in app, so Locust's users run against it unchanged); for echo
-``uvloop-echo`` and ``c-uring-echo`` (`loadtest/peers/uring_echo.c`, built
-into ``--out`` with ``cc`` first; it binds 127.0.0.1 only).  ``--peers a,b``
-picks some.  A peer has no counters: its syscalls/request and waits/request
-are blank; its CPU seconds and peak RSS are measured as for ours.  Each peer
-gets a free port of its own (or ``--port``) and is ready once it listens.
+``--peers`` adds other servers to every point, under the same load, pinning
+and alternation: for HTTP ``uvloop-h11`` (our HttpConnection and built-in
+app on uvloop) and ``uvicorn`` (h11, uvloop, `loadtest.peers.uvicorn_app`,
+which serves what the built-in app serves, so Locust's users run against it
+unchanged); for echo ``uvloop-echo`` and ``c-uring-echo``
+(`loadtest/peers/uring_echo.c`, built into ``--out`` with ``cc``; it binds
+127.0.0.1 only).  A peer has no counters (its syscalls/request are blank);
+its CPU seconds and peak RSS are measured as for ours.  Each gets a free
+port of its own (or ``--port``) and is ready once it listens.
 
 For HTTP with the saturation tool it runs `loadtest.h11_ceiling` on the
-server's CPU (for ``--duration`` seconds) before the first run and again
-after the last: our HTTP path in memory, no I/O, on exactly wrk's request.
-The report gives each server's wrk figure as a share of it, as a range when
-the two measurements differ (the host's speed can drift during a run), and
-results carry both (``h11_ceiling_rps``, ``h11_ceiling_end_rps``).
+server's CPU before the first run and again after the last: our HTTP path
+in memory, no I/O, on exactly wrk's request.  The report gives each
+server's wrk figure as a share of it, a range when the two differ (the
+host's speed can drift during a run).
 
 Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
 stats reset) and ``saturation`` (``wrk`` for HTTP; for echo the native
 ``loadtest/echo_bench.c``, built into ``--out``, or `loadtest.client` with
-``--echo-client python``).  Connection counts default to 1, 10, 100, 1000,
-plus 10000 when the open-file limit allows it; Locust runs at most ``--users`` users (each
-holds one connection), so higher counts are run once at that cap.
-
-Exit status: 0 done; 1 a server, generator or the machine failed (port in
-use, wrk missing, a server that does not start); 2 bad arguments.  Whatever
-happens, no server or generator is left running.
+``--echo-client python``).  Locust runs at most ``--users`` users (one
+connection each), so higher counts run once at that cap.  Exit status: 0
+done; 1 a server, generator or the machine failed (port in use, wrk
+missing, a server that does not start); 2 bad arguments.  Whatever happens,
+no server or generator is left running.
 """
 
 from __future__ import annotations
@@ -260,53 +255,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-@dataclass(frozen=True, slots=True)
-class CProgram:
-    """A C program compare builds into --out with cc before it runs."""
-
-    name: str
-    source: str  # relative to the project root
-    binary: str  # its file name in --out
-    libs: tuple[str, ...]
-    instead: str  # what to run instead when it cannot be built
-
-    def build_argv(self, out: Path) -> list[str]:
-        return ["cc", "-O2", "-o", str((out / self.binary).resolve()), self.source, *self.libs]
+# C programs built into --out: name, source, binary, libraries, what to run instead.
+ECHO_BENCH = ("the native echo client", "loadtest/echo_bench.c", "echo_bench", (),
+              "--echo-client python")  # fmt: skip
+URING_ECHO = ("c-uring-echo", "loadtest/peers/uring_echo.c", "uring_echo", ("-luring",),
+              "--peers uvloop-echo")  # fmt: skip
 
 
-ECHO_BENCH = CProgram("the native echo client", "loadtest/echo_bench.c", "echo_bench", (),
-                      "--echo-client python")  # fmt: skip
-URING_ECHO = CProgram("c-uring-echo", "loadtest/peers/uring_echo.c", "uring_echo", ("-luring",),
-                      "--peers uvloop-echo")  # fmt: skip
+def build_argv(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> list[str]:
+    _, source, binary, libs, _ = program
+    return ["cc", "-O2", "-o", str((out / binary).resolve()), source, *libs]
 
 
-def build(program: CProgram, out: Path) -> str:
+def build(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> str:
     """Compile `program` into `out`; returns the binary's path.
 
-    Raises:
-        SetupError: no C compiler, no liburing headers or library, or it does not compile.
+    SetupError if there is no C compiler, no liburing, or it does not compile.
     """
+    name, source, _, libs, instead = program
     if (cc := shutil.which("cc")) is None:
-        gcc = "gcc liburing-dev" if program.libs else "gcc"
         raise SetupError(
-            f"{program.name} is built from {program.source} with cc, which is not installed: "
-            f"apt-get install {gcc} (or run {program.instead})"
+            f"{name} is built from {source} with cc, which is not installed: apt-get install "
+            f"gcc{' liburing-dev' if libs else ''} (or run {instead})"
         )
     out.mkdir(parents=True, exist_ok=True)
-    argv = [cc, *program.build_argv(out)[1:]]
+    argv = [cc, *build_argv(program, out)[1:]]
     try:
         status, stdout, stderr = tools.run_command("cc", argv, 120)
     except RunError as exc:
         raise SetupError(str(exc)) from None
     why = (stdout + stderr).strip()
-    clues = {"liburing.h": "the liburing headers are missing", "-luring": "the linker cannot "
-             "find liburing"}  # fmt: skip
-    for clue, what in clues.items():
+    for clue, what in [("liburing.h", "the liburing headers are missing"),
+                       ("-luring", "the linker cannot find liburing")]:  # fmt: skip
         if status != 0 and clue in why:
-            fix = f"apt-get install liburing-dev, or run {program.instead}"
-            raise SetupError(f"cannot build {program.name}: {what} ({fix})")
+            raise SetupError(
+                f"cannot build {name}: {what} (apt-get install liburing-dev, or run {instead})"
+            )
     if status != 0:
-        raise SetupError(f"cannot build {program.name}: {shlex.join(argv)} failed:\n{why}")
+        raise SetupError(f"cannot build {name}: {shlex.join(argv)} failed:\n{why}")
     return argv[3]
 
 
@@ -325,7 +311,7 @@ def peer_host(name: str, opts: argparse.Namespace) -> str:
 def peer_argv(name: str, opts: argparse.Namespace, port: int, prefix: Sequence[str]) -> list[str]:
     """The command that runs peer `name` on `port` (pinned by `prefix`)."""
     args = [a.format(host=peer_host(name, opts), port=port) for a in PEERS[opts.protocol][name]]
-    binary = (opts.out / URING_ECHO.binary).resolve()
+    binary = (opts.out / URING_ECHO[2]).resolve()
     return [*prefix, str(binary) if name == "c-uring-echo" else sys.executable, *args]
 
 
@@ -357,7 +343,7 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
         )
         if name == "c-uring-echo":
             cc = first_line("cc", "--version") or "cc not installed"
-            peers[-1] += f" (built with {shlex.join(URING_ECHO.build_argv(opts.out))}; {cc})"
+            peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
     wrk_version = first_line(wrk, "-v").split(" Copyright")[0].strip() if wrk else ""
     return Metadata(
         started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -542,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         if "c-uring-echo" in opts.peers:
             build(URING_ECHO, opts.out)
-            built = shlex.join(URING_ECHO.build_argv(opts.out))
+            built = shlex.join(build_argv(URING_ECHO, opts.out))
             print(f"compare: built c-uring-echo: {built}", file=sys.stderr)
     except (SetupError, RunError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)

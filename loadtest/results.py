@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -113,60 +112,42 @@ def _per(value: float, count: int) -> float | None:
 
 
 def result_from_run(
-    protocol: str,
-    tool: str,
-    backend: str,
-    connections: int,
-    measured: ToolResult,
-    before: ServerSnapshot,
-    after: ServerSnapshot,
-    peak_rss_kib: int,
-    server_exit_status: int,
-) -> Result:
+    protocol: str, tool: str, backend: str, connections: int, measured: ToolResult,
+    before: ServerSnapshot, after: ServerSnapshot, peak_rss_kib: int, server_exit_status: int,
+) -> Result:  # fmt: skip
     """Combine the generator's figures with the server's counter deltas.
 
     Snapshots without counters (a peer's) leave the counter figures None.
     """
-    count, server_requests, syscalls_per, waits_per = measured.requests, None, None, None
+    count, server_requests, syscalls, waits = measured.requests, None, None, None
     if before.stats is not None and after.stats is not None:
-        b, a = before.stats, after.stats
-
-        def delta(key: str) -> int:
-            return int(a.get(key, 0)) - int(b.get(key, 0))
-
+        delta = {k: int(v) - int(before.stats.get(k, 0)) for k, v in after.stats.items()
+                 if isinstance(v, int)}  # fmt: skip
         echo = protocol == "echo"
         count = server_requests = (
-            delta("bytes_in") // ECHO_MESSAGE_BYTES if echo else delta("requests")
+            delta["bytes_in"] // ECHO_MESSAGE_BYTES if echo else delta["requests"]
         )
-        syscalls_per = _per(delta("syscalls"), count)
-        waits_per = _per(delta("wait_calls"), count)
-    user_s, system_s = after.user_s - before.user_s, after.system_s - before.system_s
-    figures = {f: getattr(measured, f) for f in ("requests_per_s", "avg_ms", "p50_ms", "p90_ms")}
+        syscalls, waits = _per(delta["syscalls"], count), _per(delta["wait_calls"], count)
+    user, system = after.user_s - before.user_s, after.system_s - before.system_s
     return Result(
-        protocol=protocol, tool=tool, backend=backend, connections=connections, runs=1,
-        **figures, p99_ms=measured.p99_ms, errors=measured.errors, requests=measured.requests,
-        server_requests=server_requests, syscalls_per_request=syscalls_per,
-        wait_calls_per_request=waits_per, cpu_s=user_s + system_s,
-        cpu_us_per_request=_per((user_s + system_s) * 1e6, count),
-        user_us_per_request=_per(user_s * 1e6, count),
-        system_us_per_request=_per(system_s * 1e6, count), peak_rss_kib=peak_rss_kib,
-        client_cpu_util=measured.client_cpu_util, window_s=measured.window_s,
-        server_exit_status=server_exit_status,
+        protocol, tool, backend, connections, 1, measured.requests_per_s, measured.avg_ms,
+        measured.p50_ms, measured.p90_ms, measured.p99_ms, measured.errors, measured.requests,
+        server_requests, syscalls, waits, user + system, _per((user + system) * 1e6, count),
+        _per(user * 1e6, count), _per(system * 1e6, count), peak_rss_kib,
+        measured.client_cpu_util, measured.window_s, server_exit_status,
     )  # fmt: skip
 
 
 def median_result(runs: Sequence[Result]) -> Result:
     """Medians of every figure over `runs` (same server, tool and point)."""
-    if len(runs) == 1:
-        return runs[0]
     changes: dict[str, Any] = {
         "runs": len(runs),
         "errors": sum(r.errors for r in runs),
         "server_exit_status": next((r.server_exit_status for r in runs if r.server_exit_status), 0),
     }
-    for f in fields(Result):
+    for f in fields(Result)[5:]:
         present = [v for r in runs if (v := getattr(r, f.name)) is not None]
-        if f.name not in changes and f.name not in ("protocol", "tool", "backend", "connections"):
+        if f.name not in changes:
             middle = statistics.median(present) if present else None
             changes[f.name] = round(middle) if present and isinstance(present[0], int) else middle
     return replace(runs[0], **changes)
@@ -174,13 +155,8 @@ def median_result(runs: Sequence[Result]) -> Result:
 
 def records(results: Sequence[Result], meta: Metadata) -> list[dict[str, Any]]:
     """Flat dicts: each result's fields, then the metadata's (``protocol`` is in both)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float):
-            return None if math.isnan(value) else round(value, 6)
-        return value
-
-    return [{k: clean(v) for k, v in {**asdict(r), **asdict(meta)}.items()} for r in results]
+    rows = [{**asdict(r), **asdict(meta)} for r in results]
+    return [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -26,7 +26,6 @@ import queue
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -114,15 +113,6 @@ def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     return thread
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
-    """`pid` and its live descendants ([] if it is gone)."""
-    try:
-        proc = psutil.Process(pid)
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
 def process_tree_cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of `pid` and its live descendants ((0, 0) if gone).
 
@@ -132,10 +122,11 @@ def process_tree_cpu_times(pid: int) -> tuple[float, float]:
     interpreter, cffi and liburing.
     """
     user = system = 0.0
-    for p in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            times = p.cpu_times()
-            user, system = user + times.user, system + times.system
+    with contextlib.suppress(psutil.Error):
+        for p in [proc := psutil.Process(pid), *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                user, system = user + times.user, system + times.system
     return user, system
 
 
@@ -143,30 +134,20 @@ def owns_listener(pid: int, port: int) -> bool:
     """True once `pid` (or a child of it) has a TCP socket listening on `port`.
 
     Stronger than connecting to the port: a stray server on the same port
-    does not count.  Where psutil cannot tell (access denied), a connect does.
+    does not count.
     """
-    try:
-        return any(
-            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-            for p in process_tree(pid)
-            for c in p.net_connections(kind="tcp")
-        )
-    except psutil.AccessDenied:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-    except psutil.Error:
-        pass
+    with contextlib.suppress(psutil.Error):
+        for p in [proc := psutil.Process(pid), *proc.children(recursive=True)]:
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    return True
     return False
 
 
 def server_argv(
-    backend: str,
-    protocol: str = "http",
-    args: Sequence[str] = (),
-    host: str | None = "127.0.0.1",
-    port: int = 0,
-    prefix: Sequence[str] = (),
-) -> list[str]:
+    backend: str, protocol: str = "http", args: Sequence[str] = (), host: str | None = "127.0.0.1",
+    port: int = 0, prefix: Sequence[str] = (),
+) -> list[str]:  # fmt: skip
     """``python -m server`` with these settings (`host` None: the server's default)."""
     where = [] if host is None else ["--host", host]
     server = [sys.executable, "-m", "server", "--backend", backend, "--protocol", protocol]
@@ -190,48 +171,40 @@ class ServerSnapshot:
 class ServerProcess:
     """A ``python -m server`` child: start, read its counters, sample RSS, signal, stop.
 
-    Its stdout and stderr lines are kept in `stdout_lines` and `stderr_lines`
-    (stderr also in `log_path`, if given); the JSON lines are read as they
-    come (`listening`, `stats`, `exit_stats`).  As a context manager it
-    starts the server (unless `start` was called already) and kills it on
-    the way out.  `argv` is the whole command (e.g. `server_argv`, with any
-    ``taskset`` prefix); `nofile` the child's RLIMIT_NOFILE soft limit and
-    `env` its environment (None: inherited).
+    `argv` is the whole command (e.g. `server_argv`, with any ``taskset``
+    prefix), `nofile` the child's RLIMIT_NOFILE soft limit and `env` its
+    environment (None: inherited).  Its lines are kept in `stdout_lines` and
+    `stderr_lines` (stderr also in `log_path`), and the JSON lines read as
+    they come (`listening`, `stats`, `exit_stats`).  As a context manager it
+    starts the server (unless started already) and kills it on the way out.
     """
 
-    keep_lines: int | None = None  # of stderr (None: all)
-
     def __init__(
-        self,
-        argv: Sequence[str],
-        log_path: Path | None = None,
-        nofile: int | None = None,
+        self, argv: Sequence[str], log_path: Path | None = None, nofile: int | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.argv, self.log_path, self.nofile, self.env = list(argv), log_path, nofile, env
         self.proc: subprocess.Popen[str] | None = None
         self.address: tuple[str, int] = ("", 0)  # set once it listens
-        self.listening: dict[str, Any] = {}
-        self.exit_stats: dict[str, Any] | None = None
+        self.events: dict[str, dict[str, Any]] = {}  # the last JSON line of each event
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
         self._stats: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._stats_lock = threading.Lock()
+        self._lock = threading.Lock()  # one SIGUSR1 request at a time
         self._log_lock = threading.Lock()
         self._log: IO[str] | None = None
         self._readers: list[threading.Thread] = []
         self._peak_rss = 0
-        self._stop_sampling = threading.Event()
+        self._stopped = threading.Event()
 
     def start(self, timeout: float = 20.0) -> tuple[str, int]:
         """Start it and wait until it is ready; returns its address (also in `address`).
 
         Raises:
-            ServerStartError: it exited, or was not ready within `timeout` s;
-                the message carries its last stderr lines.
+            ServerStartError: it exited, or was not ready within `timeout` s
+                (the message carries its last stderr lines).
         """
-        if self.log_path is not None:
-            self._log = self.log_path.open("w")
+        self._log = None if self.log_path is None else self.log_path.open("w")
         self.proc = proc = spawn(self.argv, self.env, self.nofile)
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [pump(proc.stdout, self._on_stdout), pump(proc.stderr, self._on_stderr)]
@@ -240,28 +213,31 @@ class ServerProcess:
             if (exited := proc.poll() is not None) or time.monotonic() > deadline:
                 self._join_readers(2.0)  # its last words
                 self.kill()
-                late = f"{self._late()} within {timeout:.0f} s"
-                why = f"exited with status {proc.returncode}" if exited else late
+                why = f"exited with status {proc.returncode}" if exited else self._late(timeout)
                 raise ServerStartError(f"the server {why}:\n{self._last_words()}")
             time.sleep(0.01)
         threading.Thread(target=self._sample_rss, daemon=True).start()
         return self.address
+
+    @property
+    def listening(self) -> dict[str, Any]:
+        return self.events.get("listening", {})
+
+    @property
+    def exit_stats(self) -> dict[str, Any] | None:
+        return self.events.get("exit")
 
     def _ready(self) -> bool:
         if self.listening:
             self.address = (self.listening["host"], int(self.listening["port"]))
         return bool(self.listening)
 
-    def _late(self) -> str:
-        return "printed no listening line"
+    def _late(self, timeout: float) -> str:
+        return f"printed no listening line within {timeout:.0f} s"
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait (kill after `timeout` s); returns its exit status.
-
-        Afterwards `exit_stats` holds its exit line.
-        """
+        """SIGTERM and wait (kill after `timeout` s); returns its exit status."""
         assert self.proc is not None
-        self._stop_sampling.set()
         self.signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
@@ -276,11 +252,7 @@ class ServerProcess:
                 self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
-        """Wait for it to exit and its output to be read; returns its exit status.
-
-        Raises:
-            subprocess.TimeoutExpired: it is still running after `timeout` s.
-        """
+        """Its exit status once it has exited and its output is read (else TimeoutExpired)."""
         assert self.proc is not None
         status = self.proc.wait(timeout)
         self._join_readers(5.0)
@@ -288,7 +260,7 @@ class ServerProcess:
 
     def kill(self) -> None:
         """Kill it if it still runs, read the rest of its output and close the log."""
-        self._stop_sampling.set()
+        self._stopped.set()
         if self.proc is not None:
             kill(self.proc)
             self._join_readers(2.0)  # they close the pipes at EOF
@@ -314,12 +286,10 @@ class ServerProcess:
         """The server's counters now: SIGUSR1, then the stats line it prints.
 
         A line that answered an earlier, timed-out request is dropped first.
-
-        Raises:
-            TimeoutError: no stats line within `timeout` s.
-            ProcessLookupError: the server is gone.
+        TimeoutError if none comes within `timeout` s; ProcessLookupError if
+        the server is gone.
         """
-        with self._stats_lock:
+        with self._lock:
             with contextlib.suppress(queue.Empty):
                 while True:
                     self._stats.get_nowait()
@@ -330,10 +300,9 @@ class ServerProcess:
                 raise TimeoutError(f"no stats line within {timeout} s") from None
 
     def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
-        """Counters via SIGUSR1 plus CPU seconds via psutil, taken together.
+        """Counters via SIGUSR1 and CPU seconds via psutil, taken together.
 
-        Raises:
-            RunError: the server is gone or did not answer (the run is void).
+        RunError if the server is gone or does not answer: the run is void.
         """
         user, system = process_tree_cpu_times(self.pid)
         at = time.monotonic()
@@ -384,18 +353,13 @@ class ServerProcess:
         self.stdout_lines.append(line)
         with contextlib.suppress(ValueError):
             record = json.loads(line) if line.startswith("{") else {}
-            event = record.get("event")
-            if event == "listening" and not self.listening:
-                self.listening = record
-            elif event == "stats":
+            if (event := record.get("event")) == "stats":
                 self._stats.put(record)
-            elif event == "exit":
-                self.exit_stats = record
+            elif event and not (event == "listening" and self.listening):
+                self.events[event] = record
 
     def _on_stderr(self, line: str) -> None:
         self.stderr_lines.append(line)
-        if self.keep_lines is not None and len(self.stderr_lines) > self.keep_lines:
-            del self.stderr_lines[0]
         with self._log_lock:
             if self._log is not None:
                 self._log.write(line)
@@ -403,33 +367,30 @@ class ServerProcess:
     def _sample_rss(self) -> None:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(self.pid)
-            while not self._stop_sampling.wait(0.1):
+            while not self._stopped.wait(0.1):
                 self._peak_rss = max(self._peak_rss, proc.memory_info().rss)
 
 
 class PeerProcess(ServerProcess):
     """A peer server (no JSON lines, no counters): start, CPU snapshots, sample RSS, stop.
 
-    It is ready once it listens on `address`'s port.  Its stdout and stderr
-    both go to the log, and only their last 20 lines to `stderr_lines` (a
-    peer may log every request).  `clean_exits`: exit statuses that mean a
-    graceful stop (uvicorn re-raises the SIGTERM it handled, so it ends with
-    -SIGTERM); `stop` reports them as 0.
+    It is ready once it listens on `address`'s port; its stdout and stderr
+    both go to `stderr_lines` and the log.  `clean`: exit statuses that mean
+    a graceful stop (uvicorn re-raises the SIGTERM it handled, so it ends
+    with -SIGTERM); `stop` reports them as 0.
     """
-
-    keep_lines = 20
 
     def __init__(
         self, argv: Sequence[str], log: Path, address: tuple[str, int], clean: Sequence[int]
-    ) -> None:
+    ):
         super().__init__(argv, log)
-        self.address, self.clean_exits = address, tuple(clean)
+        self.address, self.clean = address, tuple(clean)
 
     def _ready(self) -> bool:
         return owns_listener(self.pid, self.address[1])
 
-    def _late(self) -> str:
-        return f"did not listen on port {self.address[1]}"
+    def _late(self, timeout: float) -> str:
+        return f"did not listen on port {self.address[1]} within {timeout:.0f} s"
 
     def _on_stdout(self, line: str) -> None:
         self._on_stderr(line)
@@ -441,4 +402,4 @@ class PeerProcess(ServerProcess):
 
     def stop(self, timeout: float = 30.0) -> int:
         status = super().stop(timeout)
-        return 0 if status in self.clean_exits else status
+        return 0 if status in self.clean else status

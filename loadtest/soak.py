@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,51 +45,18 @@ from typing import Any
 
 from loadtest import non_negative_float
 from loadtest.results import write_csv, write_json
-from loadtest.servers import ServerProcess, kill, pump, server_argv, spawn
+from loadtest.servers import ServerProcess, server_argv
 from server.config import positive_float, positive_int
 
 SETTLE_TIMEOUT_S = 15.0
 SAMPLE_INTERVAL_S = 1.0
 
 
-class LoadClient:
-    """`loadtest.client --churn --progress` as a child; its JSON lines are read as they come."""
+class LoadClient(ServerProcess):
+    """`loadtest.client` as a child, ready at once; `events` holds its last progress line."""
 
-    def __init__(self, address: tuple[str, int], protocol: str, connections: int, duration: float):
-        argv = [sys.executable, "-m", "loadtest.client", "--protocol", protocol, "--host",
-                address[0], "--port", str(address[1]), "--connections", str(connections),
-                "--duration", str(duration), "--warmup", "0", "--churn", "--progress"]  # fmt: skip
-        self.latest: dict[str, Any] = {}  # its last progress line
-        self.done: dict[str, Any] | None = None  # its summary
-        self.stderr: list[str] = []
-        self.proc = spawn(argv)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            pump(self.proc.stdout, self._on_line),
-            pump(self.proc.stderr, self.stderr.append),
-        ]
-
-    def _on_line(self, line: str) -> None:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if record.get("event") == "done":
-                self.done = record
-            else:
-                self.latest = record
-
-    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Its summary once it has exited (one error if it did not finish)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout)
-        kill(self.proc)
-        for reader in self._readers:
-            reader.join(5)
-        if self.done is None:
-            why = (
-                f"the client ended with status {self.proc.returncode}: {''.join(self.stderr[-3:])}"
-            )
-            return {"messages": 0, "errors": 1, "error_samples": [why.strip()]}
-        return self.done
+    def _ready(self) -> bool:
+        return True
 
 
 @dataclass(slots=True)
@@ -157,7 +122,7 @@ class Soak:
     def sample(self) -> Sample:
         with contextlib.suppress(TimeoutError, ProcessLookupError):
             self._stats = self.server.stats()
-        client = self.client.latest if self.client is not None else {}
+        client = self.client.events.get("progress", {}) if self.client is not None else {}
         s = Sample(
             t_s=round(time.monotonic() - self.started, 3),
             phase=self.phase,
@@ -175,17 +140,23 @@ class Soak:
     def run_client(self, phase: str, duration: float) -> dict[str, Any]:
         """Load for `duration` s, sampling every second; returns the client's summary."""
         self.phase = phase
-        args = self.args
-        self.client = LoadClient(self.server.address, args.protocol, args.connections, duration)
-        next_sample = time.monotonic()
-        while self.client.proc.poll() is None:
-            if time.monotonic() >= next_sample:
-                self.sample()
-                next_sample += SAMPLE_INTERVAL_S
-            time.sleep(0.05)
-        totals = self.client.finish()
+        host, port = self.server.address
+        argv = [sys.executable, "-m", "loadtest.client", "--protocol", self.args.protocol,
+                "--host", host, "--port", str(port), "--connections", str(self.args.connections),
+                "--duration", str(duration), "--warmup", "0", "--churn", "--progress"]  # fmt: skip
+        with LoadClient(argv) as client:
+            self.client, next_sample = client, time.monotonic()
+            while client.proc is not None and client.proc.poll() is None:
+                if time.monotonic() >= next_sample:
+                    self.sample()
+                    next_sample += SAMPLE_INTERVAL_S
+                time.sleep(0.05)
+            client.wait(60)
         self.client = None
-        return totals
+        if (done := client.events.get("done")) is None:
+            why = f"the client exited with status {client.proc and client.proc.returncode}"
+            return {"errors": 1, "error_samples": [f"{why}: {''.join(client.stderr_lines[-3:])}"]}
+        return done
 
     def settle(self, phase: str) -> Sample:
         """Wait until the server has no connection open; then one more second."""
@@ -228,8 +199,6 @@ class Soak:
             r.failures.append(f"soak aborted: {exc!r}")
         finally:
             self.server.kill()
-            if self.client is not None:
-                kill(self.client.proc)
         r.client_ops = int(totals.get("messages", 0))
         r.client_ops_per_s = round(r.client_ops / self.args.duration, 1)
         r.client_connections = int(totals.get("connections_opened", 0))
