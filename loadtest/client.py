@@ -98,9 +98,8 @@ def parse_response(buf: bytes) -> tuple[bytes, bytes, int] | None:
     if end < 0:
         return None
     lines = buf[:end].split(b"\r\n")
-    lengths = [
-        v for n, _, v in (h.partition(b":") for h in lines[1:]) if n.lower() == b"content-length"
-    ]
+    fields = (line.partition(b":") for line in lines[1:])
+    lengths = [v for n, _, v in fields if n.lower() == b"content-length"]
     if not lengths:
         raise ValueError(f"no content-length in {lines[0][:80]!r}")
     stop = end + 4 + int(lengths[0])
@@ -129,9 +128,11 @@ class Worker:
         self.latencies = array("I")
         self.in_window = self.stopping = False
         for index, sock in socks:
-            self._add(sock, index)
+            self._add(index, sock)
 
-    def _add(self, sock: socket.socket, index: int) -> _Conn:
+    def _add(self, index: int, sock: socket.socket | None = None) -> _Conn:
+        """Add connection `index` on `sock` (None: a new one)."""
+        sock = sock or connect(self.plan)
         sock.setblocking(False)
         conn = _Conn(sock, index, self.rng.randint(*CHURN) if self.plan.churn else -1, index)
         self.conns[sock.fileno()] = conn
@@ -259,9 +260,7 @@ class Worker:
                     self._drop(idle)
             while self.missing and not self.stopping:
                 try:
-                    self._send(
-                        self._add(connect(self.plan), self.missing.pop()), self.plan.pipeline
-                    )
+                    self._send(self._add(self.missing.pop()), self.plan.pipeline)
                 except OSError as exc:
                     self._error(f"connect: {exc}")
             for fd, _ in self.ep.poll(0.05):
@@ -273,12 +272,8 @@ class Worker:
                     if now - conn.last_io > IO_TIMEOUT_S:
                         self._error(f"no answer for {IO_TIMEOUT_S:.0f} s", conn)
             if self.progress is not None:
-                i = 3 * self.slot
-                self.progress[i : i + 3] = [
-                    totals.messages,
-                    totals.errors,
-                    totals.connections_opened,
-                ]
+                t, i = totals, 3 * self.slot
+                self.progress[i : i + 3] = [t.messages, t.errors, t.connections_opened]
         if totals.errors >= MAX_ERRORS:
             totals.error_samples.append(f"gave up after {totals.errors} errors")
             totals.cpu_s = time.process_time() - cpu_start if self.in_window else totals.cpu_s

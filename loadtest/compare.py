@@ -1,38 +1,31 @@
 """Compare the uring and epoll backends under load: ``python -m loadtest.compare``.
 
 For every tool, connection count, repeat and server it starts a fresh server
-(same settings each time; pinned to the first usable CPU with ``taskset``
-when there are two or more, the load generator pinned to the others), drives
-it, reads the server's counters over the generator's measured window, and
-stops it.  Repeats alternate the servers' order run by run and report
-medians.  It prints a side-by-side table per tool and writes
-``results.csv``, ``results.json``, ``runs.csv`` (every run) and a PNG per
-tool into ``--out``, with each server's and generator's output in ``logs/``.
+(same settings each time; pinned with ``taskset`` to the first usable CPU
+when there are two or more, the load generator to the others), drives it,
+reads the server's counters over the generator's measured window and stops
+it.  Repeats alternate the servers' order and report medians: a table per
+tool on stdout, ``results.csv``, ``results.json``, ``runs.csv`` and a PNG per
+tool in ``--out``, every process's output in ``logs/`` there.  Tools:
+``locust`` (at most ``--users`` users, one connection each) and
+``saturation`` (``wrk`` for HTTP; for echo the native
+``loadtest/echo_bench.c`` or, with ``--echo-client python``,
+`loadtest.client`).
 
-``--peers`` adds other servers to every point, under the same load, pinning
-and alternation: for HTTP ``uvloop-h11`` (our HttpConnection and built-in
-app on uvloop) and ``uvicorn`` (h11, uvloop, `loadtest.peers.uvicorn_app`,
-which serves what the built-in app serves, so Locust's users run against it
-unchanged); for echo ``uvloop-echo`` and ``c-uring-echo``
-(`loadtest/peers/uring_echo.c`, built into ``--out`` with ``cc``; it binds
-127.0.0.1 only).  A peer has no counters (its syscalls/request are blank);
-its CPU seconds and peak RSS are measured as for ours.  Each gets a free
-port of its own (or ``--port``) and is ready once it listens.
+``--peers`` adds other servers under the same load, pinning and
+alternation: ``uvloop-h11`` (our HttpConnection and app on uvloop) and
+``uvicorn`` (`loadtest.peers.uvicorn_app`, which serves what our app does);
+``uvloop-echo`` and ``c-uring-echo`` (`loadtest/peers/uring_echo.c`, built
+into ``--out``; it binds 127.0.0.1 only).  A peer has no counters, so its
+syscalls/request are blank; it is ready once it listens.  For HTTP with
+wrk, `loadtest.h11_ceiling` runs on the server's CPU before the first run
+and after the last (our HTTP path in memory on wrk's exact request), and
+each server's wrk figure is reported as a share of it, a range when the two
+differ (the host's speed drifts).
 
-For HTTP with the saturation tool it runs `loadtest.h11_ceiling` on the
-server's CPU before the first run and again after the last: our HTTP path
-in memory, no I/O, on exactly wrk's request.  The report gives each
-server's wrk figure as a share of it, a range when the two differ (the
-host's speed can drift during a run).
-
-Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
-stats reset) and ``saturation`` (``wrk`` for HTTP; for echo the native
-``loadtest/echo_bench.c``, built into ``--out``, or `loadtest.client` with
-``--echo-client python``).  Locust runs at most ``--users`` users (one
-connection each), so higher counts run once at that cap.  Exit status: 0
-done; 1 a server, generator or the machine failed (port in use, wrk
-missing, a server that does not start); 2 bad arguments.  Whatever happens,
-no server or generator is left running.
+Exit status: 0 done; 1 a server, generator or the machine failed (port in
+use, wrk missing, a server that does not start); 2 bad arguments.  Whatever
+happens, no server or generator is left running.
 """
 
 from __future__ import annotations
@@ -46,6 +39,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -230,31 +224,6 @@ def first_line(*argv: str) -> str:
     return ""
 
 
-def package_version(name: str) -> str:
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        return importlib.metadata.version(name)
-    return "not installed"
-
-
-def liburing_version() -> str:
-    """The Debian packages' versions (runtime and headers), else pkg-config's."""
-    debs = [
-        (p, first_line("dpkg-query", "-W", "-f=${Version}", p))
-        for p in ("liburing2", "liburing-dev")
-    ]
-    found = [f"{p} {v}" for p, v in debs if v and "no packages found" not in v]
-    pkgconfig = first_line("pkg-config", "--modversion", "liburing")
-    return ", ".join(found) or (f"liburing {pkgconfig}" if pkgconfig else "unknown")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
 # C programs built into --out: name, source, binary, libraries, what to run instead.
 ECHO_BENCH = ("the native echo client", "loadtest/echo_bench.c", "echo_bench", (),
               "--echo-client python")  # fmt: skip
@@ -304,25 +273,14 @@ def our_argv(backend: str, opts: argparse.Namespace, prefix: Sequence[str] = ())
     return servers.server_argv(backend, opts.protocol, args, opts.host, opts.port, prefix)
 
 
-def peer_host(name: str, opts: argparse.Namespace) -> str:
-    return URING_ECHO_HOST if name == "c-uring-echo" else opts.host
-
-
 def peer_argv(name: str, opts: argparse.Namespace, port: int, prefix: Sequence[str]) -> list[str]:
     """The command that runs peer `name` on `port` (pinned by `prefix`)."""
-    args = [a.format(host=peer_host(name, opts), port=port) for a in PEERS[opts.protocol][name]]
+    args = [
+        a.format(host=(URING_ECHO_HOST if name == "c-uring-echo" else opts.host), port=port)
+        for a in PEERS[opts.protocol][name]
+    ]
     binary = (opts.out / URING_ECHO[2]).resolve()
     return [*prefix, str(binary) if name == "c-uring-echo" else sys.executable, *args]
-
-
-def check_peer_modules(peers: Sequence[str]) -> None:
-    """Raises SetupError if a peer's Python package is not installed."""
-    needed = ({"uvloop"} if set(peers) - {"c-uring-echo"} else set()) | ({"uvicorn"} & set(peers))
-    if missing := sorted(m for m in needed if importlib.util.find_spec(m) is None):
-        raise SetupError(
-            f"--peers needs {', '.join(missing)}, which is not installed: "
-            "pip install -e '.[loadtest]'"
-        )
 
 
 def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None) -> Metadata:
@@ -333,28 +291,39 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
             "python" if a == sys.executable else "taskset" if (a,) == taskset else a for a in argv
         )
 
+    def version(package: str) -> str:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(package)
+        return "not installed"
+
     # The server also reads RINGSERVE_<OPTION> variables: record any that are set.
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
-    command = shown([*env, *our_argv("{uring|epoll}", opts, pinning.server_prefix)])
     peers = []
     for name in opts.peers:
-        peers.append(
-            f"{name}: {shown([*peer_argv(name, opts, 0, pinning.server_prefix)[:-1], '{port}'])}"
-        )
+        argv = peer_argv(name, opts, 0, pinning.server_prefix)[:-1]
+        peers.append(f"{name}: {shown([*argv, '{port}'])}")
         if name == "c-uring-echo":
             cc = first_line("cc", "--version") or "cc not installed"
             peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
+    # liburing: the Debian packages' versions (runtime and headers), else pkg-config's.
+    query = ("dpkg-query", "-W", "-f=${Version}")
+    debs = [(p, first_line(*query, p)) for p in ("liburing2", "liburing-dev")]
+    liburing = ", ".join(f"{p} {v}" for p, v in debs if v and "no packages found" not in v)
+    pkgconfig = first_line("pkg-config", "--modversion", "liburing")
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = re.findall(r"^model name\s*:\s*(.*?)\s*$", cpuinfo, re.M)
     wrk_version = first_line(wrk, "-v").split(" Copyright")[0].strip() if wrk else ""
     return Metadata(
         started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         protocol=opts.protocol, duration_s=opts.duration, warmup_s=opts.warmup,
         repeat=opts.repeat, echo_pipeline=opts.pipeline, kernel=platform.release(),
-        cpu_model=cpu_model(), cpu_count=len(os.sched_getaffinity(0)),
-        python=platform.python_version(), liburing=liburing_version(),
-        h11=package_version("h11"), locust=package_version("locust"),
+        cpu_model=(models or [platform.processor() or "unknown"])[0],
+        cpu_count=len(os.sched_getaffinity(0)), python=platform.python_version(),
+        liburing=liburing or (f"liburing {pkgconfig}" if pkgconfig else "unknown"),
+        h11=version("h11"), locust=version("locust"),
         wrk=wrk_version or ("unknown" if wrk else "not installed"), pinning=pinning.description,
-        server_command=command, peers="; ".join(peers), uvloop=package_version("uvloop"),
-        uvicorn=package_version("uvicorn"),
+        server_command=shown([*env, *our_argv("{uring|epoll}", opts, pinning.server_prefix)]),
+        peers="; ".join(peers), uvloop=version("uvloop"), uvicorn=version("uvicorn"),
     )  # fmt: skip
 
 
@@ -389,7 +358,7 @@ def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path
         server = ServerProcess(our_argv(job.backend, opts, pinning.server_prefix), log)
         server.start()
         return server
-    host = peer_host(job.backend, opts)
+    host = URING_ECHO_HOST if job.backend == "c-uring-echo" else opts.host
     for attempt in range(1, 1 + (1 if opts.port else PEER_START_TRIES)):
         port = opts.port or free_port(host)
         argv = peer_argv(job.backend, opts, port, pinning.server_prefix)
@@ -406,9 +375,8 @@ def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path
 def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) -> Result:
     """One fresh server, one measurement, the server stopped again.
 
-    Raises:
-        ServerStartError: the server did not start.
-        RunError: the generator or the server failed during the run.
+    ServerStartError if the server did not start; RunError if the generator
+    or the server failed during the run.
     """
     stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
     with start_server(job, opts, pinning, logs / f"{stem}.server.log") as server:
@@ -523,7 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         generators = [tools.LocustTool() if t == "locust" else saturation[0] for t in opts.tools]
         if opts.port != 0:
             free_port(opts.host, opts.port)
-        check_peer_modules(opts.peers)
+        needed = ({"uvloop"} if set(opts.peers) - {"c-uring-echo"} else set()) | (
+            {"uvicorn"} & set(opts.peers)
+        )
+        if missing := sorted(m for m in needed if importlib.util.find_spec(m) is None):
+            raise SetupError(f"--peers needs {', '.join(missing)}, which is not installed: "
+                             "pip install -e '.[loadtest]'")  # fmt: skip
         logs = opts.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if "c-uring-echo" in opts.peers:

@@ -1,29 +1,17 @@
-"""Locust users for ringserve: a raw-TCP echo user and an HTTP user.
+"""Locust users for ringserve: ``HttpAppUser`` (HTTP) and ``EchoUser`` (raw TCP echo).
 
-Pick the users for the server's protocol, by class name or by tag::
-
-    locust -f loadtest/locustfile.py HttpAppUser            # --protocol http
-    locust -f loadtest/locustfile.py EchoUser               # --protocol echo
-    locust -f loadtest/locustfile.py --tags echo            # the same, by tag
-
-The target defaults to $LOADTEST_HOST (else http://127.0.0.1:8080); Locust's
-``--host`` wins.  The echo user accepts ``tcp://h:p``, ``h:p`` or any URL.
-Everything works in the web UI, headless, ``--processes`` and
-``--master``/``--worker``.  Every response is checked byte for byte: a
-short, wrong or missing echo or body is a failure, never a success with odd
-timing.
-
-`TcpEchoUser` follows Locust's custom-client pattern (locust's
-``examples/custom_xmlrpc_client`` and ``examples/grpc``): its client wraps a
-socket, times each exchange and fires ``environment.events.request`` itself,
-so the stats, the web UI, ``--csv`` and distributed runs all see it like any
-HTTP request.  Under Locust the socket module is gevent's, so a blocking
-``recv`` only blocks its own user.
-
-``--warmup-seconds W`` (used by ``python -m loadtest.compare``) resets the
-statistics W seconds after all users are spawned, so the warm-up is
-discarded, and prints the window markers of `loadtest` on stderr.  Without
-it nothing is reset or printed.
+Pick them by class name (``locust -f loadtest/locustfile.py EchoUser``) or
+by tag (``--tags http``, ``--tags echo``).  The target defaults to
+$LOADTEST_HOST (else http://127.0.0.1:8080); Locust's ``--host`` wins; the
+echo user takes ``tcp://h:p``, ``h:p`` or any URL.  It all works in the web
+UI, headless, ``--processes`` and ``--master``/``--worker``.  Every response
+is checked byte for byte: a short, wrong or missing one is a failure, never
+a success with odd timing.  `TcpEchoUser` follows Locust's custom-client
+pattern (``examples/custom_xmlrpc_client``): its client times each exchange
+and fires ``environment.events.request`` itself, so stats, the web UI and
+``--csv`` see it like any request (under Locust, sockets are gevent's).
+``--warmup-seconds W`` (`loadtest.compare` passes it) resets the stats W
+seconds after spawning completes and prints the `loadtest` window markers.
 """
 
 from __future__ import annotations
@@ -63,22 +51,12 @@ def parse_address(host: str) -> tuple[str, int]:
 
 
 def make_message(user_id: int, seq: int, size: int = loadtest.ECHO_MESSAGE_BYTES) -> bytes:
-    """A `size`-byte message naming its user and sequence number.
-
-    Distinct per message, so a reordered, repeated or stale echo fails the check.
-    """
+    """A message naming its user and sequence number: a reordered or stale echo fails."""
     return (b"%d:%d:" % (user_id, seq) + b"x" * size)[:size]
 
 
-class EchoMismatch(Exception):
-    """The server echoed something other than what was sent."""
-
-
 class TcpEchoClient:
-    """One TCP connection to an echo server at `address`, reporting to Locust.
-
-    `timeout`: seconds to wait for a connect or a whole echo.
-    """
+    """One TCP connection to an echo server, reporting to Locust (`timeout`: per exchange)."""
 
     def __init__(self, address: tuple[str, int], environment: Environment, timeout: float = 10.0):
         self.address, self.environment, self.timeout = address, environment, timeout
@@ -90,11 +68,9 @@ class TcpEchoClient:
             self.sock = None
 
     def echo(self, payload: bytes, name: str = "echo") -> None:
-        """Send `payload`, read the same number of bytes back and compare them.
+        """Send `payload` and check its echo; fires one request event (connecting is not timed).
 
-        Fires one request event; any error (including a mismatch) is a failure
-        and drops the connection, so the next call starts on a fresh one.
-        Connecting is not part of the timed exchange.
+        Any error, a mismatch too, is a failure and drops the connection.
         """
         exc: Exception | None = None
         reply = b""
@@ -110,7 +86,7 @@ class TcpEchoClient:
                     raise ConnectionError(f"closed after {len(reply)} of {len(payload)} bytes")
                 reply += chunk
             if reply != payload:
-                raise EchoMismatch(f"sent {payload[:24]!r}..., got back {reply[:24]!r}...")
+                raise ValueError(f"sent {payload[:24]!r}..., got back {reply[:24]!r}...")
         except Exception as error:
             exc = error
             self.close()
@@ -121,10 +97,7 @@ class TcpEchoClient:
 
 
 class TcpEchoUser(User):
-    """A user with a `TcpEchoClient` as ``self.client``; subclass it and add tasks.
-
-    ``host`` may be ``tcp://h:p``, ``h:p`` or any URL with a port.
-    """
+    """A user with a `TcpEchoClient` as ``self.client``; subclass it and add tasks."""
 
     abstract = True
     host = HOST
@@ -132,12 +105,10 @@ class TcpEchoUser(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        if not self.host:
-            raise LocustError("TcpEchoUser needs a host: pass --host or set $LOADTEST_HOST")
         try:
-            self.client = TcpEchoClient(parse_address(self.host), environment)
+            self.client = TcpEchoClient(parse_address(self.host or ""), environment)
         except ValueError as exc:
-            raise LocustError(str(exc)) from exc
+            raise LocustError(f"{exc}: pass --host or set $LOADTEST_HOST") from exc
         self.user_id, self.seq = next(self._ids), itertools.count()
 
     def on_stop(self) -> None:
@@ -229,8 +200,7 @@ def _discard_warmup(environment: Environment, **_: Any) -> None:
     """With --warmup-seconds: reset the stats once per test, after the warm-up.
 
     Only the local runner or the master resets: workers send increments, so
-    the master's totals are what the report shows (a worker's next report
-    may still carry up to its report interval of warm-up).
+    the master's totals are what the report shows.
     """
     warmup = getattr(environment.parsed_options, "warmup_seconds", None)
     if warmup is None or isinstance(environment.runner, WorkerRunner):

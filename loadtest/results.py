@@ -1,34 +1,19 @@
-"""Result records (one per run, medians over repeats), their CSV/JSON files, tables and plots.
+"""Result records (a run, or medians over repeats), their CSV/JSON files, tables and plots.
 
-Server-side figures come from the server's own counters read at the edges of
-the generator's measured window (`servers.ServerSnapshot`):
+Server-side figures come from the server's own counters at the edges of the
+generator's measured window: ``server_requests`` (HTTP requests, or echo's
+``bytes_in / 64``), ``syscalls_per_request`` (for uring mostly
+``io_uring_enter``; for epoll every ``epoll_wait``, ``recv``, ``send`` and
+``epoll_ctl``) and ``wait_calls_per_request`` (``io_uring_enter`` or
+``epoll_wait``).  ``cpu_s`` is the server's user + system CPU over the
+window, split per request into ``user_us_per_request`` (the server's own
+code) and ``system_us_per_request`` (the kernel inside its syscalls: for echo
+almost all loopback TCP, the same for every server), so the split shows what
+a faster server could still shrink.  A peer server has no counters: those
+figures are None and its CPU per request is over the generator's count.
 
-- ``server_requests``: HTTP requests completed, or for echo the messages
-  echoed, ``bytes_in / 64``;
-- ``syscalls_per_request``: the backend's syscall counter over that (for uring
-  mostly ``io_uring_enter``; for epoll every ``epoll_wait``, ``recv``, ``send``
-  and ``epoll_ctl``);
-- ``wait_calls_per_request``: ``io_uring_enter`` calls (uring) or
-  ``epoll_wait`` calls (epoll) per request;
-- ``cpu_s`` and ``cpu_us_per_request``: the server process's user + system
-  CPU over the window; ``user_us_per_request`` and ``system_us_per_request``
-  split it.  System time is the kernel working inside the server's syscalls
-  (for echo almost all of it is loopback TCP, the same work for every
-  server), user time the server's own code: the split shows which part a
-  faster server could still shrink.
-
-A peer server (``compare --peers``: uvloop, uvicorn, the C echo server) has
-no counters: its ``server_requests``, ``syscalls_per_request`` and
-``wait_calls_per_request`` are None (blank in the CSV), and its
-``cpu_us_per_request`` divides its CPU seconds (psutil, as for ours) by the
-generator's count.  ``backend`` is the server's name either way.
-
-In the tables every server has a column in each metric's group; metrics
-marked `ratio` also get a column per other server with the base server's
-figure divided by that server's (the base is uring when it ran, else the
-first server): ``u/e`` = uring / epoll, above 1 means uring's figure is
-higher.  With peers, columns are headed by short names, spelled out under
-the table.
+In the tables a ratio column divides the base server's figure (uring when
+it ran, else the first) by another's: ``u/e`` above 1 means uring's is higher.
 """
 
 from __future__ import annotations
@@ -173,41 +158,28 @@ def write_json(path: Path, value: Any) -> None:
 
 # -- tables ------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    label: str
-    value: Callable[[Result], float | int | None]
-    fmt: str
-    ratio: bool = False  # add base/other server columns
-    counters: bool = False  # from the server's own counters: peers have none
-
-
-THROUGHPUT = (
-    Metric("req/s", lambda r: r.requests_per_s, "{:,.0f}", ratio=True),
-    Metric("p50 ms", lambda r: r.p50_ms, "{:.2f}"),
-    Metric("p90 ms", lambda r: r.p90_ms, "{:.2f}"),
-    Metric("p99 ms", lambda r: r.p99_ms, "{:.2f}", ratio=True),
-    Metric("errors", lambda r: r.errors, "{:d}"),
-)
-COST = (
-    Metric("syscalls/req", lambda r: r.syscalls_per_request, "{:.2f}", ratio=True, counters=True),
-    Metric("waits/req", lambda r: r.wait_calls_per_request, "{:.3f}", counters=True),
-    Metric("server CPU us/req", lambda r: r.cpu_us_per_request, "{:.1f}", ratio=True),
-    Metric("user us/req", lambda r: r.user_us_per_request, "{:.2f}"),
-    Metric("sys us/req", lambda r: r.system_us_per_request, "{:.2f}"),
-    Metric("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}"),
-    Metric("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}"),
-    Metric("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}"),
-)
+# (label, the Result field or a function of a Result, format, flags): "r" adds a
+# base/other ratio column per other server, "c" marks a figure from the server's
+# own counters (a peer has none).
+Metric = tuple[str, str | Callable[[Result], float | None], str, str]
+THROUGHPUT: list[Metric] = [
+    ("req/s", "requests_per_s", "{:,.0f}", "r"), ("p50 ms", "p50_ms", "{:.2f}", ""),
+    ("p90 ms", "p90_ms", "{:.2f}", ""), ("p99 ms", "p99_ms", "{:.2f}", "r"),
+    ("errors", "errors", "{:d}", ""),
+]  # fmt: skip
+COST: list[Metric] = [
+    ("syscalls/req", "syscalls_per_request", "{:.2f}", "rc"),
+    ("waits/req", "wait_calls_per_request", "{:.3f}", "c"),
+    ("server CPU us/req", "cpu_us_per_request", "{:.1f}", "r"),
+    ("user us/req", "user_us_per_request", "{:.2f}", ""),
+    ("sys us/req", "system_us_per_request", "{:.2f}", ""),
+    ("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}", ""),
+    ("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}", ""),
+    ("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}", ""),
+]
 # Short names for column heads and ratio labels.
 SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo"}
 SHORT["c-uring-echo"] = "c-echo"
-OWN_BACKENDS = ("uring", "epoll")
-
-
-def short(server: str) -> str:
-    return SHORT.get(server, server)
 
 
 def render_table(
@@ -215,52 +187,51 @@ def render_table(
 ) -> str:
     """One row per connection count; each metric gets a column per server.
 
-    Metrics marked `ratio` also get a "base/other" column per other server
-    (the base is uring if it ran, else the first server), except where one
-    side has no counters (a peer).  Only our two backends: heads are the
-    backend names; with peers, short names.  Groups are " | " apart, each
-    with its label centred above it.
+    A ratio metric also gets a "base/other" column per other server (the base
+    is uring if it ran, else the first server), except where one side has no
+    counters (a peer).  Heads are the backend names, or short names when
+    peers ran.  Groups are " | " apart, each with its label centred above it.
     """
     by_key = {(r.connections, r.backend): r for r in results}
     base = "uring" if "uring" in servers else servers[0]
     counted = {r.backend for r in results if r.syscalls_per_request is not None}
-    named = (lambda s: s) if set(servers) <= set(OWN_BACKENDS) else short
+    peers = not set(servers) <= {"uring", "epoll"}
 
-    def value(metric: Metric, point: int, server: str) -> float | int | None:
-        result = by_key.get((point, server))
-        return None if result is None else metric.value(result)
+    def value(figure: str | Callable[[Result], float | None], point: int, server: str) -> Any:
+        if (r := by_key.get((point, server))) is None:
+            return None
+        return getattr(r, figure) if isinstance(figure, str) else figure(r)
 
-    groups = []  # (label, heads, cells per row)
     points = sorted({r.connections for r in results})
-    for m in metrics:
-        pairs = [(base, s) for s in servers if s != base and m.ratio]
-        pairs = [(a, b) for a, b in pairs if not m.counters or {a, b} <= counted]
-        heads = [named(s) for s in servers] + [f"{short(a)}/{short(b)}" for a, b in pairs]
-        rows = []
-        for point in points:
-            cells = ["-" if (v := value(m, point, s)) is None else m.fmt.format(v) for s in servers]
-            for a, b in pairs:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
-                x, y = value(m, point, a), value(m, point, b)
-                cells.append(f"{x / y:.2f}" if x and y else "-")
-            rows.append(cells)
-        groups.append((m.label, heads, rows))
     first = max(len("conns"), *(len(str(p)) for p in points))
-    label_line, head_line, lines = (
+    labels, heads, lines = (
         [" " * first],
         ["conns".rjust(first)],
         [[str(p).rjust(first)] for p in points],
     )
-    for label, heads, rows in groups:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    for label, figure, fmt, flags in metrics:
+        pairs = [(base, s) for s in servers if s != base and "r" in flags]
+        pairs = [(a, b) for a, b in pairs if "c" not in flags or {a, b} <= counted]
+        names = [SHORT.get(s, s) if peers else s for s in servers]
+        names += [f"{SHORT.get(a, a)}/{SHORT.get(b, b)}" for a, b in pairs]
+        rows = []
+        for point in points:
+            row = [
+                "-" if (v := value(figure, point, s)) is None else fmt.format(v) for s in servers
+            ]
+            for a, b in pairs:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
+                x, y = value(figure, point, a), value(figure, point, b)
+                row.append(f"{x / y:.2f}" if x and y else "-")
+            rows.append(row)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(names)]
         widths[-1] += max(0, len(label) - sum(widths) - 2 * (len(widths) - 1))
-        label_line.append(label.center(sum(widths) + 2 * (len(widths) - 1)))
-        head_line.append("  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
+        labels.append(label.center(sum(widths) + 2 * (len(widths) - 1)))
+        heads.append("  ".join(h.rjust(w) for h, w in zip(names, widths, strict=True)))
         for line, row in zip(lines, rows, strict=True):
             line.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    head = " | ".join(head_line)
-    return "\n".join(
-        [title, " | ".join(label_line), head, "-" * len(head), *(" | ".join(x) for x in lines)]
-    )
+    head = " | ".join(heads)
+    table = [title, " | ".join(labels), head, "-" * len(head), *(" | ".join(x) for x in lines)]
+    return "\n".join(table)
 
 
 def ceiling_lines(
@@ -308,10 +279,9 @@ def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) ->
         )
         throughput = render_table(head + " -- throughput and latency", mine, servers, THROUGHPUT)
         cost = render_table(head + " -- server cost", mine, servers, COST)
-        if not set(servers) <= set(OWN_BACKENDS):
-            throughput += "\nratio columns: base/other; " + ", ".join(
-                f"{short(s)} = {s}" for s in servers
-            )
+        if not set(servers) <= {"uring", "epoll"}:
+            names = ", ".join(f"{SHORT.get(s, s)} = {s}" for s in servers)
+            throughput += f"\nratio columns: base/other; {names}"
             cost += (
                 "\nsyscalls/req and waits/req come from our backends' counters (peers: -); "
                 "a peer's CPU us/req is over the generator's count"
@@ -319,11 +289,8 @@ def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) ->
         out += [throughput, cost]
         if tool == "wrk" and meta.h11_ceiling_rps:
             order = sorted(servers, key=lambda s: s != "uring")  # uring first, the rest as given
-            out.append(
-                "\n".join(
-                    ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
-                )
-            )
+            shares = ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
+            out.append("\n".join(shares))
     return "\n\n".join(out)
 
 

@@ -56,10 +56,7 @@ class RunError(Exception):
 def spawn(
     argv: Sequence[str], env: Mapping[str, str] | None = None, nofile: int | None = None
 ) -> subprocess.Popen[str]:
-    """Start `argv` in the project root, in its own session, registered for `kill_all`.
-
-    `nofile`: the child's RLIMIT_NOFILE soft limit (None: inherited).
-    """
+    """Start `argv` in the project root, in its own session, registered for `kill_all`."""
     limit = (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     proc = subprocess.Popen(
         list(argv), cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -73,11 +70,7 @@ def spawn(
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
-    """Kill `proc`'s process group and reap it.
-
-    It leads its own session, so the group also holds anything it started
-    (the load client's workers) even after it exited itself.
-    """
+    """Kill `proc`'s process group (its session: the load client's workers too) and reap it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -99,8 +92,7 @@ def kill_all() -> list[int]:
 def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     """A thread feeding `stream`'s lines to `sink`; it closes the stream at EOF.
 
-    Closing here, not when the Popen object is collected, keeps the pipe's
-    fd from closing at some later moment (a test's fd count would see it).
+    Not when the Popen object is collected: a test's fd count would see that.
     """
 
     def run() -> None:
@@ -131,11 +123,7 @@ def process_tree_cpu_times(pid: int) -> tuple[float, float]:
 
 
 def owns_listener(pid: int, port: int) -> bool:
-    """True once `pid` (or a child of it) has a TCP socket listening on `port`.
-
-    Stronger than connecting to the port: a stray server on the same port
-    does not count.
-    """
+    """True once `pid` or a child has a TCP socket listening on `port` (a stray server won't do)."""
     with contextlib.suppress(psutil.Error):
         for p in [proc := psutil.Process(pid), *proc.children(recursive=True)]:
             for c in p.net_connections(kind="tcp"):
@@ -161,7 +149,6 @@ class ServerSnapshot:
     stats: dict[str, Any] | None
     user_s: float
     system_s: float
-    at: float  # time.monotonic()
 
     @property
     def cpu_s(self) -> float:
@@ -198,11 +185,9 @@ class ServerProcess:
         self._stopped = threading.Event()
 
     def start(self, timeout: float = 20.0) -> tuple[str, int]:
-        """Start it and wait until it is ready; returns its address (also in `address`).
+        """Start it, wait until it is ready and return its address (also in `address`).
 
-        Raises:
-            ServerStartError: it exited, or was not ready within `timeout` s
-                (the message carries its last stderr lines).
+        ServerStartError, with its last stderr lines, if it exits or is late.
         """
         self._log = None if self.log_path is None else self.log_path.open("w")
         self.proc = proc = spawn(self.argv, self.env, self.nofile)
@@ -286,8 +271,7 @@ class ServerProcess:
         """The server's counters now: SIGUSR1, then the stats line it prints.
 
         A line that answered an earlier, timed-out request is dropped first.
-        TimeoutError if none comes within `timeout` s; ProcessLookupError if
-        the server is gone.
+        TimeoutError if none comes; ProcessLookupError if the server is gone.
         """
         with self._lock:
             with contextlib.suppress(queue.Empty):
@@ -305,9 +289,8 @@ class ServerProcess:
         RunError if the server is gone or does not answer: the run is void.
         """
         user, system = process_tree_cpu_times(self.pid)
-        at = time.monotonic()
         try:
-            return ServerSnapshot(self.stats(timeout), user, system, at)
+            return ServerSnapshot(self.stats(timeout), user, system)
         except (ProcessLookupError, TimeoutError):
             self._check_alive()
             raise RunError(f"the server did not answer SIGUSR1 within {timeout:.0f} s") from None
@@ -398,7 +381,7 @@ class PeerProcess(ServerProcess):
     def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
         """CPU seconds only (`stats` is None); RunError if the peer is gone."""
         self._check_alive()
-        return ServerSnapshot(None, *process_tree_cpu_times(self.pid), time.monotonic())
+        return ServerSnapshot(None, *process_tree_cpu_times(self.pid))
 
     def stop(self, timeout: float = 30.0) -> int:
         status = super().stop(timeout)

@@ -3,33 +3,20 @@
 ``python -m loadtest.soak --backend uring|epoll|both --duration 600 --connections 32
 --protocol http|echo --out DIR``
 
-For each backend it starts ``python -m server`` as a child process
-(`loadtest.servers.ServerProcess`), and:
-
-1. warm-up: runs the load client (`loadtest.client`, another child process)
-   for ``--warmup`` seconds, then lets every connection close;
-2. baseline: once the server reports no open connection, records its RSS
-   and its open fds (psutil);
-3. steady load for ``--duration`` seconds: ``--connections`` keep-alive
-   connections, each sending requests (``GET /``, ``POST /echo`` with a
-   random body, checked byte for byte) or echo messages back to back, and
-   reconnecting every few dozen requests, half of the time by asking the
-   server to close (``Connection: close``), half by closing itself
-   (``--churn``);
-4. end: once the clients are gone and the server reports no open
-   connection, checks that RSS is at most ``--rss-tolerance`` (5%) above the
-   baseline and the fd count is exactly the baseline; then SIGTERM, and the
-   server must exit 0 with ``open_connections`` and ``ops_in_flight`` 0 in
-   its exit line.
-
-The server's RSS, fds and counters (read with SIGUSR1) and the client's
-running totals are sampled every second throughout.  Any client error
-(reset, timeout, wrong byte), any server log line at ERROR or above, any
-accept error, timeout or protocol error (the client only sends valid
-requests) fails the run.  The samples go to ``DIR/samples-<backend>.csv``
-and ``.json``, a plot of RSS and fds over time to ``DIR/soak.png``, and the
-verdicts to ``DIR/summary.json``.  Exits 0 when every check passed, 1
-otherwise.
+For each backend it starts the server, runs `loadtest.client --churn` for
+``--warmup`` seconds and lets every connection close; records the baseline
+RSS and fds once the server reports no open connection; loads it for
+``--duration`` seconds (``GET /`` and ``POST /echo`` checked byte for byte,
+or echo messages, on connections that reconnect every few dozen requests,
+half of the time by ``Connection: close``); then, once the clients are gone,
+checks that RSS is at most ``--rss-tolerance`` (5%) above the baseline and
+the fds exactly the baseline, and that SIGTERM makes the server exit 0 with
+nothing open or in flight.  RSS, fds, the server's counters (SIGUSR1) and the
+client's totals are sampled every second.  Any client error, server log line
+at ERROR or above, accept error, timeout or refused request fails the run.
+Samples go to ``DIR/samples-<backend>.csv`` and ``.json``, a plot of RSS and
+fds to ``DIR/soak.png``, the verdicts to ``DIR/summary.json``; it exits 0
+when every check passed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -106,14 +93,10 @@ class Soak:
     """One backend's soak run; see the module docstring."""
 
     def __init__(self, args: argparse.Namespace, backend: str) -> None:
-        self.args = args
-        self.backend = backend
+        self.args, self.backend, self.phase, self.started = args, backend, "start", 0.0
         self.result = Result(backend, args.protocol, args.connections, args.warmup, args.duration)
-        argv = server_argv(backend, args.protocol, ["--log-level", "info"])
-        self.server = ServerProcess(argv)
-        self.started = 0.0
+        self.server = ServerProcess(server_argv(backend, args.protocol, ["--log-level", "info"]))
         self.client: LoadClient | None = None
-        self.phase = "start"
         self._stats: dict[str, Any] = {}
 
     def log(self, text: str) -> None:
@@ -122,18 +105,11 @@ class Soak:
     def sample(self) -> Sample:
         with contextlib.suppress(TimeoutError, ProcessLookupError):
             self._stats = self.server.stats()
-        client = self.client.events.get("progress", {}) if self.client is not None else {}
-        s = Sample(
-            t_s=round(time.monotonic() - self.started, 3),
-            phase=self.phase,
-            rss_kib=self.server.rss_kib(),
-            fds=self.server.fds(),
-            open_connections=int(self._stats.get("open_connections", -1)),
-            requests=int(self._stats.get("requests", 0)),
-            accepted=int(self._stats.get("accepted", 0)),
-            client_ops=int(client.get("messages", 0)),
-            client_errors=int(client.get("errors", 0)),
-        )
+        st, client = self._stats, self.client.events.get("progress", {}) if self.client else {}
+        s = Sample(round(time.monotonic() - self.started, 3), self.phase, self.server.rss_kib(),
+                   self.server.fds(), int(st.get("open_connections", -1)),
+                   int(st.get("requests", 0)), int(st.get("accepted", 0)),
+                   int(client.get("messages", 0)), int(client.get("errors", 0)))  # fmt: skip
         self.result.samples.append(s)
         return s
 

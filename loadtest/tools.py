@@ -1,19 +1,14 @@
 """The load generators `compare` drives, and how a generator run is measured.
 
-- `LocustTool`: Locust headless with this package's locustfile (validating
-  users; ``--warmup-seconds`` discards the warm-up, rounded up to whole
-  seconds as Locust's ``-t`` counts them).  Locust's latencies are
-  whole milliseconds below 100 ms (its histogram's buckets), so on loopback
-  its percentiles read 0 or 1; ``avg_ms`` is exact.
-- `WrkTool`: wrk for HTTP, ``GET /``, a separate warm-up run first (whole
-  seconds too).
-- `EchoClientTool`: the echo saturation client, the native
-  ``loadtest/echo_bench.c`` or `loadtest.client`; both print the same JSON.
-
-Each runs its generator with `run_generator`, which opens and closes the
-`Window` (snapshots of the server) at the edges of the generator's measured
-window, so `compare` reads the server's counters over the same window the
-generator reports on.
+`LocustTool` runs Locust headless with this package's locustfile
+(``--warmup-seconds`` discards the warm-up; Locust's latencies are whole
+milliseconds below 100 ms, so on loopback its percentiles read 0 or 1 while
+``avg_ms`` is exact); `WrkTool` runs wrk for HTTP ``GET /`` after a separate
+warm-up run; `EchoClientTool` the native ``loadtest/echo_bench.c`` or
+`loadtest.client`, which print the same JSON.  Each runs its generator with
+`run_generator`, which marks a `Window` (snapshots of the server) at the
+edges of the generator's measured window, so the server's counters cover
+exactly the window the generator reports on.
 """
 
 from __future__ import annotations

@@ -353,8 +353,8 @@ MEASURED = ToolResult(
 
 
 def test_result_splits_server_cpu_per_request_by_the_servers_count() -> None:
-    before = ServerSnapshot({"requests": 100, "syscalls": 10, "wait_calls": 5}, 1.0, 2.0, 0.0)
-    after = ServerSnapshot({"requests": 1_100, "syscalls": 60, "wait_calls": 15}, 1.25, 2.5, 2.0)
+    before = ServerSnapshot({"requests": 100, "syscalls": 10, "wait_calls": 5}, 1.0, 2.0)
+    after = ServerSnapshot({"requests": 1_100, "syscalls": 60, "wait_calls": 15}, 1.25, 2.5)
     r = result_from_run("http", "wrk", "uring", 100, MEASURED, before, after, 4096, 0)
     assert r.server_requests == 1_000
     assert r.cpu_s == pytest.approx(0.75)
@@ -366,8 +366,8 @@ def test_result_splits_server_cpu_per_request_by_the_servers_count() -> None:
 
 
 def test_result_of_a_peer_divides_by_the_generators_count() -> None:
-    before = ServerSnapshot(None, 1.0, 2.0, 0.0)
-    after = ServerSnapshot(None, 1.5, 2.5, 2.0)
+    before = ServerSnapshot(None, 1.0, 2.0)
+    after = ServerSnapshot(None, 1.5, 2.5)
     r = result_from_run("echo", "echo-client", "uvloop-echo", 10, MEASURED, before, after, 1, 0)
     assert r.server_requests is None and r.syscalls_per_request is None
     assert r.cpu_us_per_request == pytest.approx(500.0)
@@ -378,7 +378,7 @@ def test_result_of_a_peer_divides_by_the_generators_count() -> None:
 def _wrk_result(backend: str, rps: float) -> Any:
     return result_from_run(
         "http", "wrk", backend, 100, dataclasses.replace(MEASURED, requests_per_s=rps),
-        ServerSnapshot(None, 0.0, 0.0, 0.0), ServerSnapshot(None, 1.0, 1.0, 1.0), 1, 0,
+        ServerSnapshot(None, 0.0, 0.0), ServerSnapshot(None, 1.0, 1.0), 1, 0,
     )  # fmt: skip
 
 
