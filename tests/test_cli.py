@@ -26,16 +26,12 @@ from tests.backends.client import (
     sha256,
     wait_for,
 )
-from tests.conftest import URING_SKIP
+from tests.support import BACKENDS, URING_SKIP
 from tests.support.server import ServerProcess, clean_env
 
 pytestmark = pytest.mark.timeout(40)
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI_BACKENDS = [
-    "epoll",
-    pytest.param("uring", marks=pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))),
-]
 GET = request("GET", "/")
 GET_CLOSE = request("GET", "/", headers=[("Connection", "close")])
 GET_STATS = request("GET", "/stats", headers=[("Connection", "close")])
@@ -70,7 +66,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 # -- startup and serving -------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_starts_serves_and_stops_cleanly(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     info = srv.listening
@@ -119,7 +115,7 @@ def test_echo_protocol(spawn) -> None:
     assert srv.json_lines("exit")[0]["accepted"] == 1
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_wsgi_app_from_command_line(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--app", "tests.backends.wsgi_apps:app")
     srv.start()
@@ -158,7 +154,7 @@ def test_environment_sets_other_options(spawn) -> None:
 # -- signals -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     body = pattern(200_000, 2)
@@ -181,7 +177,7 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
     assert final["ops_in_flight"] == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     with connect(srv.address) as busy:
@@ -199,7 +195,7 @@ def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
     assert srv.wait() == 0, srv.output()
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigint_exits_0(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     srv.signal(signal.SIGINT)
@@ -211,7 +207,7 @@ def test_sigint_exits_0(spawn, backend: str) -> None:
     assert "Traceback" not in srv.output()
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> None:
     """An idle keep-alive connection is closed at once on SIGTERM; the exit follows.
 
@@ -233,7 +229,7 @@ def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> No
     assert code == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_second_signal_stops_without_waiting(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "30").start()
     with connect(srv.address) as s:
@@ -250,7 +246,7 @@ def test_second_signal_stops_without_waiting(spawn, backend: str) -> None:
     assert srv.json_lines("exit")[0]["open_connections"] == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigusr1_prints_stats_line(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     srv.fetch(GET_CLOSE)
@@ -322,7 +318,7 @@ def test_bad_environment_value_is_named_in_the_error(name: str, value: str, mess
     assert f"error: {name}: {message}" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_port_in_use_exits_1(backend: str) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -362,7 +358,7 @@ def test_port_in_use_exits_1(backend: str) -> None:
     ],
     ids=["missing-module", "missing-attribute", "no-colon", "not-callable"],
 )
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_app_exits_1(backend: str, app: str, message: str) -> None:
     proc = run_cli("--backend", backend, "--port", "0", "--app", app)
     assert proc.returncode == 1, proc.stderr

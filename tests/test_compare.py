@@ -29,6 +29,7 @@ from loadtest import h11_ceiling
 from loadtest.results import ceiling_lines, result_from_run
 from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
+from tests.support import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
@@ -324,10 +325,6 @@ def test_parse_wrk() -> None:
     assert got["p99_ms"] == pytest.approx(1020.0)
     assert got["errors"] == 1 + 2 + 3 + 4
     assert got["window_s"] == pytest.approx(2.1)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize("how", ["stop", "context manager"])
