@@ -7,12 +7,12 @@ for each; see `check`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from server.protocols.http.common import App, Counters, HttpLimits
 from server.protocols.http.h11_impl import H11Connection as HttpConnection
+from tests.support import chunkings
 
 # RFC 9110's example date. The ``fixed_clock`` fixture (conftest.py) pins the
 # clock of server.protocols.http to EPOCH, so every response carries DATE_LINE.
@@ -67,19 +67,6 @@ APP_ERROR_500 = http_response(
     DATE_LINE,
     body=b"500 Internal Server Error\n",
 )
-
-
-def chunkings(data: bytes, *, max_cuts: int = 400) -> Iterator[tuple[str, list[bytes]]]:
-    """The ways `check` feeds `data`: whole, bytewise, cut in two, in thirds."""
-    n = len(data)
-    yield "whole", [data]
-    yield "bytewise", [data[i : i + 1] for i in range(n)]
-    step = 1 if n <= max_cuts else n // max_cuts
-    for cut in sorted({*range(1, n, step), n - 1} - {0}):
-        yield f"cut@{cut}", [data[:cut], data[cut:]]
-    if n >= 3:
-        a, b = n // 3, 2 * n // 3
-        yield "thirds", [data[:a], data[a:b], data[b:]]
 
 
 @dataclass

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.protocols.http.common import HttpLimits
+from tests.support import chunkings
 
 from .corpus import NASTY, VALID
 from .sansio import LIMITS, drive, split, verify
@@ -164,22 +165,12 @@ def test_hostile_bytes_in_random_chunks(
     verify(drive(chunks, limits, eof, stop_at, time_out))
 
 
-def _chunkings(data: bytes) -> list[tuple[str, list[bytes]]]:
-    n = len(data)
-    ways = [("whole", [data]), ("halves", [data[: n // 2], data[n // 2 :]])]
-    if n <= 4096:
-        ways.append(("bytewise", [data[i : i + 1] for i in range(n)]))
-    else:
-        ways.append(("4k", [data[i : i + 4096] for i in range(0, n, 4096)]))
-    ways.append(("7s", [data[i : i + 7] for i in range(0, min(n, 20_000), 7)] + [data[20_000:]]))
-    return ways
-
-
 @pytest.mark.parametrize("name,data", NASTY, ids=[n for n, _ in NASTY])
 @pytest.mark.parametrize("eof", [False, True], ids=["open", "eof"])
 def test_corpus_every_chunking(name: str, data: bytes, eof: bool) -> None:
     for limits in LIMITS:
-        for way, chunks in _chunkings(data):
+        pieces = (1 if len(data) <= 4096 else 4096, 7)
+        for way, chunks in chunkings(data, pieces, cuts=False, limit=20_000):
             try:
                 verify(drive([c for c in chunks if c], limits, eof=eof))
             except AssertionError as exc:
