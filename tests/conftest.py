@@ -20,8 +20,15 @@ import pytest
 from server.config import Config
 from server.lifecycle import Server
 from tests.support import BACKENDS, URING_SKIP, open_fds
+from tests.support.ci import pytest_make_collect_report, pytest_runtest_makereport
 
-__all__ = ["BACKENDS", "URING_SKIP", "open_fds"]
+__all__ = [
+    "BACKENDS",
+    "URING_SKIP",
+    "open_fds",
+    "pytest_make_collect_report",  # under CI=true, no ring fails the run
+    "pytest_runtest_makereport",
+]
 
 
 class ServerThread:
