@@ -370,3 +370,35 @@ def test_workers_need_a_fixed_port() -> None:
     proc = run_cli("--backend", "epoll", "--port", "0", "--workers", "2")
     assert proc.returncode == 1
     assert proc.stderr == "ringserve: error: --workers needs a fixed --port\n"
+
+
+# -- options in a running server ---------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on now (for options that need a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_workers_serve_forward_sigusr1_and_stop_on_sigterm(spawn) -> None:
+    srv = spawn("--backend", "epoll", "--port", str(free_port()), "--workers", "2").start()
+    wait_for(lambda: len(srv.json_lines("listening")) == 2, what="both workers listening")
+    workers = {line["pid"] for line in srv.json_lines("listening")}
+    assert len(workers) == 2 and srv.pid not in workers, workers
+    served: set[int] = set()
+    for _ in range(200):  # SO_REUSEPORT spreads connections by their source ports
+        served.add(json.loads(srv.fetch(GET_STATS).body)["pid"])
+        if served == workers:
+            break
+    assert served == workers, f"only {served} of {workers} answered"
+    srv.signal(signal.SIGUSR1)  # the parent forwards it: each worker prints its line
+    wait_for(lambda: len(srv.json_lines("stats")) == 2, what="a stats line from each worker")
+    assert {line["pid"] for line in srv.json_lines("stats")} == workers
+    assert srv.proc.poll() is None, "SIGUSR1 killed the parent"
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    exits = srv.json_lines("exit")
+    assert {line["pid"] for line in exits} == workers
+    assert all(line["open_connections"] == 0 for line in exits), exits
