@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -382,6 +385,92 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backlog_is_the_listen_backlog(spawn, backend: str) -> None:
+    """--backlog reaches listen(): a listening socket's Send-Q in ``ss -ltn`` is its backlog."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    srv = spawn("--backend", backend, "--port", "0", "--backlog", "7").start()
+    port = srv.address[1]
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    (line,) = out.splitlines()
+    state, _recv_q, send_q, local, *_ = line.split()
+    assert (state, send_q, local) == ("LISTEN", "7", f"127.0.0.1:{port}"), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_level_debug_logs_each_closed_connection(spawn, backend: str) -> None:
+    srv = spawn("--backend", backend, "--port", "0", "--log-level", "debug").start()
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    line = srv.wait_line(r"DEBUG server\.loop: connection \d+ closed").string
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    assert "listening on" in srv.banner, line
+
+
+def test_log_level_warning_hides_the_banner_and_info_lines(spawn) -> None:
+    srv = spawn("--backend", "epoll", "--port", "0", "--log-level", "warning").start()
+    assert srv.fetch(GET_CLOSE).body == HELLO  # the listening line on stdout is still there
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    assert srv.stderr_lines == [], srv.output()  # no banner, no "received SIGTERM"
+    assert len(srv.json_lines("exit")) == 1
+
+
+@pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
+def test_sqpoll_serves_from_a_kernel_polling_thread(spawn) -> None:
+    """--sqpoll: the ring has a kernel SQ polling thread, and DEFER_TASKRUN is off with it."""
+    srv = spawn("--backend", "uring", "--port", "0", "--sqpoll").start()
+    assert srv.listening["taskrun"] != "defer", srv.listening
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    threads = [p.read_text().strip() for p in Path(f"/proc/{srv.pid}/task").glob("*/comm")]
+    assert f"iou-sqp-{srv.pid}" in threads, threads
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+
+
+# Runs as PID 1 of a new PID namespace, where docker/healthcheck.py, which
+# probes the lowest-numbered `python -m server` process, can only see ours.
+HEALTHCHECK_DRIVER = """
+import json, subprocess, sys
+from tests.support.server import ServerProcess
+
+def check():
+    done = subprocess.run([sys.executable, "docker/healthcheck.py"], capture_output=True,
+                          text=True, timeout=30)
+    return [done.returncode, done.stdout + done.stderr]
+
+port = int(sys.argv[1])
+results = {}
+for protocol in ("http", "echo"):
+    args = ["--backend", "epoll", "--protocol", protocol, "--port", str(port)]
+    with ServerProcess(*args, env={"RINGSERVE_HOST": "127.0.0.1"}) as server:
+        results[protocol] = check()
+# A `python -m server --port P` process that does not listen: a dead port.
+idle = ["-c", "import time; time.sleep(60)", "-m", "server", "--port", str(port)]
+with subprocess.Popen([sys.executable, *idle]) as fake:
+    results["dead"] = check()
+    fake.kill()
+print(json.dumps(results))
+"""
+
+
+def test_docker_healthcheck(tmp_path: Path) -> None:
+    """docker/healthcheck.py: 0 for a live server on either protocol, non-zero for a dead port."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c"]
+    argv += [HEALTHCHECK_DRIVER, str(free_port())]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and done.stderr.startswith("unshare:"):
+        pytest.skip(f"no new PID namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results["http"][0] == 0 and "healthy: http on 127.0.0.1:" in results["http"][1]
+    assert results["echo"][0] == 0 and "healthy: echo on 127.0.0.1:" in results["echo"][1]
+    assert results["dead"][0] != 0 and "unhealthy" in results["dead"][1], results["dead"]
+
+
 def test_two_workers_serve_forward_sigusr1_and_stop_on_sigterm(spawn) -> None:
     srv = spawn("--backend", "epoll", "--port", str(free_port()), "--workers", "2").start()
     wait_for(lambda: len(srv.json_lines("listening")) == 2, what="both workers listening")
@@ -402,3 +491,25 @@ def test_two_workers_serve_forward_sigusr1_and_stop_on_sigterm(spawn) -> None:
     exits = srv.json_lines("exit")
     assert {line["pid"] for line in exits} == workers
     assert all(line["open_connections"] == 0 for line in exits), exits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grace_period_running_out_closes_the_request_in_flight(spawn, backend: str) -> None:
+    """A request that never completes: after --timeout-graceful-shutdown the server gives up
+    on it with a warning, closes its connection and still exits 0."""
+    grace = 1.0
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", str(grace))
+    srv.start()
+    with connect(srv.address) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
+        wait_for(lambda: srv.stats()["bytes_in"] > 0, what="the partial request")
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(grace + 15) == 0, srv.output()
+        took = time.monotonic() - started
+        srv.wait_line("grace period over; closing 1 connections")
+        with contextlib.suppress(ConnectionResetError):  # unread input: a reset is a close
+            assert s.recv(100) == b"", "bytes instead of a close"
+    assert took >= grace * 0.9, f"exited after {took:.2f} s, before the grace period ran out"
+    (final,) = srv.json_lines("exit")
+    assert final["open_connections"] == 0 and final["ops_in_flight"] == 0, final
