@@ -2,26 +2,20 @@
 
 ``python -m loadtest.client --protocol echo|http --port P --connections 100 --duration 10``
 
-Echo: each connection sends ``--size``-byte messages (each different, so a
-reordered, repeated or misdelivered echo fails) and waits for exactly those
-bytes back.  HTTP: ``GET /`` or ``POST /echo`` with a random body of up to
-2 KiB, at random; a 200 with the exact body must come back.  ``--pipeline
-D`` keeps D requests in flight per connection.  ``--churn`` closes each
-connection after 20-200 requests and opens another, half of the time by
-asking the server to close (``Connection: close``; echo: by sending EOF),
-so accepts and closes are part of the load (`loadtest.soak`).  The parent
-connects, then forks ``--processes`` workers, each a single-threaded epoll
-loop on its share of the sockets, costing little per message beyond the
-two syscalls it must make.  An error (a wrong byte, a reset, an early EOF,
-no answer for 10 s) replaces the connection; a worker gives up after 100.
-
-The window opens after ``--warmup`` seconds; the `loadtest` markers go to
-stderr when it opens and closes, with ``--progress`` running totals to
-stdout every second, and at the end one JSON line: messages answered in the
-window, messages/s, latency percentiles (ms), errors and the workers' CPU
-utilisation (near 1.0 per process: the client was the limit).  When the
-window closes no new request is sent and those in flight are answered
-first, so the server never sees one cut off.
+Echo: ``--size``-byte messages, each different (a reordered or misdelivered
+echo fails), waiting for exactly those bytes back; HTTP: ``GET /`` or
+``POST /echo`` with a random body, which must come back in a 200.
+``--pipeline D`` keeps D requests in flight per connection; ``--churn``
+closes each connection after 20-200 requests, half of the time by asking
+the server to (``Connection: close``, or EOF for echo), and opens another.
+The parent connects, then forks ``--processes`` workers, each an epoll loop
+on its share of the sockets.  An error (a wrong byte, a reset, an early
+EOF, 10 s without an answer) replaces the connection; a worker gives up
+after 100.  The `loadtest` window markers go to stderr after ``--warmup``
+and at the end, ``--progress`` prints running totals every second, and the
+last line is a JSON summary with the workers' CPU utilisation (near 1.0 per
+process: the client was the limit).  After the window no request is sent
+and those in flight are answered first, so none is cut off.
 """
 
 from __future__ import annotations
@@ -52,19 +46,6 @@ CHURN = (20, 200)  # requests per connection with --churn
 HELLO = b"Hello from ringserve\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one worker process does."""
-
-    protocol: str
-    host: str
-    port: int
-    connections: int
-    size: int = loadtest.ECHO_MESSAGE_BYTES
-    pipeline: int = 1
-    churn: bool = False
-
-
 @dataclass(slots=True)
 class Totals:
     """One worker's counts."""
@@ -90,10 +71,7 @@ class _Conn:
 
 
 def parse_response(buf: bytes) -> tuple[bytes, bytes, int] | None:
-    """(status line, body, end) of the response starting `buf`, None if incomplete.
-
-    ValueError without a Content-Length (the built-in app always sends one).
-    """
+    """(status line, body, end) of the response starting `buf` (None: incomplete)."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -106,7 +84,7 @@ def parse_response(buf: bytes) -> tuple[bytes, bytes, int] | None:
     return (lines[0], buf[end + 4 : stop], stop) if len(buf) >= stop else None
 
 
-def connect(plan: Plan) -> socket.socket:
+def connect(plan: argparse.Namespace) -> socket.socket:
     sock = socket.create_connection((plan.host, plan.port), IO_TIMEOUT_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -116,7 +94,11 @@ class Worker:
     """Runs `plan.connections` connections on one epoll until its window ends."""
 
     def __init__(
-        self, plan: Plan, socks: list[tuple[int, socket.socket]], progress: Any, slot: int
+        self,
+        plan: argparse.Namespace,
+        socks: list[tuple[int, socket.socket]],
+        progress: Any,
+        slot: int,
     ):
         self.plan, self.progress, self.slot = plan, progress, slot  # progress: 3 counts per slot
         self.totals = Totals()
@@ -281,14 +263,12 @@ class Worker:
         return totals
 
 
-def run_client(
-    plan: Plan, duration: float, warmup: float, processes: int = 1, progress: bool = False
-) -> dict[str, Any]:
+def run_client(plan: argparse.Namespace) -> dict[str, Any]:
     """Run the client and return its summary (OSError if it cannot connect or a worker fails)."""
-    processes = max(1, min(processes, plan.connections))
+    processes, duration = max(1, min(plan.processes, plan.connections)), plan.duration
     socks = [connect(plan) for _ in range(plan.connections)]
-    counts = RawArray("q", 3 * processes) if progress else None  # shared with the workers
-    window_start = time.monotonic() + warmup
+    counts = RawArray("q", 3 * processes) if plan.progress else None  # shared with the workers
+    window_start = time.monotonic() + plan.warmup
     window_end = window_start + duration
     workers = []
     for slot in range(processes):
@@ -301,9 +281,8 @@ def run_client(
             try:
                 for i in set(range(len(socks))) - set(mine):
                     socks[i].close()  # its own only, or the server sees no close
-                result = Worker(plan, [(i, socks[i]) for i in mine], counts, slot).run(
-                    window_start, window_end
-                )
+                worker = Worker(plan, [(i, socks[i]) for i in mine], counts, slot)
+                result = worker.run(window_start, window_end)
             except BaseException as exc:
                 result = f"{type(exc).__name__}: {exc}"
             finally:
@@ -326,13 +305,11 @@ def run_client(
     print(loadtest.WINDOW_END_MARKER, file=sys.stderr, flush=True)
     reports: list[Any] = []
     for pid, read_end in workers:
-        with os.fdopen(read_end, "rb") as results:
-            try:
-                reports.append(pickle.load(results))
-            except EOFError:
-                reports.append("it died")
+        with os.fdopen(read_end, "rb") as results, contextlib.suppress(EOFError):
+            reports.append(pickle.load(results))
         os.waitpid(pid, 0)
-    if failed := [r for r in reports if isinstance(r, str)]:
+    died = ["it died"] * (len(workers) - len(reports))
+    if failed := [r for r in reports if isinstance(r, str)] + died:
         raise OSError(f"a worker failed: {failed[0]}")
     latencies = array("I")
     for report in reports:
@@ -359,8 +336,7 @@ def run_client(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m loadtest.client",
-        description="Load a ringserve server with checked echo messages or HTTP requests.",
+        prog="python -m loadtest.client", description=__doc__.split("\n")[0]
     )
     p.add_argument("--protocol", choices=["echo", "http"], default="echo")
     p.add_argument("--host", default="127.0.0.1")
@@ -373,11 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=positive_int, default=64, help="bytes per echo message")
     p.add_argument("--churn", action="store_true", help="reconnect every 20-200 requests")
     p.add_argument("--progress", action="store_true", help="running totals every second")
-    a = p.parse_args(argv)
-    loadtest.raise_fd_limit(a.connections + 64)
-    plan = Plan(a.protocol, a.host, a.port, a.connections, a.size, a.pipeline, a.churn)
+    plan = p.parse_args(argv)
+    loadtest.raise_fd_limit(plan.connections + 64)
     try:
-        summary = run_client(plan, a.duration, a.warmup, a.processes, a.progress)
+        summary = run_client(plan)
     except OSError as exc:
         print(f"client: error: {exc}", file=sys.stderr)
         return 1

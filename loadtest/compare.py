@@ -1,31 +1,18 @@
 """Compare the uring and epoll backends under load: ``python -m loadtest.compare``.
 
-For every tool, connection count, repeat and server it starts a fresh server
-(same settings each time; pinned with ``taskset`` to the first usable CPU
-when there are two or more, the load generator to the others), drives it,
-reads the server's counters over the generator's measured window and stops
-it.  Repeats alternate the servers' order and report medians: a table per
-tool on stdout, ``results.csv``, ``results.json``, ``runs.csv`` and a PNG per
-tool in ``--out``, every process's output in ``logs/`` there.  Tools:
-``locust`` (at most ``--users`` users, one connection each) and
-``saturation`` (``wrk`` for HTTP; for echo the native
-``loadtest/echo_bench.c`` or, with ``--echo-client python``,
-`loadtest.client`).
-
-``--peers`` adds other servers under the same load, pinning and
-alternation: ``uvloop-h11`` (our HttpConnection and app on uvloop) and
-``uvicorn`` (`loadtest.peers.uvicorn_app`, which serves what our app does);
-``uvloop-echo`` and ``c-uring-echo`` (`loadtest/peers/uring_echo.c`, built
-into ``--out``; it binds 127.0.0.1 only).  A peer has no counters, so its
-syscalls/request are blank; it is ready once it listens.  For HTTP with
-wrk, `loadtest.h11_ceiling` runs on the server's CPU before the first run
-and after the last (our HTTP path in memory on wrk's exact request), and
-each server's wrk figure is reported as a share of it, a range when the two
-differ (the host's speed drifts).
-
-Exit status: 0 done; 1 a server, generator or the machine failed (port in
-use, wrk missing, a server that does not start); 2 bad arguments.  Whatever
-happens, no server or generator is left running.
+Every run gets a fresh server with the same settings, pinned with
+``taskset`` to the first usable CPU while the load generator runs on the
+others, and the server's own counters are read over exactly the window the
+generator measures (SIGUSR1 at its markers); repeats alternate the
+servers' order and report medians, so a slow spell of a shared host hits
+both backends alike.  ``--peers`` adds uvloop and uvicorn (HTTP) or uvloop
+and a C liburing server (echo) under the same load; for HTTP with wrk,
+`loadtest.h11_ceiling` runs on the server's CPU before and after the runs
+and each server's figure is reported as a share of it (a range: the host's
+speed drifts).  The README's "The compare command" tells what is written
+where.  Exit status: 0 done; 1 a server, generator or the machine failed
+(port in use, wrk missing, a server that does not start); 2 bad arguments.
+Whatever happens, no server or generator is left running.
 """
 
 from __future__ import annotations
@@ -110,10 +97,7 @@ def _connections(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse and check the command line (exits with status 2 on a bad one).
-
-    Besides the options it sets `servers`: our backends, then the peers.
-    """
+    """The checked options (exits 2 on a bad one), and `servers`: our backends, then peers."""
     p = argparse.ArgumentParser(
         prog="python -m loadtest.compare",
         description="Benchmark ringserve's uring and epoll backends side by side.",
@@ -237,10 +221,7 @@ def build_argv(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -
 
 
 def build(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> str:
-    """Compile `program` into `out`; returns the binary's path.
-
-    SetupError if there is no C compiler, no liburing, or it does not compile.
-    """
+    """Compile `program` into `out`; SetupError with the fix if it cannot be built."""
     name, source, _, libs, instead = program
     if (cc := shutil.which("cc")) is None:
         raise SetupError(
@@ -373,11 +354,7 @@ def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path
 
 
 def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) -> Result:
-    """One fresh server, one measurement, the server stopped again.
-
-    ServerStartError if the server did not start; RunError if the generator
-    or the server failed during the run.
-    """
+    """One fresh server, one measurement, the server stopped again."""
     stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
     with start_server(job, opts, pinning, logs / f"{stem}.server.log") as server:
         window = tools.Window(server.snapshot)
@@ -397,10 +374,7 @@ def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) ->
 def run_all(
     jobs: Sequence[Job], opts: argparse.Namespace, pinning: Pinning, logs: Path
 ) -> tuple[list[Result], str | None]:
-    """Run every job with progress on stderr; stops at the first failure.
-
-    Returns the results so far and the failure's message (None if all ran).
-    """
+    """Every job, progress on stderr; the results and the first failure (None: none)."""
     done: list[Result] = []
     width, name_width = len(str(len(jobs))), max(len(s) for s in opts.servers)
     started = time.monotonic()
@@ -432,10 +406,7 @@ def run_all(
 def measure_ceiling(
     opts: argparse.Namespace, pinning: Pinning, logs: Path, meta: Metadata, *, end: bool = False
 ) -> Metadata:
-    """`loadtest.h11_ceiling` on the server's CPU for --duration s, recorded in `meta`.
-
-    `end`: the measurement after the runs.  A failure is a warning, not fatal.
-    """
+    """`loadtest.h11_ceiling` on the server's CPU into `meta` (a failure only warns)."""
     when = "after the runs" if end else "before the runs"
     print(f"h11 ceiling (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "loadtest.h11_ceiling", "--json", "--duration",

@@ -68,10 +68,7 @@ class TcpEchoClient:
             self.sock = None
 
     def echo(self, payload: bytes, name: str = "echo") -> None:
-        """Send `payload` and check its echo; fires one request event (connecting is not timed).
-
-        Any error, a mismatch too, is a failure and drops the connection.
-        """
+        """Send `payload`, check its echo, fire one request event (a failure drops the socket)."""
         exc: Exception | None = None
         reply = b""
         start = time.perf_counter()

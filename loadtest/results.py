@@ -1,19 +1,14 @@
 """Result records (a run, or medians over repeats), their CSV/JSON files, tables and plots.
 
-Server-side figures come from the server's own counters at the edges of the
-generator's measured window: ``server_requests`` (HTTP requests, or echo's
-``bytes_in / 64``), ``syscalls_per_request`` (for uring mostly
-``io_uring_enter``; for epoll every ``epoll_wait``, ``recv``, ``send`` and
-``epoll_ctl``) and ``wait_calls_per_request`` (``io_uring_enter`` or
-``epoll_wait``).  ``cpu_s`` is the server's user + system CPU over the
-window, split per request into ``user_us_per_request`` (the server's own
-code) and ``system_us_per_request`` (the kernel inside its syscalls: for echo
-almost all loopback TCP, the same for every server), so the split shows what
-a faster server could still shrink.  A peer server has no counters: those
-figures are None and its CPU per request is over the generator's count.
-
-In the tables a ratio column divides the base server's figure (uring when
-it ran, else the first) by another's: ``u/e`` above 1 means uring's is higher.
+Server-side figures come from the server's own counters over the
+generator's window: requests (echo: ``bytes_in / 64``), syscalls and waits
+(``io_uring_enter`` or ``epoll_wait``) per request, and its CPU split into
+user time (the server's own code) and system time (the kernel inside its
+syscalls, for echo mostly loopback TCP, the same for every server), which
+shows what a faster server could still shrink.  A peer has no counters:
+those figures are None and its CPU per request is over the generator's
+count.  A table's ratio column divides the base server's figure (uring if
+it ran) by another's: ``u/e`` above 1 means uring's is higher.
 """
 
 from __future__ import annotations
@@ -100,10 +95,7 @@ def result_from_run(
     protocol: str, tool: str, backend: str, connections: int, measured: ToolResult,
     before: ServerSnapshot, after: ServerSnapshot, peak_rss_kib: int, server_exit_status: int,
 ) -> Result:  # fmt: skip
-    """Combine the generator's figures with the server's counter deltas.
-
-    Snapshots without counters (a peer's) leave the counter figures None.
-    """
+    """The generator's figures and the server's counter deltas (None for a peer)."""
     count, server_requests, syscalls, waits = measured.requests, None, None, None
     if before.stats is not None and after.stats is not None:
         delta = {k: int(v) - int(before.stats.get(k, 0)) for k, v in after.stats.items()
@@ -185,12 +177,10 @@ SHORT["c-uring-echo"] = "c-echo"
 def render_table(
     title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric]
 ) -> str:
-    """One row per connection count; each metric gets a column per server.
+    """One row per connection count, a column group per metric with a column per server.
 
-    A ratio metric also gets a "base/other" column per other server (the base
-    is uring if it ran, else the first server), except where one side has no
-    counters (a peer).  Heads are the backend names, or short names when
-    peers ran.  Groups are " | " apart, each with its label centred above it.
+    Ratio metrics add a base/other column per other server, unless one side
+    has no counters (a peer); with peers, heads are short names.
     """
     by_key = {(r.connections, r.backend): r for r in results}
     base = "uring" if "uring" in servers else servers[0]
@@ -265,11 +255,7 @@ def ceiling_lines(
 
 
 def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) -> str:
-    """Both tables (throughput and latency; cost per request) for every tool.
-
-    After wrk's tables (HTTP ``GET /``), when the h11 ceiling was measured,
-    a line per point with each server's share of it (uring first).
-    """
+    """Both tables (throughput and latency; cost) per tool, and wrk's ceiling shares."""
     out = []
     for tool in dict.fromkeys(r.tool for r in results):
         mine = [r for r in results if r.tool == tool]

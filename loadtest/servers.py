@@ -1,19 +1,13 @@
 """Child processes: spawned with cleanup, our server under test, and the peer servers.
 
-Every process started here (`spawn`) leads its own session, so its process
-group is its pid, and is registered; `kill_all()` kills whatever is still
-running, and `compare` calls it in a ``finally``, so no server or generator
-outlives a run that fails or is interrupted.
-
-`ServerProcess` is ``python -m server`` as a child, read through its JSON
-lines on stdout only: it is ready at ``{"event": "listening", ...}`` (which
-the server prints once it accepts, after its signal handlers are installed,
-so it may be signalled at once), its counters come as ``{"event": "stats",
-...}`` in answer to SIGUSR1, and ``{"event": "exit", ...}`` as it exits.
-The banner on stderr is for people: stderr is kept as the log.  CPU times,
-RSS and fds come from psutil.  A peer server (`PeerProcess`: uvloop,
-uvicorn, the C echo server) prints no such lines: it is ready once it owns a
-listening socket on its port, and its snapshots carry CPU seconds only.
+Every process started here leads its own session (its process group is its
+pid) and is registered, so `kill_all()` in ``compare``'s ``finally`` leaves
+nothing running.  `ServerProcess` reads ``python -m server`` through its
+JSON lines only: ready at ``{"event": "listening"}`` (printed once it
+accepts, its signal handlers installed), counters as ``{"event": "stats"}``
+on SIGUSR1, and ``{"event": "exit"}``; stderr is the log.  CPU, RSS and fds
+come from psutil.  A peer (`PeerProcess`) prints no such lines: it is ready
+once it owns a listening socket on its port, and has no counters.
 """
 
 from __future__ import annotations
@@ -92,7 +86,7 @@ def kill_all() -> list[int]:
 def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     """A thread feeding `stream`'s lines to `sink`; it closes the stream at EOF.
 
-    Not when the Popen object is collected: a test's fd count would see that.
+    (Not when the Popen object is collected: a test's fd count would see that.)
     """
 
     def run() -> None:
@@ -108,10 +102,8 @@ def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
 def process_tree_cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of `pid` and its live descendants ((0, 0) if gone).
 
-    System time includes what the kernel does on the process's behalf inside
-    its syscalls: for the uring backend, the socket work io_uring runs as task
-    work inside ``io_uring_enter`` (DEFER_TASKRUN); user time is the
-    interpreter, cffi and liburing.
+    System time includes the kernel's work inside the process's syscalls: for
+    uring, the socket work io_uring runs as task work inside ``io_uring_enter``.
     """
     user = system = 0.0
     with contextlib.suppress(psutil.Error):
@@ -156,14 +148,11 @@ class ServerSnapshot:
 
 
 class ServerProcess:
-    """A ``python -m server`` child: start, read its counters, sample RSS, signal, stop.
+    """A ``python -m server`` child (`argv`: e.g. `server_argv`): start, counters, RSS, stop.
 
-    `argv` is the whole command (e.g. `server_argv`, with any ``taskset``
-    prefix), `nofile` the child's RLIMIT_NOFILE soft limit and `env` its
-    environment (None: inherited).  Its lines are kept in `stdout_lines` and
-    `stderr_lines` (stderr also in `log_path`), and the JSON lines read as
-    they come (`listening`, `stats`, `exit_stats`).  As a context manager it
-    starts the server (unless started already) and kills it on the way out.
+    Its lines go to `stdout_lines` and `stderr_lines` (stderr also to
+    `log_path`); the last JSON line of each event is in `events`.  As a
+    context manager it starts it (unless started) and kills it at the end.
     """
 
     def __init__(
@@ -185,10 +174,7 @@ class ServerProcess:
         self._stopped = threading.Event()
 
     def start(self, timeout: float = 20.0) -> tuple[str, int]:
-        """Start it, wait until it is ready and return its address (also in `address`).
-
-        ServerStartError, with its last stderr lines, if it exits or is late.
-        """
+        """Start it and wait until it is ready (ServerStartError if it exits or is late)."""
         self._log = None if self.log_path is None else self.log_path.open("w")
         self.proc = proc = spawn(self.argv, self.env, self.nofile)
         assert proc.stdout is not None and proc.stderr is not None
@@ -284,10 +270,7 @@ class ServerProcess:
                 raise TimeoutError(f"no stats line within {timeout} s") from None
 
     def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
-        """Counters via SIGUSR1 and CPU seconds via psutil, taken together.
-
-        RunError if the server is gone or does not answer: the run is void.
-        """
+        """Counters and CPU seconds together; RunError if the server is gone or silent."""
         user, system = process_tree_cpu_times(self.pid)
         try:
             return ServerSnapshot(self.stats(timeout), user, system)
@@ -355,12 +338,10 @@ class ServerProcess:
 
 
 class PeerProcess(ServerProcess):
-    """A peer server (no JSON lines, no counters): start, CPU snapshots, sample RSS, stop.
+    """A peer server: ready once it listens on `address`'s port; no counters.
 
-    It is ready once it listens on `address`'s port; its stdout and stderr
-    both go to `stderr_lines` and the log.  `clean`: exit statuses that mean
-    a graceful stop (uvicorn re-raises the SIGTERM it handled, so it ends
-    with -SIGTERM); `stop` reports them as 0.
+    `clean`: exit statuses `stop` reports as 0 (uvicorn re-raises the SIGTERM
+    it handled, so it ends with -SIGTERM).
     """
 
     def __init__(

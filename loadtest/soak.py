@@ -3,20 +3,17 @@
 ``python -m loadtest.soak --backend uring|epoll|both --duration 600 --connections 32
 --protocol http|echo --out DIR``
 
-For each backend it starts the server, runs `loadtest.client --churn` for
-``--warmup`` seconds and lets every connection close; records the baseline
-RSS and fds once the server reports no open connection; loads it for
-``--duration`` seconds (``GET /`` and ``POST /echo`` checked byte for byte,
-or echo messages, on connections that reconnect every few dozen requests,
-half of the time by ``Connection: close``); then, once the clients are gone,
-checks that RSS is at most ``--rss-tolerance`` (5%) above the baseline and
-the fds exactly the baseline, and that SIGTERM makes the server exit 0 with
-nothing open or in flight.  RSS, fds, the server's counters (SIGUSR1) and the
-client's totals are sampled every second.  Any client error, server log line
-at ERROR or above, accept error, timeout or refused request fails the run.
-Samples go to ``DIR/samples-<backend>.csv`` and ``.json``, a plot of RSS and
-fds to ``DIR/soak.png``, the verdicts to ``DIR/summary.json``; it exits 0
-when every check passed, 1 otherwise.
+Per backend: a warm-up with `loadtest.client --churn` (connections that
+reconnect every few dozen requests, half of the time by ``Connection:
+close``), then the baseline RSS and fds once no connection is open, then
+``--duration`` seconds of load, then the same once the clients are gone:
+RSS at most ``--rss-tolerance`` (5%) above the baseline, the fds exactly
+the baseline, and after SIGTERM exit 0 with nothing open or in flight.  Any
+client error, server log line at ERROR or above, accept error, timeout or
+refused request fails it too.  RSS, fds, the server's counters and the
+client's totals are sampled every second into ``DIR/samples-<backend>.csv``
+and ``.json``, plotted in ``DIR/soak.png``; the verdicts go to
+``DIR/summary.json``, and the exit status is 0 only if every check passed.
 """
 
 from __future__ import annotations

@@ -100,18 +100,12 @@ def children_cpu_s() -> float:
 def run_generator(
     name: str, argv: Sequence[str], spec: LoadSpec, window: Window, log: Path, markers: bool
 ) -> tuple[int, str, str]:
-    """Run a load generator to completion, marking `window` at its measurement's edges.
+    """Run a generator to completion, marking `window`; its status, stdout and stderr's tail.
 
-    With `markers`, the window is what the generator marks on stderr, read
-    as the lines come, and its CPU time is its process tree's (psutil) at
-    the markers; without, the window is the process's whole life and its
-    CPU time comes from getrusage(RUSAGE_CHILDREN).
-
-    Returns:
-        Its exit status, its stdout and the tail of its stderr.
-
-    Raises:
-        RunError: it timed out, never opened its window, or the server failed.
+    With `markers` the window is what it marks on stderr, and its CPU time its
+    process tree's (psutil) there; without, its whole life and getrusage's
+    RUSAGE_CHILDREN.  RunError if it times out, never opens its window, or
+    the server fails.
     """
     out: list[str] = []
     tail: deque[str] = deque(maxlen=30)
@@ -205,11 +199,7 @@ def locust_percentile(histogram: dict[float, int], fraction: float) -> float:
 
 
 def summarize_locust(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate Locust's ``--json-file`` entries (one per request name).
-
-    Locust's CSV is rewritten once a second and not at exit, so it can miss
-    the last second; the JSON file is written at exit.
-    """
+    """Aggregate Locust's ``--json-file`` entries (its CSV can miss the last second)."""
     requests = sum(int(e["num_requests"]) for e in entries)
     histogram: dict[float, int] = {}
     for entry in entries:
@@ -269,13 +259,9 @@ def _ms(text: str) -> float:
 
 
 def parse_wrk(output: str) -> dict[str, Any]:
-    """Requests/s, latency (avg, p50, p90, p99 in ms) and errors from ``wrk --latency``.
+    """Requests/s, latency (ms) and errors (socket errors, non-2xx/3xx) from ``wrk --latency``.
 
-    Errors are socket errors (connect, read, write, timeout) plus non-2xx/3xx
-    responses.
-
-    Raises:
-        RunError: the output lacks the summary lines.
+    RunError if the output lacks the summary lines.
     """
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
     total = re.search(r"^\s*(\d+) requests in ([\d.]+\w+)", output, re.M)
@@ -295,13 +281,11 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 class EchoClientTool:
-    """The echo saturation client: ping-pong (or pipelined) 64-byte messages.
+    """The echo saturation client: the native one (`binary`) or `loadtest.client`.
 
-    The native one (loadtest/echo_bench.c, one epoll loop in C) when a
-    `binary` is given, else `loadtest.client` with a process per CPU it may
-    use.  A Python client runs out of CPU at about the rate a Python server
-    serves (both near 150k msgs/s here), so the native one is the default: it
-    uses well under one CPU where the server uses all of its own.
+    A Python client runs out of CPU at about the rate a Python server serves
+    (both near 150k msgs/s here); the C one uses well under one CPU where the
+    server uses all of its own, so it is the default.
     """
 
     name = "echo-client"
