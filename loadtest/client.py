@@ -93,13 +93,7 @@ def connect(plan: argparse.Namespace) -> socket.socket:
 class Worker:
     """Runs `plan.connections` connections on one epoll until its window ends."""
 
-    def __init__(
-        self,
-        plan: argparse.Namespace,
-        socks: list[tuple[int, socket.socket]],
-        progress: Any,
-        slot: int,
-    ):
+    def __init__(self, plan: Any, socks: list[tuple[int, socket.socket]], progress: Any, slot: int):
         self.plan, self.progress, self.slot = plan, progress, slot  # progress: 3 counts per slot
         self.totals = Totals()
         self.ep = select.epoll()

@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -65,6 +66,7 @@ PEERS = {
 # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
 PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
 PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
+DEBS = ("liburing2", "liburing-dev")
 
 
 class SetupError(Exception):
@@ -79,11 +81,10 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(t.strip() for t in text.split(",") if t.strip())
-        if not items or len(set(items)) != len(items):
-            raise argparse.ArgumentTypeError(f"{text!r} is empty or repeats an item")
-        if bad := [i for i in items if i not in allowed]:
-            choose = f"choose from {', '.join(allowed)}"
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)} ({choose})")
+        bad = [i for i in items if i not in allowed]
+        if not items or len(set(items)) != len(items) or bad:
+            why = f"unknown {', '.join(bad)}" if bad else f"{text!r} is empty or repeats an item"
+            raise argparse.ArgumentTypeError(f"{why} (choose from {', '.join(allowed)})")
         return items
 
     return parse
@@ -99,8 +100,7 @@ def _connections(text: str) -> tuple[int, ...]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The checked options (exits 2 on a bad one), and `servers`: our backends, then peers."""
     p = argparse.ArgumentParser(
-        prog="python -m loadtest.compare",
-        description="Benchmark ringserve's uring and epoll backends side by side.",
+        prog="python -m loadtest.compare", description=__doc__.split("\n")[0]
     )
     # fmt: off
     p.add_argument("--protocol", choices=["http", "echo"], default="http",
@@ -256,12 +256,10 @@ def our_argv(backend: str, opts: argparse.Namespace, prefix: Sequence[str] = ())
 
 def peer_argv(name: str, opts: argparse.Namespace, port: int, prefix: Sequence[str]) -> list[str]:
     """The command that runs peer `name` on `port` (pinned by `prefix`)."""
-    args = [
-        a.format(host=(URING_ECHO_HOST if name == "c-uring-echo" else opts.host), port=port)
-        for a in PEERS[opts.protocol][name]
-    ]
-    binary = (opts.out / URING_ECHO[2]).resolve()
-    return [*prefix, str(binary) if name == "c-uring-echo" else sys.executable, *args]
+    host, program = opts.host, sys.executable
+    if name == "c-uring-echo":
+        host, program = URING_ECHO_HOST, str((opts.out / URING_ECHO[2]).resolve())
+    return [*prefix, program, *(a.format(host=host, port=port) for a in PEERS[opts.protocol][name])]
 
 
 def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None) -> Metadata:
@@ -287,9 +285,8 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
             cc = first_line("cc", "--version") or "cc not installed"
             peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
     # liburing: the Debian packages' versions (runtime and headers), else pkg-config's.
-    query = ("dpkg-query", "-W", "-f=${Version}")
-    debs = [(p, first_line(*query, p)) for p in ("liburing2", "liburing-dev")]
-    liburing = ", ".join(f"{p} {v}" for p, v in debs if v and "no packages found" not in v)
+    debs = {p: first_line("dpkg-query", "-W", "-f=${Version}", p) for p in DEBS}
+    liburing = ", ".join(f"{p} {v}" for p, v in debs.items() if "no packages" not in v and v)
     pkgconfig = first_line("pkg-config", "--modversion", "liburing")
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     models = re.findall(r"^model name\s*:\s*(.*?)\s*$", cpuinfo, re.M)
@@ -458,8 +455,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo_bench = None
         if opts.protocol == "echo" and "saturation" in opts.tools and native:
             echo_bench = build(ECHO_BENCH, opts.out)
-        saturation = [tools.saturation_tool(opts.protocol, wrk, opts.pipeline, echo_bench)]
-        generators = [tools.LocustTool() if t == "locust" else saturation[0] for t in opts.tools]
+        if opts.protocol == "http" and "saturation" in opts.tools and wrk is None:
+            raise SetupError("the HTTP saturation tool is wrk, which is not installed: "
+                             "apt-get install wrk (or run --tools locust)")  # fmt: skip
+        saturation = LoadTool(
+            "echo-client", partial(tools.run_echo_client, opts.pipeline, echo_bench)
+        )
+        if opts.protocol == "http":
+            saturation = LoadTool("wrk", partial(tools.run_wrk, str(wrk)))
+        locust = LoadTool("locust", tools.run_locust)
+        generators = [locust if t == "locust" else saturation for t in opts.tools]
         if opts.port != 0:
             free_port(opts.host, opts.port)
         needed = ({"uvloop"} if set(opts.peers) - {"c-uring-echo"} else set()) | (

@@ -26,12 +26,7 @@
 #define MSG 64
 #define MAX_LAT (1u << 24)
 
-struct conn {
-    int fd;
-    unsigned got;
-    uint64_t seq, sent_ns;
-    char out[MSG], in[MSG];
-};
+struct conn { int fd; unsigned got; uint64_t seq, sent_ns; char out[MSG], in[MSG]; };
 
 static uint64_t now_ns(void)
 {
@@ -73,9 +68,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s HOST PORT CONNECTIONS DURATION_S WARMUP_S\n", argv[0]);
         return 2;
     }
-    n = atoi(argv[3]);
-    duration = atof(argv[4]);
-    warmup = atof(argv[5]);
+    n = atoi(argv[3]), duration = atof(argv[4]), warmup = atof(argv[5]);
     addr.sin_port = htons(atoi(argv[2]));
     if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) {
         fprintf(stderr, "bad IPv4 address %s\n", argv[1]);
@@ -96,8 +89,7 @@ int main(int argc, char **argv)
         ev.data.u32 = i;
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
-    start = now_ns();
-    open_at = start + (uint64_t)(warmup * 1e9);
+    start = now_ns(), open_at = start + (uint64_t)(warmup * 1e9);
     close_at = open_at + (uint64_t)(duration * 1e9);
     for (i = 0; i < n; i++) {
         conns[i].sent_ns = start;
@@ -106,8 +98,7 @@ int main(int argc, char **argv)
     for (;;) {
         uint64_t t = now_ns();
         if (!in_window && t >= open_at) {
-            in_window = 1;
-            cpu0 = cpu_s();
+            in_window = 1, cpu0 = cpu_s();
             fprintf(stderr, "ringserve-loadtest: measurement window start\n");
         }
         if (t >= close_at)
@@ -131,13 +122,11 @@ int main(int argc, char **argv)
                 errors++;
             else if (in_window) {
                 uint32_t us = (uint32_t)((t - c->sent_ns) / 1000);
-                messages++;
-                sum_us += us;
+                messages++, sum_us += us;
                 if (nlat < MAX_LAT)
                     lat[nlat++] = us;
             }
-            c->seq++;
-            c->sent_ns = t;
+            c->seq++, c->sent_ns = t;
             errors += send_next(c, evs[j].data.u32);
         }
     }

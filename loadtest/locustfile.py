@@ -178,8 +178,7 @@ def _drop_users_without_tasks(environment: Environment, **_: Any) -> None:
     (when tags are given) and none of the excluded ones.
     """
     options = environment.parsed_options
-    tags = set(getattr(options, "tags", None) or ())
-    excluded = set(getattr(options, "exclude_tags", None) or ())
+    tags, excluded = (set(getattr(options, k, None) or ()) for k in ("tags", "exclude_tags"))
 
     def runs(task: Any) -> bool:
         if isinstance(task, type):  # a TaskSet: let Locust decide
@@ -209,21 +208,16 @@ def _discard_warmup(environment: Environment, **_: Any) -> None:
             environment.runner.stats.reset_all()
         print(loadtest.WINDOW_START_MARKER, file=sys.stderr, flush=True)
 
-    def on_test_start(**_: Any) -> None:
-        state["armed"] = True
-
     def on_spawning_complete(**_: Any) -> None:
         if state["armed"]:  # not again when the user count changes mid-test
-            state["armed"] = False
-            state["timer"] = gevent.spawn_later(warmup, open_window)
+            state.update(armed=False, timer=gevent.spawn_later(warmup, open_window))
 
     def on_test_stopping(**_: Any) -> None:
-        state["armed"] = False
         if state["timer"] is not None:
             state["timer"].kill(block=False)
-            state["timer"] = None
+        state.update(armed=False, timer=None)
         print(loadtest.WINDOW_END_MARKER, file=sys.stderr, flush=True)
 
-    environment.events.test_start.add_listener(on_test_start)
+    environment.events.test_start.add_listener(lambda **_: state.update(armed=True))
     environment.events.spawning_complete.add_listener(on_spawning_complete)
     environment.events.test_stopping.add_listener(on_test_stopping)

@@ -85,7 +85,7 @@ def bench_prep(ring, batch: int, iterations: int) -> float:
     return spent / (iterations * batch)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.ring_bench", description=__doc__.split("\n")[0]
     )
@@ -99,34 +99,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if any(not 1 <= b <= 256 for b in args.batches) or args.warmup < 0:
         p.error("batch sizes must be between 1 and 256 (the SQ size), --warmup >= 0")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        from uring_backend import Ring, UringUnavailable
-    except ImportError as exc:
-        print(f"ring_bench: the uring extension is not built: {exc}", file=sys.stderr)
-        return 2
-    try:
+        from uring_backend import Ring
+
         # SQ 256 holds the largest batch, so every pass is exactly one enter;
         # CQ 2048 holds every completion of a pass.
         ring = Ring(256, cq_factor=8, buffers=8, buffer_size=64)
-    except UringUnavailable as exc:
-        print(f"ring_bench: {exc}", file=sys.stderr)
+    except (ImportError, RuntimeError) as exc:  # not built, or UringUnavailable
+        print(f"ring_bench: no ring: {exc}", file=sys.stderr)
         return 2
 
     overhead = clock_overhead_ns()
-    print(f"kernel {platform.release()}, Python {platform.python_version()}, pid {os.getpid()}")
-    print(
-        f"ring: taskrun={ring.taskrun} setup_flags={ring.setup_flags:#x} "
-        f"SQ={ring.sq_entries} CQ={ring.cq_entries}"
-    )
-    print(
-        f"{args.iterations} timed passes per batch after {args.warmup} warm-up, "
-        f"best of {args.repeats}; clock pair {overhead:.0f} ns subtracted"
-    )
+    print(f"kernel {platform.release()}, Python {platform.python_version()}, pid {os.getpid()}\n"
+          f"ring: taskrun={ring.taskrun} setup_flags={ring.setup_flags:#x} "
+          f"SQ={ring.sq_entries} CQ={ring.cq_entries}\n{args.iterations} timed passes per batch "
+          f"after {args.warmup} warm-up, best of {args.repeats}; clock pair {overhead:.0f} ns "
+          "subtracted")  # fmt: skip
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:

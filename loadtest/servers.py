@@ -142,10 +142,6 @@ class ServerSnapshot:
     user_s: float
     system_s: float
 
-    @property
-    def cpu_s(self) -> float:
-        return self.user_s + self.system_s
-
 
 class ServerProcess:
     """A ``python -m server`` child (`argv`: e.g. `server_argv`): start, counters, RSS, stop.
@@ -155,10 +151,8 @@ class ServerProcess:
     context manager it starts it (unless started) and kills it at the end.
     """
 
-    def __init__(
-        self, argv: Sequence[str], log_path: Path | None = None, nofile: int | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, argv: Sequence[str], log_path: Path | None = None, nofile: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.argv, self.log_path, self.nofile, self.env = list(argv), log_path, nofile, env
         self.proc: subprocess.Popen[str] | None = None
         self.address: tuple[str, int] = ("", 0)  # set once it listens
@@ -167,8 +161,7 @@ class ServerProcess:
         self.stderr_lines: list[str] = []
         self._stats: queue.Queue[dict[str, Any]] = queue.Queue()
         self._lock = threading.Lock()  # one SIGUSR1 request at a time
-        self._log_lock = threading.Lock()
-        self._log: IO[str] | None = None
+        self._log: IO[str] | None = None  # written by the stderr reader only
         self._readers: list[threading.Thread] = []
         self._peak_rss = 0
         self._stopped = threading.Event()
@@ -190,13 +183,8 @@ class ServerProcess:
         threading.Thread(target=self._sample_rss, daemon=True).start()
         return self.address
 
-    @property
-    def listening(self) -> dict[str, Any]:
-        return self.events.get("listening", {})
-
-    @property
-    def exit_stats(self) -> dict[str, Any] | None:
-        return self.events.get("exit")
+    listening = property(lambda self: self.events.get("listening", {}), doc="its listening line")
+    exit_stats = property(lambda self: self.events.get("exit"), doc="its exit line, once it exits")
 
     def _ready(self) -> bool:
         if self.listening:
@@ -235,10 +223,8 @@ class ServerProcess:
         if self.proc is not None:
             kill(self.proc)
             self._join_readers(2.0)  # they close the pipes at EOF
-        with self._log_lock:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self) -> ServerProcess:
         if self.proc is None:
@@ -326,9 +312,8 @@ class ServerProcess:
 
     def _on_stderr(self, line: str) -> None:
         self.stderr_lines.append(line)
-        with self._log_lock:
-            if self._log is not None:
-                self._log.write(line)
+        if self._log is not None:
+            self._log.write(line)
 
     def _sample_rss(self) -> None:
         with contextlib.suppress(psutil.Error):

@@ -218,9 +218,8 @@ def write_outputs(out: Path, results: list[Result]) -> None:
         write_csv(out / f"samples-{r.backend}.csv", [asdict(s) for s in r.samples])
         write_json(out / f"samples-{r.backend}.json", asdict(r))
     backends = {r.backend: {k: v for k, v in asdict(r).items() if k != "samples"} for r in results}
-    write_json(
-        out / "summary.json", {"passed": all(r.passed for r in results), "backends": backends}
-    )
+    summary = {"passed": all(r.passed for r in results), "backends": backends}
+    write_json(out / "summary.json", summary)
     plot(out / "soak.png", results)
 
 
@@ -238,13 +237,11 @@ def plot(path: Path, results: list[Result]) -> None:
         if r.baseline_rss_kib:
             ax_rss.axhline(r.baseline_rss_kib / 1024, color=line.get_color(), ls=":", lw=0.8)
             ax_fds.axhline(r.baseline_fds, color=line.get_color(), ls=":", lw=0.8)
-    ax_rss.set_ylabel("server RSS (MiB)")
-    ax_fds.set_ylabel("server open fds")
-    ax_fds.set_xlabel("time since server start (s)")
-    ax_rss.set_title("ringserve soak (dotted: baseline after warm-up)")
+    ax_rss.set(ylabel="server RSS (MiB)", title="ringserve soak (dotted: baseline after warm-up)")
+    ax_fds.set(ylabel="server open fds", xlabel="time since server start (s)")
     ax_rss.legend()
-    ax_rss.grid(alpha=0.3)
-    ax_fds.grid(alpha=0.3)
+    for ax in (ax_rss, ax_fds):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,10 +1,10 @@
 """The load generators `compare` drives, and how a generator run is measured.
 
-`LocustTool` runs Locust headless with this package's locustfile
+`run_locust` runs Locust headless with this package's locustfile
 (``--warmup-seconds`` discards the warm-up; Locust's latencies are whole
 milliseconds below 100 ms, so on loopback its percentiles read 0 or 1 while
-``avg_ms`` is exact); `WrkTool` runs wrk for HTTP ``GET /`` after a separate
-warm-up run; `EchoClientTool` the native ``loadtest/echo_bench.c`` or
+``avg_ms`` is exact); `run_wrk` runs wrk for HTTP ``GET /`` after a separate
+warm-up run; `run_echo_client` the native ``loadtest/echo_bench.c`` or
 `loadtest.client`, which print the same JSON.  Each runs its generator with
 `run_generator`, which marks a `Window` (snapshots of the server) at the
 edges of the generator's measured window, so the server's counters cover
@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 from loadtest import ECHO_MESSAGE_BYTES, PROJECT_ROOT, WINDOW_END_MARKER, WINDOW_START_MARKER
 from loadtest.servers import RunError, ServerSnapshot, kill, process_tree_cpu_times, pump, spawn
@@ -73,11 +73,7 @@ class Window:
 
     def mark(self, cpu: float) -> None:
         """The window opens (the first call) or closes (the second)."""
-        snapshot = self.snapshot()
-        if self.edges:
-            self.after = snapshot
-        else:
-            self.before = snapshot
+        setattr(self, "after" if self.edges else "before", self.snapshot())
         self.edges.append((time.monotonic(), cpu))
 
     def cpu_util(self, cpus: int) -> float:
@@ -85,16 +81,16 @@ class Window:
         return max(0.0, cpu1 - cpu0) / ((closed - opened) * cpus) if closed > opened else 0.0
 
 
-class LoadTool(Protocol):
-    name: str
+class LoadTool(NamedTuple):
+    """A load generator: its name in results, and what runs it for one measurement."""
 
-    def run(self, spec: LoadSpec, window: Window) -> ToolResult: ...
+    name: str
+    run: Callable[[LoadSpec, Window], ToolResult]
 
 
 def children_cpu_s() -> float:
     """CPU seconds of every child this process has reaped so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
 
 
 def run_generator(
@@ -107,9 +103,7 @@ def run_generator(
     RUSAGE_CHILDREN.  RunError if it times out, never opens its window, or
     the server fails.
     """
-    out: list[str] = []
-    tail: deque[str] = deque(maxlen=30)
-    failed: list[RunError] = []
+    out, tail, failed = [], deque[str](maxlen=30), []
     timeout = spec.warmup_s + spec.duration_s + SLACK_S
 
     def on_stderr(line: str) -> None:
@@ -159,32 +153,28 @@ def run_command(name: str, argv: Sequence[str], timeout: float) -> tuple[int, st
     return proc.returncode, out, err
 
 
-class LocustTool:
+def run_locust(spec: LoadSpec, window: Window) -> ToolResult:
     """Locust headless, one process, ``-u N -r N``; validating users."""
-
-    name = "locust"
-
-    def run(self, spec: LoadSpec, window: Window) -> ToolResult:
-        users, prefix = str(spec.connections), f"{spec.log_prefix}.locust"
-        url, user = f"tcp://{spec.host}:{spec.port}", "EchoUser"
-        if spec.protocol == "http":
-            url, user = f"http://{spec.host}:{spec.port}", "HttpAppUser"
-        # Locust's -t takes whole seconds: round the warm-up up, so the
-        # window after it is exactly the duration.
-        warmup = math.ceil(spec.warmup_s)
-        argv = [
-            *spec.cpu_prefix, sys.executable, "-m", "locust",
-            "-f", str(PROJECT_ROOT / "loadtest" / "locustfile.py"), "--headless",
-            "-u", users, "-r", users, "-t", f"{warmup + spec.duration_s}s",
-            "--warmup-seconds", str(warmup), "--host", url,
-            "--csv", prefix, "--json-file", prefix, "--only-summary", user,
-        ]  # fmt: skip
-        status, _, tail = run_generator("locust", argv, spec, window, Path(f"{prefix}.log"), True)
-        json_path = Path(f"{prefix}.json")
-        if status not in (0, 1) or not json_path.exists():  # 1: some requests failed
-            raise RunError(f"locust exited with status {status}:\n{tail[-2000:].strip()}")
-        stats = summarize_locust(json.loads(json_path.read_text()))
-        return ToolResult(**stats, client_cpu_util=window.cpu_util(spec.cpus))
+    users, prefix = str(spec.connections), f"{spec.log_prefix}.locust"
+    url, user = f"tcp://{spec.host}:{spec.port}", "EchoUser"
+    if spec.protocol == "http":
+        url, user = f"http://{spec.host}:{spec.port}", "HttpAppUser"
+    # Locust's -t takes whole seconds: round the warm-up up, so the
+    # window after it is exactly the duration.
+    warmup = math.ceil(spec.warmup_s)
+    argv = [
+        *spec.cpu_prefix, sys.executable, "-m", "locust",
+        "-f", str(PROJECT_ROOT / "loadtest" / "locustfile.py"), "--headless",
+        "-u", users, "-r", users, "-t", f"{warmup + spec.duration_s}s",
+        "--warmup-seconds", str(warmup), "--host", url,
+        "--csv", prefix, "--json-file", prefix, "--only-summary", user,
+    ]  # fmt: skip
+    status, _, tail = run_generator("locust", argv, spec, window, Path(f"{prefix}.log"), True)
+    json_path = Path(f"{prefix}.json")
+    if status not in (0, 1) or not json_path.exists():  # 1: some requests failed
+        raise RunError(f"locust exited with status {status}:\n{tail[-2000:].strip()}")
+    stats = summarize_locust(json.loads(json_path.read_text()))
+    return ToolResult(**stats, client_cpu_util=window.cpu_util(spec.cpus))
 
 
 def locust_percentile(histogram: dict[float, int], fraction: float) -> float:
@@ -219,33 +209,24 @@ def summarize_locust(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class WrkTool:
+def run_wrk(wrk: str, spec: LoadSpec, window: Window) -> ToolResult:
     """``wrk -t<T> -c<C> -d<D>s --latency``, GET /; warm-up as a separate run."""
+    threads = max(1, min(spec.cpus, spec.connections))
 
-    name = "wrk"
-
-    def __init__(self, wrk: str) -> None:
-        self.wrk = wrk
-
-    def argv(self, spec: LoadSpec, seconds: int) -> list[str]:
-        threads = max(1, min(spec.cpus, spec.connections))
+    def argv(seconds: int) -> list[str]:
         return [
-            *spec.cpu_prefix, self.wrk, f"-t{threads}", f"-c{spec.connections}", f"-d{seconds}s",
+            *spec.cpu_prefix, wrk, f"-t{threads}", f"-c{spec.connections}", f"-d{seconds}s",
             "--timeout", "10s", "--latency", f"http://{spec.host}:{spec.port}/",
         ]  # fmt: skip
 
-    def run(self, spec: LoadSpec, window: Window) -> ToolResult:
-        if spec.warmup_s > 0:  # wrk takes whole seconds
-            warmup = math.ceil(spec.warmup_s)
-            run_command("wrk (warm-up)", self.argv(spec, warmup), warmup + SLACK_S)
-        log = Path(f"{spec.log_prefix}.wrk.log")
-        status, out, tail = run_generator(
-            "wrk", self.argv(spec, spec.duration_s), spec, window, log, False
-        )
-        log.write_text(out + tail)
-        if status != 0:
-            raise RunError(f"wrk exited with status {status}: {tail.strip()}")
-        return ToolResult(**parse_wrk(out), client_cpu_util=window.cpu_util(spec.cpus))
+    if spec.warmup_s > 0:  # wrk takes whole seconds
+        run_command("wrk (warm-up)", argv(math.ceil(spec.warmup_s)), spec.warmup_s + SLACK_S)
+    log = Path(f"{spec.log_prefix}.wrk.log")
+    status, out, tail = run_generator("wrk", argv(spec.duration_s), spec, window, log, False)
+    log.write_text(out + tail)
+    if status != 0:
+        raise RunError(f"wrk exited with status {status}: {tail.strip()}")
+    return ToolResult(**parse_wrk(out), client_cpu_util=window.cpu_util(spec.cpus))
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -280,60 +261,35 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
-class EchoClientTool:
+def run_echo_client(
+    pipeline: int, binary: str | None, spec: LoadSpec, window: Window
+) -> ToolResult:
     """The echo saturation client: the native one (`binary`) or `loadtest.client`.
 
     A Python client runs out of CPU at about the rate a Python server serves
     (both near 150k msgs/s here); the C one uses well under one CPU where the
     server uses all of its own, so it is the default.
     """
-
-    name = "echo-client"
-
-    def __init__(self, pipeline: int = 1, binary: str | None = None) -> None:
-        self.pipeline, self.binary = pipeline, binary
-
-    def run(self, spec: LoadSpec, window: Window) -> ToolResult:
-        where = [spec.host, str(spec.port), str(spec.connections)]
+    where = [spec.host, str(spec.port), str(spec.connections)]
+    argv = [*spec.cpu_prefix, str(binary), *where, str(spec.duration_s), str(spec.warmup_s)]
+    if binary is None:
         argv = [
-            *spec.cpu_prefix,
-            str(self.binary),
-            *where,
-            str(spec.duration_s),
-            str(spec.warmup_s),
-        ]
-        if self.binary is None:
-            argv = [
-                *spec.cpu_prefix, sys.executable, "-m", "loadtest.client", "--protocol", "echo",
-                "--host", spec.host, "--port", str(spec.port), "--connections", where[2],
-                "--duration", str(spec.duration_s), "--warmup", str(spec.warmup_s),
-                "--processes", str(max(1, min(spec.cpus, spec.connections))),
-                "--size", str(ECHO_MESSAGE_BYTES), "--pipeline", str(self.pipeline),
-            ]  # fmt: skip
-        log = Path(f"{spec.log_prefix}.echo-client.log")
-        status, out, tail = run_generator("the echo client", argv, spec, window, log, True)
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        if status != 0 or not lines:
-            raise RunError(f"the echo client exited with status {status}:\n{tail.strip()}")
-        s = json.loads(lines[-1])
-        return ToolResult(
-            s["messages"], s["messages_per_s"], s["avg_ms"], s["p50_ms"], s["p90_ms"],
-            s["p99_ms"], s["errors"],
-            # Its own count: the workers' CPU over the window, per process.
-            client_cpu_util=s["cpu_util"] * s["processes"] / spec.cpus,
-            window_s=s["duration_s"],
-        )  # fmt: skip
-
-
-def saturation_tool(
-    protocol: str, wrk: str | None, pipeline: int = 1, echo_bench: str | None = None
-) -> LoadTool:
-    """wrk for HTTP; for echo the native client when built (ping-pong only), else the Python one."""
-    if protocol == "echo":
-        return EchoClientTool(pipeline, echo_bench if pipeline == 1 else None)
-    if wrk is None:
-        raise RunError(
-            "the HTTP saturation tool is wrk, which is not installed: "
-            "apt-get install wrk (or run --tools locust)"
-        )
-    return WrkTool(wrk)
+            *spec.cpu_prefix, sys.executable, "-m", "loadtest.client", "--protocol", "echo",
+            "--host", spec.host, "--port", str(spec.port), "--connections", where[2],
+            "--duration", str(spec.duration_s), "--warmup", str(spec.warmup_s),
+            "--processes", str(max(1, min(spec.cpus, spec.connections))),
+            "--size", str(ECHO_MESSAGE_BYTES), "--pipeline", str(pipeline),
+        ]  # fmt: skip
+    log = Path(f"{spec.log_prefix}.echo-client.log")
+    status, out, tail = run_generator("the echo client", argv, spec, window, log, True)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if status != 0 or not lines:
+        raise RunError(f"the echo client exited with status {status}:\n{tail.strip()}")
+    s = json.loads(lines[-1])
+    return ToolResult(
+        s["messages"], s["messages_per_s"], s["avg_ms"], s["p50_ms"], s["p90_ms"],
+        s["p99_ms"], s["errors"],
+        # Its own count: the workers' CPU over the window, per process.
+        client_cpu_util=s["cpu_util"] * s["processes"] / spec.cpus,
+        window_s=s["duration_s"],
+    )  # fmt: skip
