@@ -66,6 +66,7 @@ PEERS = {
 # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
 PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
 PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
+LOCUST = LoadTool("locust", tools.run_locust)
 DEBS = ("liburing2", "liburing-dev")
 
 
@@ -103,36 +104,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m loadtest.compare", description=__doc__.split("\n")[0]
     )
     # fmt: off
-    p.add_argument("--protocol", choices=["http", "echo"], default="http",
-                   help="what the servers speak")
-    p.add_argument("--backends", type=_choices(BACKENDS), default=BACKENDS,
-                   help="default: uring,epoll")
-    p.add_argument("--connections", type=_connections, help="connection counts (default: "
-                   "1,10,100,1000, and 10000 when RLIMIT_NOFILE allows)")
-    p.add_argument("--duration", type=positive_int, default=10, help="measured seconds per "
-                   "point, whole (wrk and Locust count whole seconds) (10)")
-    p.add_argument("--warmup", type=non_negative_float, default=2.0, help="seconds of load "
-                   "discarded before each measurement; wrk and Locust round it up (2)")
-    p.add_argument("--users", type=positive_int, default=100,
-                   help="most Locust users (= connections) per point (100)")
-    p.add_argument("--out", type=Path, help="output directory (results/<time>)")
-    p.add_argument("--tools", type=_choices(TOOLS), default=TOOLS,
-                   help="locust,saturation (both)")
-    p.add_argument("--repeat", type=positive_int, default=1, help="runs per point (medians)")
-    p.add_argument("--pipeline", type=positive_int, default=1, help="echo saturation client: "
-                   "messages in flight per connection (1: ping-pong)")
-    p.add_argument("--echo-client", choices=("native", "python"), default="native",
-                   help="echo saturation client: native (loadtest/echo_bench.c, built with cc; "
-                   "ping-pong only) or python (loadtest.client; supports --pipeline)")
-    p.add_argument("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=0,
-                   help="server port (0: a free one each run)")
-    p.add_argument("--peers", nargs="?", const="all", metavar="NAMES", help="also run peer "
-                   "servers at every point: http uvloop-h11,uvicorn; echo uvloop-echo,"
-                   "c-uring-echo (bare --peers: both)")
-    p.add_argument("--server-args", type=shlex.split, default=[], metavar="ARGS",
-                   help="more options for our servers, both backends alike, e.g. "
-                   "--server-args='--no-tcp-nodelay --cq-factor 32' (not the peers)")
+    add = p.add_argument
+    add("--protocol", choices=["http", "echo"], default="http", help="what the servers speak")
+    add("--backends", type=_choices(BACKENDS), default=BACKENDS, help="default: uring,epoll")
+    add("--connections", type=_connections, help="counts (1,10,100,1000, 10000 if fds allow)")
+    add("--duration", type=positive_int, default=10, help="measured seconds per point, whole (10)")
+    add("--warmup", type=non_negative_float, default=2.0, help="seconds discarded first (2)")
+    add("--users", type=positive_int, default=100, help="most Locust users per point (100)")
+    add("--out", type=Path, help="output directory (results/<time>)")
+    add("--tools", type=_choices(TOOLS), default=TOOLS, help="locust,saturation (both)")
+    add("--repeat", type=positive_int, default=1, help="runs per point (medians)")
+    add("--pipeline", type=positive_int, default=1, help="echo messages in flight per connection")
+    add("--echo-client", choices=("native", "python"), default="native",
+        help="echo saturation client: native (echo_bench.c; ping-pong only) or python")
+    add("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
+    add("--port", type=port_number, default=0, help="server port (0: a free one each run)")
+    add("--peers", nargs="?", const="all", metavar="NAMES", help="also run peer servers: http "
+        "uvloop-h11,uvicorn; echo uvloop-echo,c-uring-echo (bare --peers: both)")
+    add("--server-args", type=shlex.split, default=[], metavar="ARGS", help="more options for "
+        "both our backends, e.g. --server-args='--no-tcp-nodelay --cq-factor 32'")
     # fmt: on
     ns = p.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -458,19 +448,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.protocol == "http" and "saturation" in opts.tools and wrk is None:
             raise SetupError("the HTTP saturation tool is wrk, which is not installed: "
                              "apt-get install wrk (or run --tools locust)")  # fmt: skip
-        saturation = LoadTool(
-            "echo-client", partial(tools.run_echo_client, opts.pipeline, echo_bench)
-        )
-        if opts.protocol == "http":
-            saturation = LoadTool("wrk", partial(tools.run_wrk, str(wrk)))
-        locust = LoadTool("locust", tools.run_locust)
-        generators = [locust if t == "locust" else saturation for t in opts.tools]
+        saturation = LoadTool("wrk", partial(tools.run_wrk, str(wrk)))
+        if opts.protocol == "echo":
+            echo = partial(tools.run_echo_client, opts.pipeline, echo_bench)
+            saturation = LoadTool("echo-client", echo)
+        generators = [saturation if t != "locust" else LOCUST for t in opts.tools]
         if opts.port != 0:
             free_port(opts.host, opts.port)
-        needed = ({"uvloop"} if set(opts.peers) - {"c-uring-echo"} else set()) | (
-            {"uvicorn"} & set(opts.peers)
-        )
-        if missing := sorted(m for m in needed if importlib.util.find_spec(m) is None):
+        needed = {"uvloop": set(opts.peers) - {"c-uring-echo"}, "uvicorn": "uvicorn" in opts.peers}
+        if missing := [m for m, n in needed.items() if n and importlib.util.find_spec(m) is None]:
             raise SetupError(f"--peers needs {', '.join(missing)}, which is not installed: "
                              "pip install -e '.[loadtest]'")  # fmt: skip
         logs = opts.out / "logs"

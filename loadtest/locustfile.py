@@ -96,8 +96,7 @@ class TcpEchoClient:
 class TcpEchoUser(User):
     """A user with a `TcpEchoClient` as ``self.client``; subclass it and add tasks."""
 
-    abstract = True
-    host = HOST
+    abstract, host = True, HOST
     _ids = itertools.count()
 
     def __init__(self, environment: Environment) -> None:

@@ -168,10 +168,10 @@ COST: list[Metric] = [
     ("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}", ""),
     ("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}", ""),
     ("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}", ""),
-]
+]  # fmt: skip
 # Short names for column heads and ratio labels.
-SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo"}
-SHORT["c-uring-echo"] = "c-echo"
+SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo",
+         "c-uring-echo": "c-echo"}  # fmt: skip
 
 
 def render_table(

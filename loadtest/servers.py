@@ -240,10 +240,9 @@ class ServerProcess:
         return self.proc.pid
 
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The server's counters now: SIGUSR1, then the stats line it prints.
+        """The counters now (SIGUSR1, then its stats line; TimeoutError or ProcessLookupError).
 
         A line that answered an earlier, timed-out request is dropped first.
-        TimeoutError if none comes; ProcessLookupError if the server is gone.
         """
         with self._lock:
             with contextlib.suppress(queue.Empty):
@@ -329,9 +328,7 @@ class PeerProcess(ServerProcess):
     it handled, so it ends with -SIGTERM).
     """
 
-    def __init__(
-        self, argv: Sequence[str], log: Path, address: tuple[str, int], clean: Sequence[int]
-    ):
+    def __init__(self, argv: list[str], log: Path, address: tuple[str, int], clean: Sequence[int]):
         super().__init__(argv, log)
         self.address, self.clean = address, tuple(clean)
 

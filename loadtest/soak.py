@@ -248,7 +248,7 @@ def plot(path: Path, results: list[Result]) -> None:
 
 
 def print_summary(results: list[Result]) -> None:
-    for r in results:
+    for r in results:  # one line per backend, then its failures
         verdict = "PASS" if r.passed else "FAIL"
         print(
             f"{r.backend:5} {r.protocol}: {verdict}  RSS baseline {r.baseline_rss_kib} KiB, "
