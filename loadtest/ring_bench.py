@@ -22,8 +22,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.config import positive_int
-
 DEFAULT_BATCHES = (1, 16, 64, 256)
 
 
@@ -85,28 +83,40 @@ def bench_prep(ring, batch: int, iterations: int) -> float:
     return spent / (iterations * batch)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.ring_bench", description=__doc__.split("\n")[0]
     )
-    # fmt: off
-    p.add_argument("--iterations", type=positive_int, default=2000, help="timed passes per batch")
+    p.add_argument("--iterations", type=int, default=2000, help="timed passes per batch size")
     p.add_argument("--warmup", type=int, default=200, help="untimed passes first")
-    p.add_argument("--repeats", type=positive_int, default=3, help="runs per batch; best shown")
-    p.add_argument("--batches", type=lambda s: tuple(int(x) for x in s.split(",")),
-                   default=DEFAULT_BATCHES, help="NOPs per pass, each <= 256 (1,16,64,256)")
-    # fmt: on
+    p.add_argument("--repeats", type=int, default=3, help="runs per batch size; best is shown")
+    p.add_argument(
+        "--batches",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=DEFAULT_BATCHES,
+        help="comma-separated NOPs per pass, each <= 256 (default 1,16,64,256)",
+    )
     args = p.parse_args(argv)
-    if any(not 1 <= b <= 256 for b in args.batches) or args.warmup < 0:
-        p.error("batch sizes must be between 1 and 256 (the SQ size), --warmup >= 0")
-    try:
-        from uring_backend import Ring
+    if any(not 1 <= b <= 256 for b in args.batches):
+        p.error("batch sizes must be between 1 and 256 (the SQ size)")
+    if min(args.iterations, args.repeats) < 1 or args.warmup < 0:
+        p.error("--iterations and --repeats must be >= 1, --warmup >= 0")
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from uring_backend import Ring, UringUnavailable
+    except ImportError as exc:
+        print(f"ring_bench: the uring extension is not built: {exc}", file=sys.stderr)
+        return 2
+    try:
         # SQ 256 holds the largest batch, so every pass is exactly one enter;
         # CQ 2048 holds every completion of a pass.
         ring = Ring(256, cq_factor=8, buffers=8, buffer_size=64)
-    except (ImportError, RuntimeError) as exc:  # not built, or UringUnavailable
-        print(f"ring_bench: no ring: {exc}", file=sys.stderr)
+    except UringUnavailable as exc:
+        print(f"ring_bench: {exc}", file=sys.stderr)
         return 2
 
     overhead = clock_overhead_ns()
