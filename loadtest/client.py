@@ -329,9 +329,7 @@ def run_client(plan: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest.client", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser("python -m loadtest.client", description=__doc__.split("\n")[0])
     p.add_argument("--protocol", choices=["echo", "http"], default="echo")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_number, required=True)

@@ -74,9 +74,6 @@ class SetupError(Exception):
     """The machine cannot run the comparison as asked (wrk missing, port in use...)."""
 
 
-# -- arguments -------------------------------------------------------------------
-
-
 def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     """An argparse type: comma-separated, distinct names from `allowed`."""
 
@@ -100,9 +97,7 @@ def _connections(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The checked options (exits 2 on a bad one), and `servers`: our backends, then peers."""
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest.compare", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser("python -m loadtest.compare", description=__doc__.split("\n")[0])
     # fmt: off
     add = p.add_argument
     add("--protocol", choices=["http", "echo"], default="http", help="what the servers speak")
@@ -131,10 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         large = (LARGE_POINT,) if limit >= LARGE_POINT + FD_MARGIN else ()
         ns.connections = DEFAULT_CONNECTIONS + large
     elif (need := max(ns.connections) + FD_MARGIN) > limit:
-        p.error(
-            f"--connections {max(ns.connections)} needs an open-file limit of at least {need}; "
-            f"the hard limit is {limit} (see ulimit -Hn)"
-        )
+        p.error(f"--connections {max(ns.connections)} needs an open-file limit of at least "
+                f"{need}; the hard limit is {limit} (see ulimit -Hn)")  # fmt: skip
     available = tuple(PEERS[ns.protocol])
     try:
         peers = ",".join(available) if ns.peers == "all" else ns.peers
@@ -142,19 +135,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     except argparse.ArgumentTypeError as exc:
         p.error(f"--peers for --protocol {ns.protocol}: {exc}")
     if "c-uring-echo" in ns.peers and ns.host != URING_ECHO_HOST:
-        p.error(
-            f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
-            f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo"
-        )
+        p.error(f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
+                f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo")  # fmt: skip
     owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers")
     if clash := [a for a in ns.server_args if a.split("=")[0] in owned]:
         p.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
     ns.out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     ns.servers = (*ns.backends, *ns.peers)
     return ns
-
-
-# -- the machine ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +224,6 @@ def build(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> str
     return argv[3]
 
 
-# -- the servers -------------------------------------------------------------------
-
-
 def our_argv(backend: str, opts: argparse.Namespace, prefix: Sequence[str] = ()) -> list[str]:
     args = ["--log-level", "info", *opts.server_args]
     return servers.server_argv(backend, opts.protocol, args, opts.host, opts.port, prefix)
@@ -293,9 +278,6 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
         server_command=shown([*env, *our_argv("{uring|epoll}", opts, pinning.server_prefix)]),
         peers="; ".join(peers), uvloop=version("uvloop"), uvicorn=version("uvicorn"),
     )  # fmt: skip
-
-
-# -- runs --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,10 +348,8 @@ def run_all(
     width, name_width = len(str(len(jobs))), max(len(s) for s in opts.servers)
     started = time.monotonic()
     for i, job in enumerate(jobs, start=1):
-        label = (
-            f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} "
-            f"c={job.connections:<5} {job.backend:<{name_width}} run {job.run}/{opts.repeat}"
-        )
+        where = f"c={job.connections:<5} {job.backend:<{name_width}} run {job.run}/{opts.repeat}"
+        label = f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} {where}"
         print(f"{label} ...", file=sys.stderr, flush=True)
         try:
             r = run_job(job, opts, pinning, logs)
@@ -377,13 +357,10 @@ def run_all(
             return done, f"{label}: {exc}"
         done.append(r)
         per = "-" if r.syscalls_per_request is None else f"{r.syscalls_per_request:.2f}"
-        print(
-            f"{label}: {r.requests_per_s:>10,.0f} req/s  p99 {r.p99_ms:6.2f} ms  {r.errors} "
-            f"errors  {per} syscalls/req  server {r.cpu_s:.2f} CPU-s  client CPU "
-            f"{r.client_cpu_util * 100:.0f}%  [{time.monotonic() - started:.0f} s]",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"{label}: {r.requests_per_s:>10,.0f} req/s  p99 {r.p99_ms:6.2f} ms  {r.errors} "
+              f"errors  {per} syscalls/req  server {r.cpu_s:.2f} CPU-s  client CPU "
+              f"{r.client_cpu_util * 100:.0f}%  [{time.monotonic() - started:.0f} s]",
+              file=sys.stderr, flush=True)  # fmt: skip
         if r.server_exit_status != 0:
             warning = f"warning: the server exited with status {r.server_exit_status}"
             print(f"{label}: {warning}", file=sys.stderr)

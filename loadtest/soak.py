@@ -262,10 +262,7 @@ def print_summary(results: list[Result]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest.soak",
-        description="Soak the server under steady load; check RSS and fds return to baseline.",
-    )
+    p = argparse.ArgumentParser("python -m loadtest.soak", description=__doc__.split("\n")[0])
     # fmt: off
     p.add_argument("--backend", choices=["uring", "epoll", "both"], default="both")
     p.add_argument("--protocol", choices=["http", "echo"], default="http")
