@@ -1,329 +1,148 @@
 """Compare the uring and epoll backends under load: ``python -m loadtest.compare``.
 
-For every tool, connection count, repeat and backend it starts a fresh server
-(same settings each time; pinned to the first usable CPU with ``taskset``
-when there are two or more, the load generator pinned to the others), drives
-it, reads the server's counters over the generator's measured window, and
-stops it.  Repeats alternate the backends' order run by run and report
-medians.  At the end it prints a side-by-side table per tool, and writes
-``results.csv``, ``results.json``, ``runs.csv`` (every run) and a PNG per
-tool into ``--out``; ``logs/`` there keeps each server's and generator's
-output.
-
-``--peers`` adds other servers to every point, under the same load and
-pinning, in the same alternation: for HTTP ``uvloop-h11`` (our HttpConnection
-and built-in app on uvloop) and ``uvicorn`` (h11, uvloop,
-`loadtest.peers.uvicorn_app`, which serves ``GET /`` and ``POST /echo`` like
-the built-in app, so Locust's users run against it unchanged); for echo
-``uvloop-echo`` and ``c-uring-echo`` (`loadtest/peers/uring_echo.c`, built
-into ``--out`` with ``cc`` first; it binds 127.0.0.1 only).  ``--peers a,b``
-picks some.  A peer has no counters: its syscalls/request and waits/request
-are blank; its CPU seconds and peak RSS are measured as for ours.  Each peer
-gets a free port of its own (or ``--port``) and is ready once it listens.
-
-For HTTP with the saturation tool it runs `loadtest.h11_ceiling` on the
-server's CPU (for ``--duration`` seconds) before the first run and again
-after the last: our HTTP path in memory, no I/O, on exactly wrk's request.
-The report gives each server's wrk figure as a share of it, as a range when
-the two measurements differ (the host's speed can drift during a run), and
-results carry both (``h11_ceiling_rps``, ``h11_ceiling_end_rps``).
-
-Tools: ``locust`` (validating users, ``-u N -r N``, warm-up discarded by a
-stats reset) and ``saturation`` (``wrk`` for HTTP; `loadtest.echo_client`
-for echo).  Connection counts default to 1, 10, 100, 1000, plus 10000 when
-the open-file limit allows it; Locust runs at most ``--users`` users (each
-holds one connection), so higher counts are run once at that cap.
-
-Exit status: 0 done; 1 a server, generator or the machine failed (port in
-use, wrk missing, a server that does not start); 2 bad arguments.  Whatever
-happens, no server or generator is left running.
+Every run gets a fresh server with the same settings, pinned with
+``taskset`` to the first usable CPU while the load generator runs on the
+others, and the server's own counters are read over exactly the window the
+generator measures (SIGUSR1 at its markers); repeats alternate the
+servers' order and report medians, so a slow spell of a shared host hits
+both backends alike.  ``--peers`` adds uvloop and uvicorn (HTTP) or uvloop
+and a C liburing server (echo) under the same load; for HTTP with wrk,
+`loadtest.h11_ceiling` runs on the server's CPU before and after the runs
+and each server's figure is reported as a share of it (a range: the host's
+speed drifts).  The README's "The compare command" tells what is written
+where.  Exit status: 0 done; 1 a server, generator or the machine failed
+(port in use, wrk missing, a server that does not start); 2 bad arguments.
+Whatever happens, no server or generator is left running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from loadtest import PROJECT_ROOT, sysinfo
-from loadtest.procs import (
-    GeneratorError,
-    PeerProcess,
-    ServerProcess,
-    ServerSnapshot,
-    ServerStartError,
-    WindowHooks,
-    kill_all,
-    run_command,
-)
-from loadtest.report import plot, tables
-from loadtest.results import (
-    Metadata,
-    Result,
-    median_result,
-    result_from_run,
-    write_csv,
-    write_json,
-)
-from loadtest.tools import (
-    SLACK_S,
-    LoadSpec,
-    LoadTool,
-    LocustTool,
-    Target,
-    saturation_tool,
-)
+from loadtest import non_negative_float, raise_fd_limit, results, servers, tools
+from loadtest.results import Metadata, Result
+from loadtest.servers import RunError, ServerProcess, ServerStartError
+from loadtest.tools import LoadTool
+from server.config import port_number, positive_int
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-ECHO_BENCH_SOURCE = PROJECT_ROOT / "loadtest" / "echo_bench.c"
 BACKENDS = ("uring", "epoll")
 TOOLS = ("locust", "saturation")
 DEFAULT_CONNECTIONS = (1, 10, 100, 1000)
 LARGE_POINT = 10_000
-DEFAULT_USERS = 100
-# File descriptors a process needs beyond one per connection.
-FD_MARGIN = 128
-PEERS = {"http": ("uvloop-h11", "uvicorn"), "echo": ("uvloop-echo", "c-uring-echo")}
-URING_ECHO_SOURCE = PROJECT_ROOT / "loadtest" / "peers" / "uring_echo.c"
+FD_MARGIN = 128  # file descriptors a process needs beyond one per connection
 URING_ECHO_HOST = "127.0.0.1"  # where uring_echo.c binds, whatever --host says
+_AT = ["--host", "{host}", "--port", "{port}"]
+# Each peer's arguments after the interpreter (c-uring-echo: after its binary).
+PEERS = {
+    "http": {
+        "uvloop-h11": ["-m", "loadtest.peers.uvloop_h11", *_AT],
+        "uvicorn": ["-m", "uvicorn", "loadtest.peers.uvicorn_app:app", "--http", "h11",
+                    "--loop", "uvloop", "--no-access-log", *_AT],
+    },
+    "echo": {"uvloop-echo": ["-m", "loadtest.peers.uvloop_echo", *_AT], "c-uring-echo": ["{port}"]},
+}  # fmt: skip
+# uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
+PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
+PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
+LOCUST = LoadTool("locust", tools.run_locust)
+DEBS = ("liburing2", "liburing-dev")
 
 
 class SetupError(Exception):
     """The machine cannot run the comparison as asked (wrk missing, port in use...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    protocol: str
-    backends: tuple[str, ...]
-    connections: tuple[int, ...]
-    duration: int
-    warmup: float
-    users: int
-    out: Path
-    tools: tuple[str, ...]
-    repeat: int
-    pipeline: int
-    host: str
-    port: int
-    peers: tuple[str, ...] = ()
-    echo_client: str = "native"
-    server_args: tuple[str, ...] = ()
-
-    @property
-    def servers(self) -> tuple[str, ...]:
-        """Our backends, then the peers."""
-        return self.backends + self.peers
-
-
-# -- arguments -------------------------------------------------------------------
-
-
-def _csv_list(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("empty list")
-    if len(set(items)) != len(items):
-        raise argparse.ArgumentTypeError(f"{text!r} repeats an item")
-    return items
-
-
 def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated, distinct names from `allowed`."""
+
     def parse(text: str) -> tuple[str, ...]:
-        items = _csv_list(text)
-        if bad := [i for i in items if i not in allowed]:
-            raise argparse.ArgumentTypeError(
-                f"unknown {', '.join(bad)} (choose from {', '.join(allowed)})"
-            )
-        return tuple(items)
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [i for i in items if i not in allowed]
+        if not items or len(set(items)) != len(items) or bad:
+            why = f"unknown {', '.join(bad)}" if bad else f"{text!r} is empty or repeats an item"
+            raise argparse.ArgumentTypeError(f"{why} (choose from {', '.join(allowed)})")
+        return items
 
     return parse
 
 
 def _connections(text: str) -> tuple[int, ...]:
     try:
-        counts = [int(i) for i in _csv_list(text)]
+        return tuple(sorted({positive_int(i) for i in text.split(",")}))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers") from None
-    if any(c < 1 for c in counts):
-        raise argparse.ArgumentTypeError("connection counts must be at least 1")
-    return tuple(sorted(counts))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest.compare",
-        description="Benchmark ringserve's uring and epoll backends side by side.",
-    )
-    p.add_argument(
-        "--protocol", choices=["http", "echo"], default="http", help="what the servers speak"
-    )
-    p.add_argument(
-        "--backends", type=_choices(BACKENDS), default=BACKENDS, help="default: uring,epoll"
-    )
-    p.add_argument(
-        "--connections",
-        type=_connections,
-        default=None,
-        help="connection counts (default: 1,10,100,1000, and 10000 when RLIMIT_NOFILE allows)",
-    )
-    p.add_argument(
-        "--duration",
-        type=_positive_int,
-        default=10,
-        help="measured seconds per point, whole (wrk and Locust count whole seconds) (10)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=_seconds,
-        default=2.0,
-        help="seconds of load discarded before each measurement; wrk and Locust round it "
-        "up to whole seconds (2)",
-    )
-    p.add_argument(
-        "--users",
-        type=_positive_int,
-        default=DEFAULT_USERS,
-        help=f"most Locust users (= connections) per point ({DEFAULT_USERS})",
-    )
-    p.add_argument("--out", type=Path, default=None, help="output directory (results/<time>)")
-    p.add_argument("--tools", type=_choices(TOOLS), default=TOOLS, help="locust,saturation (both)")
-    p.add_argument("--repeat", type=_positive_int, default=1, help="runs per point (medians)")
-    p.add_argument(
-        "--pipeline",
-        type=_positive_int,
-        default=1,
-        help="echo saturation client: messages in flight per connection (1: ping-pong)",
-    )
-    p.add_argument(
-        "--echo-client",
-        choices=("native", "python"),
-        default="native",
-        help="echo saturation client: native (loadtest/echo_bench.c, built with cc; "
-        "ping-pong only) or python (loadtest.echo_client; supports --pipeline)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
-    p.add_argument("--port", type=_port, default=0, help="server port (0: a free one each run)")
-    p.add_argument(
-        "--peers",
-        nargs="?",
-        const="all",
-        default=None,
-        metavar="NAMES",
-        help="also run peer servers at every point: http uvloop-h11,uvicorn; "
-        "echo uvloop-echo,c-uring-echo (bare --peers: both)",
-    )
-    p.add_argument(
-        "--server-args",
-        type=shlex.split,
-        default=[],
-        metavar="ARGS",
-        help="more options for our servers, both backends alike, e.g. "
-        "--server-args='--no-tcp-nodelay --cq-factor 32' (not the peers)",
-    )
-    return p
-
-
-def fd_limit() -> int:
-    """The most open files this process can have: the hard RLIMIT_NOFILE."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return sys.maxsize if hard == resource.RLIM_INFINITY else hard
-
-
-def parse_args(argv: Sequence[str] | None) -> Options:
-    """Parse and check the command line; exits with status 2 on a bad one."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    limit = fd_limit()
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The checked options (exits 2 on a bad one), and `servers`: our backends, then peers."""
+    p = argparse.ArgumentParser("python -m loadtest.compare", description=__doc__.split("\n")[0])
+    # fmt: off
+    add = p.add_argument
+    add("--protocol", choices=["http", "echo"], default="http", help="what the servers speak")
+    add("--backends", type=_choices(BACKENDS), default=BACKENDS, help="default: uring,epoll")
+    add("--connections", type=_connections, help="counts (1,10,100,1000, 10000 if fds allow)")
+    add("--duration", type=positive_int, default=10, help="measured seconds per point, whole (10)")
+    add("--warmup", type=non_negative_float, default=2.0, help="seconds discarded first (2)")
+    add("--users", type=positive_int, default=100, help="most Locust users per point (100)")
+    add("--out", type=Path, help="output directory (results/<time>)")
+    add("--tools", type=_choices(TOOLS), default=TOOLS, help="locust,saturation (both)")
+    add("--repeat", type=positive_int, default=1, help="runs per point (medians)")
+    add("--pipeline", type=positive_int, default=1, help="echo messages in flight per connection")
+    add("--echo-client", choices=("native", "python"), default="native",
+        help="echo saturation client: native (echo_bench.c; ping-pong only) or python")
+    add("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
+    add("--port", type=port_number, default=0, help="server port (0: a free one each run)")
+    add("--peers", nargs="?", const="all", metavar="NAMES", help="also run peer servers: http "
+        "uvloop-h11,uvicorn; echo uvloop-echo,c-uring-echo (bare --peers: both)")
+    add("--server-args", type=shlex.split, default=[], metavar="ARGS", help="more options for "
+        "both our backends, e.g. --server-args='--no-tcp-nodelay --cq-factor 32'")
+    # fmt: on
+    ns = p.parse_args(argv)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = sys.maxsize if hard == resource.RLIM_INFINITY else hard
     if ns.connections is None:
-        large_ok = limit >= LARGE_POINT + FD_MARGIN
-        ns.connections = DEFAULT_CONNECTIONS + ((LARGE_POINT,) if large_ok else ())
-    elif max(ns.connections) + FD_MARGIN > limit:
-        parser.error(
-            f"--connections {max(ns.connections)} needs an open-file limit of at least "
-            f"{max(ns.connections) + FD_MARGIN}; the hard limit is {limit} (see ulimit -Hn)"
-        )
-    peers: tuple[str, ...] = ()
-    if ns.peers is not None:
-        available = PEERS[ns.protocol]
-        try:
-            peers = available if ns.peers == "all" else _choices(available)(ns.peers)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"--peers for --protocol {ns.protocol}: {exc}")
-        if "c-uring-echo" in peers and ns.host != URING_ECHO_HOST:
-            parser.error(
-                f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
-                f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo"
-            )
+        large = (LARGE_POINT,) if limit >= LARGE_POINT + FD_MARGIN else ()
+        ns.connections = DEFAULT_CONNECTIONS + large
+    elif (need := max(ns.connections) + FD_MARGIN) > limit:
+        p.error(f"--connections {max(ns.connections)} needs an open-file limit of at least "
+                f"{need}; the hard limit is {limit} (see ulimit -Hn)")  # fmt: skip
+    available = tuple(PEERS[ns.protocol])
+    try:
+        peers = ",".join(available) if ns.peers == "all" else ns.peers
+        ns.peers = () if peers is None else _choices(available)(peers)
+    except argparse.ArgumentTypeError as exc:
+        p.error(f"--peers for --protocol {ns.protocol}: {exc}")
+    if "c-uring-echo" in ns.peers and ns.host != URING_ECHO_HOST:
+        p.error(f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
+                f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo")  # fmt: skip
     owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers")
     if clash := [a for a in ns.server_args if a.split("=")[0] in owned]:
-        parser.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
-    out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Options(
-        protocol=ns.protocol,
-        backends=tuple(ns.backends),
-        connections=tuple(ns.connections),
-        duration=ns.duration,
-        warmup=ns.warmup,
-        users=ns.users,
-        out=out,
-        tools=tuple(ns.tools),
-        repeat=ns.repeat,
-        pipeline=ns.pipeline,
-        echo_client=ns.echo_client,
-        host=ns.host,
-        port=ns.port,
-        peers=peers,
-        server_args=tuple(ns.server_args),
-    )
-
-
-# -- the machine ---------------------------------------------------------------------
+        p.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
+    ns.out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    ns.servers = (*ns.backends, *ns.peers)
+    return ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,188 +160,124 @@ def plan_pinning(cpus: Sequence[int], taskset: str | None) -> Pinning:
         return Pinning((), (), 1, f"not pinned: only {len(cpus)} usable CPU")
     if taskset is None:
         return Pinning((), (), len(cpus), "not pinned: taskset not found")
-    server_cpu = str(cpus[0])
-    rest = ",".join(str(c) for c in cpus[1:])
-    plural = "s" if len(cpus) > 2 else ""
-    return Pinning(
-        (taskset, "-c", server_cpu),
-        (taskset, "-c", rest),
-        len(cpus) - 1,
-        f"server on CPU {server_cpu} (taskset -c {server_cpu}), "
-        f"load generators on CPU{plural} {rest} (taskset -c {rest})",
-        cpus[0],
-    )
+    first, rest = str(cpus[0]), ",".join(str(c) for c in cpus[1:])
+    where = f"CPU{'s' if len(cpus) > 2 else ''} {rest} (taskset -c {rest})"
+    how = f"server on CPU {first} (taskset -c {first}), load generators on {where}"
+    return Pinning((taskset, "-c", first), (taskset, "-c", rest), len(cpus) - 1, how, cpus[0])
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raises SetupError if `port` cannot be bound (the server would fail the same way)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+def free_port(host: str, port: int = 0) -> int:
+    """`port` (0: one the kernel picks), checked free; SetupError if it cannot be bound."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
             sock.listen(1)
         except OSError as exc:
             raise SetupError(f"cannot use port {port} on {host}: {exc.strerror}") from None
-
-
-def raise_fd_limit(needed: int) -> None:
-    """Lift our soft RLIMIT_NOFILE to `needed` (children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, fd_limit()), hard))
-
-
-def server_argv(prefix: Sequence[str], backend: str, opts: Options) -> list[str]:
-    return [
-        *prefix,
-        sys.executable, "-m", "server",
-        "--backend", backend, "--protocol", opts.protocol,
-        "--host", opts.host, "--port", str(opts.port),
-        "--log-level", "info",
-        *opts.server_args,
-    ]  # fmt: skip
-
-
-def free_port(host: str) -> int:
-    """A port nobody listens on right now (for a peer, which cannot report its own)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def uring_echo_binary(opts: Options) -> Path:
-    return opts.out / "uring_echo"
+def first_line(*argv: str) -> str:
+    """The first line a command prints ("" if it cannot run): tools' versions."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return ((done.stdout or done.stderr).strip().splitlines() or [""])[0]
+    return ""
 
 
-def peer_host(name: str, opts: Options) -> str:
-    return URING_ECHO_HOST if name == "c-uring-echo" else opts.host
+# C programs built into --out: name, source, binary, libraries, what to run instead.
+ECHO_BENCH = ("the native echo client", "loadtest/echo_bench.c", "echo_bench", (),
+              "--echo-client python")  # fmt: skip
+URING_ECHO = ("c-uring-echo", "loadtest/peers/uring_echo.c", "uring_echo", ("-luring",),
+              "--peers uvloop-echo")  # fmt: skip
 
 
-def peer_argv(name: str, prefix: Sequence[str], opts: Options, port: int) -> list[str]:
-    """The command that runs peer `name` on `port` (pinned by `prefix`)."""
-    host = peer_host(name, opts)
-    if name == "uvloop-h11":
-        module = ["-m", "loadtest.peers.uvloop_h11"]
-        module += ["--host", host, "--port", str(port)]
-    elif name == "uvloop-echo":
-        module = ["-m", "loadtest.peers.uvloop_echo"]
-        module += ["--host", host, "--port", str(port)]
-    elif name == "uvicorn":
-        module = [
-            "-m", "uvicorn", "loadtest.peers.uvicorn_app:app",
-            "--http", "h11", "--loop", "uvloop", "--no-access-log",
-            "--host", host, "--port", str(port),
-        ]  # fmt: skip
-    elif name == "c-uring-echo":
-        return [*prefix, str(uring_echo_binary(opts).resolve()), str(port)]
-    else:
-        raise ValueError(f"unknown peer {name!r}")
-    return [*prefix, sys.executable, *module]
+def build_argv(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> list[str]:
+    _, source, binary, libs, _ = program
+    return ["cc", "-O2", "-o", str((out / binary).resolve()), source, *libs]
 
 
-# uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
-
-
-def check_peer_modules(peers: Sequence[str]) -> None:
-    """Raises SetupError if a peer's Python package is not installed."""
-    needed = {"uvloop"} if any(p != "c-uring-echo" for p in peers) else set()
-    if "uvicorn" in peers:
-        needed.add("uvicorn")
-    if missing := sorted(m for m in needed if importlib.util.find_spec(m) is None):
+def build(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> str:
+    """Compile `program` into `out`; SetupError with the fix if it cannot be built."""
+    name, source, _, libs, instead = program
+    if (cc := shutil.which("cc")) is None:
         raise SetupError(
-            f"--peers needs {', '.join(missing)}, which is not installed: "
-            "pip install -e '.[loadtest]'"
+            f"{name} is built from {source} with cc, which is not installed: apt-get install "
+            f"gcc{' liburing-dev' if libs else ''} (or run {instead})"
         )
-
-
-def uring_echo_build_argv(opts: Options) -> list[str]:
-    source = URING_ECHO_SOURCE.relative_to(PROJECT_ROOT)
-    return ["cc", "-O2", "-o", str(uring_echo_binary(opts).resolve()), str(source), "-luring"]
-
-
-def build_uring_echo(opts: Options) -> str:
-    """Compile loadtest/peers/uring_echo.c into the output directory; returns the command.
-
-    Raises:
-        SetupError: no C compiler, no liburing headers or library, or it does not compile.
-    """
-    cc = shutil.which("cc")
-    if cc is None:
-        raise SetupError(
-            "c-uring-echo is built from loadtest/peers/uring_echo.c with cc, which is not "
-            "installed: apt-get install gcc liburing-dev (or run --peers uvloop-echo)"
-        )
-    argv = [cc, *uring_echo_build_argv(opts)[1:]]
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [cc, *build_argv(program, out)[1:]]
     try:
-        status, out, err = run_command("cc", argv, PROJECT_ROOT, 120)
-    except GeneratorError as exc:
+        status, stdout, stderr = tools.run_command("cc", argv, 120)
+    except RunError as exc:
         raise SetupError(str(exc)) from None
+    why = (stdout + stderr).strip()
+    for clue, what in [("liburing.h", "the liburing headers are missing"),
+                       ("-luring", "the linker cannot find liburing")]:  # fmt: skip
+        if status != 0 and clue in why:
+            raise SetupError(
+                f"cannot build {name}: {what} (apt-get install liburing-dev, or run {instead})"
+            )
     if status != 0:
-        why = (out + err).strip()
-        if "liburing.h" in why:
-            raise SetupError(
-                "cannot build c-uring-echo: the liburing headers are missing "
-                "(apt-get install liburing-dev, or run --peers uvloop-echo)"
-            )
-        if "-luring" in why:
-            raise SetupError(
-                "cannot build c-uring-echo: the linker cannot find liburing "
-                "(apt-get install liburing-dev, or run --peers uvloop-echo)"
-            )
-        raise SetupError(f"cannot build c-uring-echo: {shlex.join(argv)} failed:\n{why}")
-    return shlex.join(uring_echo_build_argv(opts))
+        raise SetupError(f"cannot build {name}: {shlex.join(argv)} failed:\n{why}")
+    return argv[3]
 
 
-def collect_metadata(opts: Options, pinning: Pinning, wrk: str | None) -> Metadata:
-    command = server_argv(pinning.server_prefix, "{uring|epoll}", opts)
-    command[len(pinning.server_prefix)] = "python"
-    if pinning.server_prefix:
-        command[0] = "taskset"
+def our_argv(backend: str, opts: argparse.Namespace, prefix: Sequence[str] = ()) -> list[str]:
+    args = ["--log-level", "info", *opts.server_args]
+    return servers.server_argv(backend, opts.protocol, args, opts.host, opts.port, prefix)
+
+
+def peer_argv(name: str, opts: argparse.Namespace, port: int, prefix: Sequence[str]) -> list[str]:
+    """The command that runs peer `name` on `port` (pinned by `prefix`)."""
+    host, program = opts.host, sys.executable
+    if name == "c-uring-echo":
+        host, program = URING_ECHO_HOST, str((opts.out / URING_ECHO[2]).resolve())
+    return [*prefix, program, *(a.format(host=host, port=port) for a in PEERS[opts.protocol][name])]
+
+
+def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None) -> Metadata:
+    taskset = pinning.server_prefix[:1]
+
+    def shown(argv: Sequence[str]) -> str:
+        return shlex.join(
+            "python" if a == sys.executable else "taskset" if (a,) == taskset else a for a in argv
+        )
+
+    def version(package: str) -> str:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(package)
+        return "not installed"
+
     # The server also reads RINGSERVE_<OPTION> variables: record any that are set.
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
     peers = []
     for name in opts.peers:
-        argv = peer_argv(name, pinning.server_prefix, opts, 0)
-        argv[-1] = "{port}"
-        argv = ["python" if a == sys.executable else a for a in argv]
-        if pinning.server_prefix:
-            argv[0] = "taskset"
-        built = ""
+        argv = peer_argv(name, opts, 0, pinning.server_prefix)[:-1]
+        peers.append(f"{name}: {shown([*argv, '{port}'])}")
         if name == "c-uring-echo":
-            argv[len(pinning.server_prefix)] = str(uring_echo_binary(opts))
-            cc = shutil.which("cc")
-            built = (
-                f" (built with {shlex.join(uring_echo_build_argv(opts))}; "
-                f"{sysinfo.compiler_version(cc)})"
-            )
-        peers.append(f"{name}: {shlex.join(argv)}{built}")
+            cc = first_line("cc", "--version") or "cc not installed"
+            peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
+    # liburing: the Debian packages' versions (runtime and headers), else pkg-config's.
+    debs = {p: first_line("dpkg-query", "-W", "-f=${Version}", p) for p in DEBS}
+    liburing = ", ".join(f"{p} {v}" for p, v in debs.items() if "no packages" not in v and v)
+    pkgconfig = first_line("pkg-config", "--modversion", "liburing")
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = re.findall(r"^model name\s*:\s*(.*?)\s*$", cpuinfo, re.M)
+    wrk_version = first_line(wrk, "-v").split(" Copyright")[0].strip() if wrk else ""
     return Metadata(
         started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        protocol=opts.protocol,
-        duration_s=opts.duration,
-        warmup_s=opts.warmup,
-        repeat=opts.repeat,
-        echo_pipeline=opts.pipeline,
-        kernel=platform.release(),
-        cpu_model=sysinfo.cpu_model(),
-        cpu_count=len(sysinfo.usable_cpus()),
-        python=platform.python_version(),
-        liburing=sysinfo.liburing_version(),
-        h11=sysinfo.package_version("h11"),
-        locust=sysinfo.package_version("locust"),
-        wrk=sysinfo.wrk_version(wrk),
-        pinning=pinning.description,
-        server_command=shlex.join([*env, *command]),
-        peers="; ".join(peers),
-        uvloop=sysinfo.package_version("uvloop"),
-        uvicorn=sysinfo.package_version("uvicorn"),
-    )
-
-
-# -- runs --------------------------------------------------------------------------
+        protocol=opts.protocol, duration_s=opts.duration, warmup_s=opts.warmup,
+        repeat=opts.repeat, echo_pipeline=opts.pipeline, kernel=platform.release(),
+        cpu_model=(models or [platform.processor() or "unknown"])[0],
+        cpu_count=len(os.sched_getaffinity(0)), python=platform.python_version(),
+        liburing=liburing or (f"liburing {pkgconfig}" if pkgconfig else "unknown"),
+        h11=version("h11"), locust=version("locust"),
+        wrk=wrk_version or ("unknown" if wrk else "not installed"), pinning=pinning.description,
+        server_command=shown([*env, *our_argv("{uring|epoll}", opts, pinning.server_prefix)]),
+        peers="; ".join(peers), uvloop=version("uvloop"), uvicorn=version("uvicorn"),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +288,7 @@ class Job:
     run: int  # 1-based
 
 
-def plan_jobs(opts: Options, tools: Sequence[LoadTool]) -> list[Job]:
+def plan_jobs(opts: argparse.Namespace, tools: Sequence[LoadTool]) -> list[Job]:
     """Tool by tool, point by point; within a point the servers alternate their order."""
     jobs = []
     for tool in tools:
@@ -547,188 +302,90 @@ def plan_jobs(opts: Options, tools: Sequence[LoadTool]) -> list[Job]:
     return jobs
 
 
-class ServerWindow(WindowHooks):
-    """Snapshots the server's counters when the generator's window opens and closes."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.before: ServerSnapshot | None = None
-        self.after: ServerSnapshot | None = None
-
-    def open(self) -> None:
-        self.before = self.server.snapshot()
-
-    def close(self) -> None:
-        self.after = self.server.snapshot()
-
-
-PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
-
-
-def start_server(job: Job, opts: Options, pinning: Pinning, log: Path) -> ServerProcess:
-    """Start `job`'s server (ours or a peer) and return it, listening.
-
-    Raises:
-        ServerStartError: it did not start.
-    """
+def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path) -> ServerProcess:
+    """Start `job`'s server (ours or a peer) and return it listening; ServerStartError if not."""
     if job.backend in BACKENDS:
-        server = ServerProcess(
-            server_argv(pinning.server_prefix, job.backend, opts), PROJECT_ROOT, log
-        )
+        server = ServerProcess(our_argv(job.backend, opts, pinning.server_prefix), log)
         server.start()
         return server
-    host = peer_host(job.backend, opts)
-    tries = 1 if opts.port else PEER_START_TRIES
-    for attempt in range(1, tries + 1):
+    host = URING_ECHO_HOST if job.backend == "c-uring-echo" else opts.host
+    for attempt in range(1, 1 + (1 if opts.port else PEER_START_TRIES)):
         port = opts.port or free_port(host)
-        argv = peer_argv(job.backend, pinning.server_prefix, opts, port)
-        clean = PEER_CLEAN_EXITS.get(job.backend, (0,))
-        server = PeerProcess(argv, PROJECT_ROOT, log, (host, port), clean)
+        argv = peer_argv(job.backend, opts, port, pinning.server_prefix)
+        peer = servers.PeerProcess(argv, log, (host, port), PEER_CLEAN_EXITS.get(job.backend, (0,)))
         try:
-            server.start()
+            peer.start()
+            return peer
         except ServerStartError as exc:
-            if attempt == tries or "already in use" not in str(exc).lower():
+            if opts.port or attempt == PEER_START_TRIES or "already in use" not in str(exc).lower():
                 raise
-            continue
-        return server
     raise AssertionError("unreachable")
 
 
-def run_job(job: Job, opts: Options, pinning: Pinning, logs: Path) -> Result:
-    """One fresh server, one measurement, the server stopped again.
-
-    Raises:
-        ServerStartError: the server did not start.
-        GeneratorError: the generator or the server failed during the run.
-    """
+def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) -> Result:
+    """One fresh server, one measurement, the server stopped again."""
     stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
-    server = start_server(job, opts, pinning, logs / f"{stem}.server.log")
-    with server:
-        assert server.address is not None
-        host, port = server.address
-        window = ServerWindow(server)
-        spec = LoadSpec(
-            connections=job.connections,
-            duration_s=opts.duration,
-            warmup_s=opts.warmup,
-            cpu_prefix=pinning.generator_prefix,
-            cpus=pinning.generator_cpus,
-            log_prefix=logs / stem,
-        )
-        measured = job.tool.run(Target(opts.protocol, host, port), spec, window)
+    with start_server(job, opts, pinning, logs / f"{stem}.server.log") as server:
+        window = tools.Window(server.snapshot)
+        spec = tools.LoadSpec(opts.protocol, *server.address, job.connections, opts.duration,
+                              opts.warmup, pinning.generator_prefix, pinning.generator_cpus,
+                              logs / stem)  # fmt: skip
+        measured = job.tool.run(spec, window)
         if window.before is None or window.after is None:
-            raise GeneratorError(f"{job.tool.name} did not report a measurement window")
+            raise RunError(f"{job.tool.name} did not report a measurement window")
         peak_rss_kib = server.peak_rss_kib()
         status = server.stop()
-    return result_from_run(
-        opts.protocol,
-        job.tool.name,
-        job.backend,
-        job.connections,
-        measured,
-        window.before,
-        window.after,
-        peak_rss_kib,
-        status,
-    )
-
-
-def describe(result: Result) -> str:
-    sys_per = result.syscalls_per_request
-    return (
-        f"{result.requests_per_s:>10,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
-        f"{result.errors} errors  "
-        f"{'-' if sys_per is None else f'{sys_per:.2f}'} syscalls/req  "
-        f"server {result.cpu_s:.2f} CPU-s  client CPU {result.client_cpu_util * 100:.0f}%"
-    )
+    return results.result_from_run(opts.protocol, job.tool.name, job.backend, job.connections,
+                                   measured, window.before, window.after, peak_rss_kib,
+                                   status)  # fmt: skip
 
 
 def run_all(
-    jobs: Sequence[Job], opts: Options, pinning: Pinning, logs: Path
+    jobs: Sequence[Job], opts: argparse.Namespace, pinning: Pinning, logs: Path
 ) -> tuple[list[Result], str | None]:
-    """Run every job with progress on stderr; stops at the first failure.
-
-    Returns the results so far and the failure's message (None if all ran).
-    """
-    results: list[Result] = []
-    width = len(str(len(jobs)))
-    name_width = max(len(s) for s in opts.servers)
+    """Every job, progress on stderr; the results and the first failure (None: none)."""
+    done: list[Result] = []
+    width, name_width = len(str(len(jobs))), max(len(s) for s in opts.servers)
     started = time.monotonic()
     for i, job in enumerate(jobs, start=1):
-        label = (
-            f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} "
-            f"c={job.connections:<5} {job.backend:<{name_width}} run {job.run}/{opts.repeat}"
-        )
+        where = f"c={job.connections:<5} {job.backend:<{name_width}} run {job.run}/{opts.repeat}"
+        label = f"[{i:>{width}}/{len(jobs)}] {opts.protocol} {job.tool.name:<11} {where}"
         print(f"{label} ...", file=sys.stderr, flush=True)
         try:
-            result = run_job(job, opts, pinning, logs)
-        except (ServerStartError, GeneratorError) as exc:
-            return results, f"{label}: {exc}"
-        results.append(result)
-        elapsed = time.monotonic() - started
-        print(f"{label}: {describe(result)}  [{elapsed:.0f} s]", file=sys.stderr, flush=True)
-        if result.server_exit_status != 0:
-            print(
-                f"{label}: warning: the server exited with status {result.server_exit_status}",
-                file=sys.stderr,
-            )
-    return results, None
-
-
-def run_ceiling(
-    opts: Options, pinning: Pinning, logs: Path, log_name: str | None = None
-) -> dict[str, float]:
-    """`loadtest.h11_ceiling` once, on the server's CPU, for --duration seconds.
-
-    Raises:
-        GeneratorError: it failed.
-    """
-    argv = [
-        sys.executable, "-m", "loadtest.h11_ceiling", "--json",
-        "--duration", str(opts.duration), "--warmup", str(min(opts.warmup, 2.0)),
-    ]  # fmt: skip
-    if pinning.server_cpu is not None:
-        argv += ["--cpu", str(pinning.server_cpu)]
-    timeout = opts.duration + opts.warmup + SLACK_S
-    status, out, err = run_command("the h11 ceiling", argv, PROJECT_ROOT, timeout)
-    (logs / (log_name or "h11_ceiling.log")).write_text(out + err)
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    if status != 0 or not lines:
-        raise GeneratorError(f"the h11 ceiling exited with status {status}:\n{err.strip()}")
-    return json.loads(lines[-1])
-
-
-def summarize(runs: Sequence[Result]) -> list[Result]:
-    """Medians per (tool, connections, server), in run order."""
-    groups: dict[tuple[str, int, str], list[Result]] = {}
-    for r in runs:
-        groups.setdefault((r.tool, r.connections, r.backend), []).append(r)
-    return [median_result(rs) for rs in groups.values()]
-
-
-def write_outputs(
-    out: Path, runs: Sequence[Result], opts: Options, meta: Metadata
-) -> tuple[list[Result], list[Path]]:
-    results = summarize(runs)
-    write_csv(out / "results.csv", results, meta)
-    write_json(out / "results.json", results, meta)
-    write_csv(out / "runs.csv", runs, meta)
-    pngs = plot(results, opts.servers, meta, out)
-    return results, [out / "results.csv", out / "results.json", out / "runs.csv", *pngs]
+            r = run_job(job, opts, pinning, logs)
+        except (ServerStartError, RunError) as exc:
+            return done, f"{label}: {exc}"
+        done.append(r)
+        per = "-" if r.syscalls_per_request is None else f"{r.syscalls_per_request:.2f}"
+        print(f"{label}: {r.requests_per_s:>10,.0f} req/s  p99 {r.p99_ms:6.2f} ms  {r.errors} "
+              f"errors  {per} syscalls/req  server {r.cpu_s:.2f} CPU-s  client CPU "
+              f"{r.client_cpu_util * 100:.0f}%  [{time.monotonic() - started:.0f} s]",
+              file=sys.stderr, flush=True)  # fmt: skip
+        if r.server_exit_status != 0:
+            warning = f"warning: the server exited with status {r.server_exit_status}"
+            print(f"{label}: {warning}", file=sys.stderr)
+    return done, None
 
 
 def measure_ceiling(
-    opts: Options, pinning: Pinning, logs: Path, meta: Metadata, *, end: bool = False
+    opts: argparse.Namespace, pinning: Pinning, logs: Path, meta: Metadata, *, end: bool = False
 ) -> Metadata:
-    """Run the h11 ceiling and record it in `meta` (`end`: the one after the runs).
-
-    A failure is a warning, not fatal.
-    """
+    """`loadtest.h11_ceiling` on the server's CPU into `meta` (a failure only warns)."""
     when = "after the runs" if end else "before the runs"
     print(f"h11 ceiling (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
+    argv = [sys.executable, "-m", "loadtest.h11_ceiling", "--json", "--duration",
+            str(opts.duration), "--warmup", str(min(opts.warmup, 2.0))]  # fmt: skip
+    if pinning.server_cpu is not None:
+        argv += ["--cpu", str(pinning.server_cpu)]
     try:
-        ceiling = run_ceiling(opts, pinning, logs, "h11_ceiling_end.log" if end else None)
-    except (GeneratorError, ValueError) as exc:
+        timeout = opts.duration + opts.warmup + tools.SLACK_S
+        status, out, err = tools.run_command("the h11 ceiling", argv, timeout)
+        (logs / f"h11_ceiling{'_end' if end else ''}.log").write_text(out + err)
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if status != 0 or not lines:
+            raise RunError(f"the h11 ceiling exited with status {status}:\n{err.strip()}")
+        ceiling = json.loads(lines[-1])
+    except (RunError, ValueError) as exc:
         print(f"compare: warning: no h11 ceiling {when}: {exc}", file=sys.stderr)
         return meta
     rps, us = float(ceiling["requests_per_s"]), float(ceiling["us_per_request"])
@@ -738,71 +395,63 @@ def measure_ceiling(
     return dataclasses.replace(meta, h11_ceiling_rps=rps, h11_ceiling_us_per_request=us)
 
 
+def write_outputs(
+    out: Path, runs: Sequence[Result], names: Sequence[str], meta: Metadata
+) -> tuple[list[Result], list[Path]]:
+    """Medians per (tool, connections, server), in run order, and every file."""
+    groups: dict[tuple[str, int, str], list[Result]] = {}
+    for r in runs:
+        groups.setdefault((r.tool, r.connections, r.backend), []).append(r)
+    medians = [results.median_result(rs) for rs in groups.values()]
+    results.write_csv(out / "results.csv", results.records(medians, meta))
+    results.write_json(out / "results.json", results.records(medians, meta))
+    results.write_csv(out / "runs.csv", results.records(runs, meta))
+    pngs = results.plot(medians, names, meta, out)
+    return medians, [out / "results.csv", out / "results.json", out / "runs.csv", *pngs]
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
-
-
-def build_echo_bench(opts: Options) -> str | None:
-    """Compile the native echo client into --out when it will be used; its path, or None.
-
-    Raises:
-        SetupError: it was asked for and cannot be built.
-    """
-    wanted = opts.protocol == "echo" and "saturation" in opts.tools
-    if not wanted or opts.echo_client != "native" or opts.pipeline != 1:
-        return None
-    cc = shutil.which("cc")
-    if cc is None:
-        raise SetupError(
-            "the native echo client is built with cc, which is not installed: "
-            "apt-get install gcc (or run --echo-client python)"
-        )
-    opts.out.mkdir(parents=True, exist_ok=True)
-    binary = (opts.out / "echo_bench").resolve()
-    argv = [cc, "-O2", "-o", str(binary), str(ECHO_BENCH_SOURCE)]
-    try:
-        status, out, err = run_command("cc", argv, PROJECT_ROOT, 120)
-    except GeneratorError as exc:
-        raise SetupError(str(exc)) from None
-    if status != 0:
-        raise SetupError(f"cannot build the native echo client:\n{(out + err).strip()}")
-    return str(binary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     wrk = shutil.which("wrk")
     try:
-        echo_bench = build_echo_bench(opts)
-        tools: list[LoadTool] = [
-            LocustTool()
-            if name == "locust"
-            else saturation_tool(opts.protocol, wrk, opts.pipeline, echo_bench)
-            for name in opts.tools
-        ]
+        native = opts.echo_client == "native" and opts.pipeline == 1
+        echo_bench = None
+        if opts.protocol == "echo" and "saturation" in opts.tools and native:
+            echo_bench = build(ECHO_BENCH, opts.out)
+        if opts.protocol == "http" and "saturation" in opts.tools and wrk is None:
+            raise SetupError("the HTTP saturation tool is wrk, which is not installed: "
+                             "apt-get install wrk (or run --tools locust)")  # fmt: skip
+        saturation = LoadTool("wrk", partial(tools.run_wrk, str(wrk)))
+        if opts.protocol == "echo":
+            echo = partial(tools.run_echo_client, opts.pipeline, echo_bench)
+            saturation = LoadTool("echo-client", echo)
+        generators = [saturation if t != "locust" else LOCUST for t in opts.tools]
         if opts.port != 0:
-            check_port_free(opts.host, opts.port)
-        check_peer_modules(opts.peers)
-    except (SetupError, GeneratorError) as exc:
+            free_port(opts.host, opts.port)
+        needed = {"uvloop": set(opts.peers) - {"c-uring-echo"}, "uvicorn": "uvicorn" in opts.peers}
+        if missing := [m for m, n in needed.items() if n and importlib.util.find_spec(m) is None]:
+            raise SetupError(f"--peers needs {', '.join(missing)}, which is not installed: "
+                             "pip install -e '.[loadtest]'")  # fmt: skip
+        logs = opts.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if "c-uring-echo" in opts.peers:
+            build(URING_ECHO, opts.out)
+            built = shlex.join(build_argv(URING_ECHO, opts.out))
+            print(f"compare: built c-uring-echo: {built}", file=sys.stderr)
+    except (SetupError, RunError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return 1
     raise_fd_limit(max(opts.connections) + FD_MARGIN)
-    pinning = plan_pinning(sysinfo.usable_cpus(), shutil.which("taskset"))
+    pinning = plan_pinning(sorted(os.sched_getaffinity(0)), shutil.which("taskset"))
     meta = collect_metadata(opts, pinning, wrk)
-    logs = opts.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if "c-uring-echo" in opts.peers:
-        try:
-            build = build_uring_echo(opts)
-        except SetupError as exc:
-            print(f"compare: error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"compare: built c-uring-echo: {build}", file=sys.stderr)
-    jobs = plan_jobs(opts, tools)
     peers = f", peers {', '.join(opts.peers)}" if opts.peers else ""
     print(
         f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}{peers}, "
-        f"tools {', '.join(t.name for t in tools)}, connections "
+        f"tools {', '.join(t.name for t in generators)}, connections "
         f"{', '.join(map(str, opts.connections))} (Locust: at most {opts.users} users), "
         f"{opts.duration} s per point after {opts.warmup:g} s warm-up, {opts.repeat} run(s) each"
         f"\nkernel {meta.kernel}; {meta.cpu_model} x{meta.cpu_count}; Python {meta.python}; "
@@ -811,31 +460,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
-    status = EXIT_OK
-    runs: list[Result] = []
+    status, runs = 0, []
     try:
         ceiling = opts.protocol == "http" and "saturation" in opts.tools
         if ceiling:
             meta = measure_ceiling(opts, pinning, logs, meta)
-        runs, failure = run_all(jobs, opts, pinning, logs)
+        runs, failure = run_all(plan_jobs(opts, generators), opts, pinning, logs)
         if ceiling and runs and failure is None:
             meta = measure_ceiling(opts, pinning, logs, meta, end=True)
         if failure is not None:
-            print(f"compare: error: {failure}", file=sys.stderr)
-            print(f"compare: the logs are in {logs}", file=sys.stderr)
-            status = EXIT_FAILED
+            print(f"compare: error: {failure}\ncompare: the logs are in {logs}", file=sys.stderr)
+            status = 1
     except KeyboardInterrupt:
         print("compare: interrupted", file=sys.stderr)
         status = 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if leftovers := kill_all():
+        if leftovers := servers.kill_all():
             print(f"compare: killed leftover processes {leftovers}", file=sys.stderr)
     if runs:
-        results, files = write_outputs(opts.out, runs, opts, meta)
-        print()
-        print(tables(results, opts.servers, meta))
-        print("\nwritten: " + ", ".join(str(f) for f in files))
+        medians, files = write_outputs(opts.out, runs, opts.servers, meta)
+        table = results.tables(medians, opts.servers, meta)
+        print(f"\n{table}\n\nwritten: {', '.join(map(str, files))}")
     return status
 
 

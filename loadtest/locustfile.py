@@ -1,54 +1,169 @@
-"""Locust entry point for ringserve.
+"""Locust users for ringserve: ``HttpAppUser`` (HTTP) and ``EchoUser`` (raw TCP echo).
 
-Pick the users for the server's protocol, by class name or by tag::
-
-    locust -f loadtest/locustfile.py HttpAppUser            # --protocol http
-    locust -f loadtest/locustfile.py EchoUser               # --protocol echo
-    locust -f loadtest/locustfile.py --tags echo            # the same, by tag
-
-The target defaults to $LOADTEST_HOST (else http://127.0.0.1:8080); Locust's
-``--host`` wins.  The echo user accepts ``tcp://h:p``, ``h:p`` or any URL.
-Everything works in the web UI, headless, ``--processes`` and
-``--master``/``--worker``.
-
-``--warmup-seconds W`` (used by ``python -m loadtest.compare``) resets the
-statistics W seconds after all users are spawned, so the warm-up is
-discarded, and prints the window markers of `loadtest` on stderr.  Without
-it nothing is reset or printed.
+Pick them by class name (``locust -f loadtest/locustfile.py EchoUser``) or
+by tag (``--tags http``, ``--tags echo``).  The target defaults to
+$LOADTEST_HOST (else http://127.0.0.1:8080); Locust's ``--host`` wins; the
+echo user takes ``tcp://h:p``, ``h:p`` or any URL.  It all works in the web
+UI, headless, ``--processes`` and ``--master``/``--worker``.  Every response
+is checked byte for byte: a short, wrong or missing one is a failure, never
+a success with odd timing.  `TcpEchoUser` follows Locust's custom-client
+pattern (``examples/custom_xmlrpc_client``): its client times each exchange
+and fires ``environment.events.request`` itself, so stats, the web UI and
+``--csv`` see it like any request (under Locust, sockets are gevent's).
+``--warmup-seconds W`` (`loadtest.compare` passes it) resets the stats W
+seconds after spawning completes and prints the `loadtest` window markers.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
-from locust import events
+from locust import FastHttpUser, User, events, tag, task
 from locust.env import Environment
+from locust.exception import LocustError
 from locust.runners import WorkerRunner
 
 # Locust puts this file's directory on sys.path, not the project root; add it
 # so `loadtest` is this package from any working directory.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
+if (_ROOT := str(Path(__file__).resolve().parent.parent)) not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import loadtest  # noqa: E402
-from loadtest.users import EchoUser, HttpAppUser, TcpEchoUser  # noqa: E402
+import loadtest
 
-__all__ = ["EchoUser", "HttpAppUser", "TcpEchoUser"]
+HOST = os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8080")
+HELLO_BODY = b"Hello from ringserve\n"
+
+
+def parse_address(host: str) -> tuple[str, int]:
+    """``tcp://h:p``, ``http://h:p`` or ``h:p`` as (host, port); ValueError without a port."""
+    parts = urlsplit(host if "://" in host else f"tcp://{host}")
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"{host!r} is not host:port (or a URL with a port)")
+    return parts.hostname, parts.port
+
+
+def make_message(user_id: int, seq: int, size: int = loadtest.ECHO_MESSAGE_BYTES) -> bytes:
+    """A message naming its user and sequence number: a reordered or stale echo fails."""
+    return (b"%d:%d:" % (user_id, seq) + b"x" * size)[:size]
+
+
+class TcpEchoClient:
+    """One TCP connection to an echo server, reporting to Locust (`timeout`: per exchange)."""
+
+    def __init__(self, address: tuple[str, int], environment: Environment, timeout: float = 10.0):
+        self.address, self.environment, self.timeout = address, environment, timeout
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def echo(self, payload: bytes, name: str = "echo") -> None:
+        """Send `payload`, check its echo, fire one request event (a failure drops the socket)."""
+        exc: Exception | None = None
+        reply = b""
+        start = time.perf_counter()
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, timeout=self.timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start = time.perf_counter()
+            self.sock.sendall(payload)
+            while len(reply) < len(payload):
+                if not (chunk := self.sock.recv(len(payload) - len(reply))):
+                    raise ConnectionError(f"closed after {len(reply)} of {len(payload)} bytes")
+                reply += chunk
+            if reply != payload:
+                raise ValueError(f"sent {payload[:24]!r}..., got back {reply[:24]!r}...")
+        except Exception as error:
+            exc = error
+            self.close()
+        self.environment.events.request.fire(
+            request_type="tcp", name=name, response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=len(reply), exception=exc, context={},
+        )  # fmt: skip
+
+
+class TcpEchoUser(User):
+    """A user with a `TcpEchoClient` as ``self.client``; subclass it and add tasks."""
+
+    abstract, host = True, HOST
+    _ids = itertools.count()
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        try:
+            self.client = TcpEchoClient(parse_address(self.host or ""), environment)
+        except ValueError as exc:
+            raise LocustError(f"{exc}: pass --host or set $LOADTEST_HOST") from exc
+        self.user_id, self.seq = next(self._ids), itertools.count()
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+
+class EchoUser(TcpEchoUser):
+    """Ping-pong on one connection: a 64-byte message, then its exact echo."""
+
+    @tag("echo")
+    @task
+    def echo(self) -> None:
+        self.client.echo(make_message(self.user_id, next(self.seq)), name="echo 64B")
+
+
+class HttpAppUser(FastHttpUser):
+    """The built-in HTTP app: ``GET /`` and ``POST /echo``, each response validated."""
+
+    host = HOST
+    _ids = itertools.count()
+
+    def on_start(self) -> None:
+        self.user_id, self.seq = next(self._ids), itertools.count()
+
+    @tag("http")
+    @task
+    def hello(self) -> None:
+        with self.client.get("/", name="GET /", catch_response=True) as resp:
+            _expect(resp, HELLO_BODY)
+
+    @tag("http")
+    @task
+    def echo(self) -> None:
+        body = make_message(self.user_id, next(self.seq))
+        headers = {"content-type": "application/octet-stream"}
+        with self.client.post(
+            "/echo", data=body.decode("ascii"), headers=headers, name="POST /echo",
+            catch_response=True,
+        ) as resp:  # fmt: skip
+            _expect(resp, body)
+
+
+def _expect(resp: Any, body: bytes) -> None:
+    """Mark `resp` (a Locust ResponseContextManager) a success only on a 200 with `body`."""
+    if resp.status_code != 200:
+        error = getattr(resp, "error", None)
+        resp.failure(f"status {resp.status_code}, expected 200" + (f": {error}" if error else ""))
+    elif resp.content != body:
+        resp.failure(f"body {resp.content[:40]!r}, expected {body[:40]!r}")
+    else:
+        resp.success()
 
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     parser.add_argument(
-        "--warmup-seconds",
-        type=float,
-        default=None,
-        include_in_web_ui=False,
+        "--warmup-seconds", type=float, default=None, include_in_web_ui=False,
         help="reset the statistics this many seconds after spawning completes (ringserve)",
-    )
+    )  # fmt: skip
 
 
 @events.init.add_listener
@@ -62,10 +177,7 @@ def _drop_users_without_tasks(environment: Environment, **_: Any) -> None:
     (when tags are given) and none of the excluded ones.
     """
     options = environment.parsed_options
-    tags = set(getattr(options, "tags", None) or ())
-    excluded = set(getattr(options, "exclude_tags", None) or ())
-    if not (tags or excluded):
-        return
+    tags, excluded = (set(getattr(options, k, None) or ()) for k in ("tags", "exclude_tags"))
 
     def runs(task: Any) -> bool:
         if isinstance(task, type):  # a TaskSet: let Locust decide
@@ -74,13 +186,8 @@ def _drop_users_without_tasks(environment: Environment, **_: Any) -> None:
         return (not tags or bool(task_tags & tags)) and not task_tags & excluded
 
     kept = [cls for cls in environment.user_classes if any(runs(t) for t in cls.tasks)]
-    if kept:
+    if (tags or excluded) and kept:
         environment.user_classes[:] = kept
-
-
-def _warmup_seconds(environment: Environment) -> float | None:
-    options = environment.parsed_options
-    return getattr(options, "warmup_seconds", None) if options is not None else None
 
 
 @events.init.add_listener
@@ -88,10 +195,9 @@ def _discard_warmup(environment: Environment, **_: Any) -> None:
     """With --warmup-seconds: reset the stats once per test, after the warm-up.
 
     Only the local runner or the master resets: workers send increments, so
-    the master's totals are what the report shows (a worker's next report
-    may still carry up to its report interval of warm-up).
+    the master's totals are what the report shows.
     """
-    warmup = _warmup_seconds(environment)
+    warmup = getattr(environment.parsed_options, "warmup_seconds", None)
     if warmup is None or isinstance(environment.runner, WorkerRunner):
         return
     state: dict[str, Any] = {"armed": False, "timer": None}
@@ -101,21 +207,16 @@ def _discard_warmup(environment: Environment, **_: Any) -> None:
             environment.runner.stats.reset_all()
         print(loadtest.WINDOW_START_MARKER, file=sys.stderr, flush=True)
 
-    def on_test_start(**_: Any) -> None:
-        state["armed"] = True
-
     def on_spawning_complete(**_: Any) -> None:
         if state["armed"]:  # not again when the user count changes mid-test
-            state["armed"] = False
-            state["timer"] = gevent.spawn_later(warmup, open_window)
+            state.update(armed=False, timer=gevent.spawn_later(warmup, open_window))
 
     def on_test_stopping(**_: Any) -> None:
-        state["armed"] = False
         if state["timer"] is not None:
             state["timer"].kill(block=False)
-            state["timer"] = None
+        state.update(armed=False, timer=None)
         print(loadtest.WINDOW_END_MARKER, file=sys.stderr, flush=True)
 
-    environment.events.test_start.add_listener(on_test_start)
+    environment.events.test_start.add_listener(lambda **_: state.update(armed=True))
     environment.events.spawning_complete.add_listener(on_spawning_complete)
     environment.events.test_stopping.add_listener(on_test_stopping)

@@ -1,42 +1,28 @@
-"""Result records: one per run, medians over repeats, and the CSV/JSON files.
+"""Result records (a run, or medians over repeats), their CSV/JSON files, tables and plots.
 
-Server-side figures come from the server's own counters read at the edges of
-the generator's measured window (`procs.ServerSnapshot`):
-
-- ``server_requests``: HTTP requests completed, or for echo the messages
-  echoed, ``bytes_in / 64``;
-- ``syscalls_per_request``: the backend's syscall counter over that (for uring
-  mostly ``io_uring_enter``; for epoll every ``epoll_wait``, ``recv``, ``send``
-  and ``epoll_ctl``);
-- ``wait_calls_per_request``: ``io_uring_enter`` calls (uring) or
-  ``epoll_wait`` calls (epoll) per request;
-- ``cpu_s`` and ``cpu_us_per_request``: the server process's user + system
-  CPU over the window; ``user_us_per_request`` and ``system_us_per_request``
-  split it.  System time is the kernel working inside the server's syscalls
-  (for echo almost all of it is loopback TCP, the same work for every
-  server), user time the server's own code: the split shows which part a
-  faster server could still shrink.
-
-A peer server (``compare --peers``: uvloop, uvicorn, the C echo server) has
-no counters: its ``server_requests``, ``syscalls_per_request`` and
-``wait_calls_per_request`` are None (blank in the CSV), and its
-``cpu_us_per_request`` divides its CPU seconds (psutil, as for ours) by the
-generator's count.  ``backend`` is the server's name either way.
+Server-side figures come from the server's own counters over the
+generator's window: requests (echo: ``bytes_in / 64``), syscalls and waits
+(``io_uring_enter`` or ``epoll_wait``) per request, and its CPU split into
+user time (the server's own code) and system time (the kernel inside its
+syscalls, for echo mostly loopback TCP, the same for every server), which
+shows what a faster server could still shrink.  A peer has no counters:
+those figures are None and its CPU per request is over the generator's
+count.  A table's ratio column divides the base server's figure (uring if
+it ran) by another's: ``u/e`` above 1 means uring's is higher.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from loadtest import ECHO_MESSAGE_BYTES
-from loadtest.procs import ServerSnapshot
+from loadtest.servers import ServerSnapshot
 from loadtest.tools import ToolResult
 
 
@@ -98,121 +84,241 @@ class Result:
     peak_rss_kib: int
     client_cpu_util: float
     window_s: float
-    server_exit_status: int  # of the last run
+    server_exit_status: int  # of the last run that did not exit 0, else 0
 
 
 def _per(value: float, count: int) -> float | None:
     return value / count if count > 0 else None
 
 
-def _us_per(seconds: float, count: int) -> float | None:
-    return seconds * 1e6 / count if count > 0 else None
-
-
 def result_from_run(
-    protocol: str,
-    tool: str,
-    backend: str,
-    connections: int,
-    measured: ToolResult,
-    before: ServerSnapshot,
-    after: ServerSnapshot,
-    peak_rss_kib: int,
-    server_exit_status: int,
-) -> Result:
-    """Combine the generator's figures with the server's counter deltas.
-
-    Snapshots without counters (a peer's) leave the counter figures None.
-    """
-    cpu_s = after.cpu_s - before.cpu_s
-    user_s = after.user_s - before.user_s
-    system_s = after.system_s - before.system_s
-    if before.stats is None or after.stats is None:
-        count = measured.requests
-        server_requests = syscalls_per = waits_per = None
-    else:
-        b, a = before.stats, after.stats
-
-        def delta(key: str) -> int:
-            return int(a.get(key, 0)) - int(b.get(key, 0))
-
-        if protocol == "echo":
-            server_requests = delta("bytes_in") // ECHO_MESSAGE_BYTES
-        else:
-            server_requests = delta("requests")
-        count = server_requests
-        syscalls_per = _per(delta("syscalls"), server_requests)
-        waits_per = _per(delta("wait_calls"), server_requests)
+    protocol: str, tool: str, backend: str, connections: int, measured: ToolResult,
+    before: ServerSnapshot, after: ServerSnapshot, peak_rss_kib: int, server_exit_status: int,
+) -> Result:  # fmt: skip
+    """The generator's figures and the server's counter deltas (None for a peer)."""
+    count, server_requests, syscalls, waits = measured.requests, None, None, None
+    if before.stats is not None and after.stats is not None:
+        delta = {k: int(v) - int(before.stats.get(k, 0)) for k, v in after.stats.items()
+                 if isinstance(v, int)}  # fmt: skip
+        echo = protocol == "echo"
+        count = server_requests = (
+            delta["bytes_in"] // ECHO_MESSAGE_BYTES if echo else delta["requests"]
+        )
+        syscalls, waits = _per(delta["syscalls"], count), _per(delta["wait_calls"], count)
+    user, system = after.user_s - before.user_s, after.system_s - before.system_s
     return Result(
-        protocol=protocol,
-        tool=tool,
-        backend=backend,
-        connections=connections,
-        runs=1,
-        requests_per_s=measured.requests_per_s,
-        avg_ms=measured.avg_ms,
-        p50_ms=measured.p50_ms,
-        p90_ms=measured.p90_ms,
-        p99_ms=measured.p99_ms,
-        errors=measured.errors,
-        requests=measured.requests,
-        server_requests=server_requests,
-        syscalls_per_request=syscalls_per,
-        wait_calls_per_request=waits_per,
-        cpu_s=cpu_s,
-        cpu_us_per_request=_us_per(cpu_s, count),
-        user_us_per_request=_us_per(user_s, count),
-        system_us_per_request=_us_per(system_s, count),
-        peak_rss_kib=peak_rss_kib,
-        client_cpu_util=measured.client_cpu_util,
-        window_s=measured.window_s,
-        server_exit_status=server_exit_status,
-    )
-
-
-def _median(values: Sequence[Any]) -> Any:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    middle = statistics.median(present)
-    return round(middle) if isinstance(present[0], int) else middle
+        protocol, tool, backend, connections, 1, measured.requests_per_s, measured.avg_ms,
+        measured.p50_ms, measured.p90_ms, measured.p99_ms, measured.errors, measured.requests,
+        server_requests, syscalls, waits, user + system, _per((user + system) * 1e6, count),
+        _per(user * 1e6, count), _per(system * 1e6, count), peak_rss_kib,
+        measured.client_cpu_util, measured.window_s, server_exit_status,
+    )  # fmt: skip
 
 
 def median_result(runs: Sequence[Result]) -> Result:
     """Medians of every figure over `runs` (same server, tool and point)."""
-    first = runs[0]
-    if len(runs) == 1:
-        return first
-    keep = {"protocol", "tool", "backend", "connections", "server_exit_status"}
-    changes: dict[str, Any] = {"runs": len(runs), "errors": sum(r.errors for r in runs)}
-    for f in fields(Result):
-        if f.name not in keep and f.name not in changes:
-            changes[f.name] = _median([getattr(r, f.name) for r in runs])
-    changes["server_exit_status"] = next(
-        (r.server_exit_status for r in runs if r.server_exit_status != 0), 0
-    )
-    return replace(first, **changes)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
-    return value
+    changes: dict[str, Any] = {
+        "runs": len(runs),
+        "errors": sum(r.errors for r in runs),
+        "server_exit_status": next((r.server_exit_status for r in runs if r.server_exit_status), 0),
+    }
+    for f in fields(Result)[5:]:
+        present = [v for r in runs if (v := getattr(r, f.name)) is not None]
+        if f.name not in changes:
+            middle = statistics.median(present) if present else None
+            changes[f.name] = round(middle) if present and isinstance(present[0], int) else middle
+    return replace(runs[0], **changes)
 
 
 def records(results: Sequence[Result], meta: Metadata) -> list[dict[str, Any]]:
     """Flat dicts: each result's fields, then the metadata's (``protocol`` is in both)."""
-    return [{k: _clean(v) for k, v in {**asdict(r), **asdict(meta)}.items()} for r in results]
+    rows = [{**asdict(r), **asdict(meta)} for r in results]
+    return [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
-def write_csv(path: Path, results: Sequence[Result], meta: Metadata) -> None:
-    rows = records(results, meta)
-    columns = list(dict.fromkeys(f.name for f in (*fields(Result), *fields(Metadata))))
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """`rows` as CSV, with the first row's keys as the columns."""
     with path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
 
 
-def write_json(path: Path, results: Sequence[Result], meta: Metadata) -> None:
-    path.write_text(json.dumps(records(results, meta), indent=2) + "\n")
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+# -- tables ------------------------------------------------------------------------
+
+# (label, the Result field or a function of a Result, format, flags): "r" adds a
+# base/other ratio column per other server, "c" marks a figure from the server's
+# own counters (a peer has none).
+Metric = tuple[str, str | Callable[[Result], float | None], str, str]
+THROUGHPUT: list[Metric] = [
+    ("req/s", "requests_per_s", "{:,.0f}", "r"), ("p50 ms", "p50_ms", "{:.2f}", ""),
+    ("p90 ms", "p90_ms", "{:.2f}", ""), ("p99 ms", "p99_ms", "{:.2f}", "r"),
+    ("errors", "errors", "{:d}", ""),
+]  # fmt: skip
+COST: list[Metric] = [
+    ("syscalls/req", "syscalls_per_request", "{:.2f}", "rc"),
+    ("waits/req", "wait_calls_per_request", "{:.3f}", "c"),
+    ("server CPU us/req", "cpu_us_per_request", "{:.1f}", "r"),
+    ("user us/req", "user_us_per_request", "{:.2f}", ""),
+    ("sys us/req", "system_us_per_request", "{:.2f}", ""),
+    ("server CPU %", lambda r: r.cpu_s / r.window_s * 100 if r.window_s else None, "{:.0f}", ""),
+    ("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}", ""),
+    ("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}", ""),
+]  # fmt: skip
+# Short names for column heads and ratio labels.
+SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo",
+         "c-uring-echo": "c-echo"}  # fmt: skip
+
+
+def render_table(
+    title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric]
+) -> str:
+    """One row per connection count, a column group per metric with a column per server.
+
+    Ratio metrics add a base/other column per other server, unless one side
+    has no counters (a peer); with peers, heads are short names.
+    """
+    by_key = {(r.connections, r.backend): r for r in results}
+    base = "uring" if "uring" in servers else servers[0]
+    counted = {r.backend for r in results if r.syscalls_per_request is not None}
+    peers = not set(servers) <= {"uring", "epoll"}
+
+    def value(figure: str | Callable[[Result], float | None], point: int, server: str) -> Any:
+        if (r := by_key.get((point, server))) is None:
+            return None
+        return getattr(r, figure) if isinstance(figure, str) else figure(r)
+
+    points = sorted({r.connections for r in results})
+    first = max(len("conns"), *(len(str(p)) for p in points))
+    labels, heads, lines = (
+        [" " * first],
+        ["conns".rjust(first)],
+        [[str(p).rjust(first)] for p in points],
+    )
+    for label, figure, fmt, flags in metrics:
+        pairs = [(base, s) for s in servers if s != base and "r" in flags]
+        pairs = [(a, b) for a, b in pairs if "c" not in flags or {a, b} <= counted]
+        names = [SHORT.get(s, s) if peers else s for s in servers]
+        names += [f"{SHORT.get(a, a)}/{SHORT.get(b, b)}" for a, b in pairs]
+        rows = []
+        for point in points:
+            row = [
+                "-" if (v := value(figure, point, s)) is None else fmt.format(v) for s in servers
+            ]
+            for a, b in pairs:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
+                x, y = value(figure, point, a), value(figure, point, b)
+                row.append(f"{x / y:.2f}" if x and y else "-")
+            rows.append(row)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(names)]
+        widths[-1] += max(0, len(label) - sum(widths) - 2 * (len(widths) - 1))
+        labels.append(label.center(sum(widths) + 2 * (len(widths) - 1)))
+        heads.append("  ".join(h.rjust(w) for h, w in zip(names, widths, strict=True)))
+        for line, row in zip(lines, rows, strict=True):
+            line.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    head = " | ".join(heads)
+    table = [title, " | ".join(labels), head, "-" * len(head), *(" | ".join(x) for x in lines)]
+    return "\n".join(table)
+
+
+def ceiling_lines(
+    results: Sequence[Result], servers: Sequence[str], ceiling: float, end: float | None = None
+) -> list[str]:
+    """Per point: each server's requests/s as a share of the in-memory h11 ceiling.
+
+    With `end` (the ceiling measured again after the runs) a share is a range
+    over the two, lower first, unless they round to the same percentage.
+    """
+    ceilings = (max(ceiling, end or ceiling), min(ceiling, end or ceiling))
+    measured = f"{ceiling:,.0f} req/s in memory"
+    if end is not None:
+        measured += f" before the runs, {end:,.0f} after"
+
+    def share(rps: float) -> str:
+        low, high = (round(rps / c * 100) for c in ceilings)
+        return f"{low}%" if low == high else f"{low}-{high}%"
+
+    by_key = {(r.connections, r.backend): r for r in results}
+    lines = []
+    for point in sorted({r.connections for r in results}):
+        shares = [
+            (s, share(by_key[point, s].requests_per_s)) for s in servers if (point, s) in by_key
+        ]
+        if shares:
+            (first, pct), rest = shares[0], shares[1:]
+            line = f"c={point}: {first} reaches {pct} of the h11 ceiling ({measured})"
+            lines.append(line + ("; " + ", ".join(f"{s} {p}" for s, p in rest) if rest else ""))
+    return lines
+
+
+def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) -> str:
+    """Both tables (throughput and latency; cost) per tool, and wrk's ceiling shares."""
+    out = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        head = (
+            f"{meta.protocol} / {tool}: median of {max(r.runs for r in mine)} run(s), "
+            f"{meta.duration_s} s per point after {meta.warmup_s:g} s warm-up"
+        )
+        throughput = render_table(head + " -- throughput and latency", mine, servers, THROUGHPUT)
+        cost = render_table(head + " -- server cost", mine, servers, COST)
+        if not set(servers) <= {"uring", "epoll"}:
+            names = ", ".join(f"{SHORT.get(s, s)} = {s}" for s in servers)
+            throughput += f"\nratio columns: base/other; {names}"
+            cost += (
+                "\nsyscalls/req and waits/req come from our backends' counters (peers: -); "
+                "a peer's CPU us/req is over the generator's count"
+            )
+        out += [throughput, cost]
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            order = sorted(servers, key=lambda s: s != "uring")  # uring first, the rest as given
+            shares = ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
+            out.append("\n".join(shares))
+    return "\n\n".join(out)
+
+
+def plot(
+    results: Sequence[Result], servers: Sequence[str], meta: Metadata, out_dir: Path
+) -> list[Path]:
+    """Per tool, one PNG: requests/s and p99 against connections, a line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for tool in dict.fromkeys(r.tool for r in results):
+        mine = [r for r in results if r.tool == tool]
+        fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for server in servers:
+            points = sorted((r for r in mine if r.backend == server), key=lambda r: r.connections)
+            xs = [r.connections for r in points]
+            if points:
+                ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=server)
+                ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=server)
+        if tool == "wrk" and meta.h11_ceiling_rps:
+            ax_rps.axhline(
+                meta.h11_ceiling_rps, color="grey", ls="--", label="h11 ceiling (in memory)"
+            )
+        connections = sorted({r.connections for r in mine})
+        for ax, ylabel in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+            if connections[-1] >= 10 * connections[0]:
+                ax.set_xscale("log")
+            ax.set_xticks(connections, [str(c) for c in connections])
+            ax.minorticks_off()
+            ax.set(xlabel="connections", ylabel=ylabel, ylim=(0, None))
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.suptitle(
+            f"ringserve {meta.protocol} / {tool} -- kernel {meta.kernel}, "
+            f"{meta.cpu_count} CPUs, {meta.duration_s} s per point",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        fig.savefig(path := out_dir / f"{meta.protocol}_{tool}.png", dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,21 +1,12 @@
 """Cost of one loop pass's FFI crossings on a `Ring`, measured with NOPs.
 
-A server pass is: queue some SQEs (one foreign call each), then one
-``Ring.wait()`` (one foreign call: give buffers back, submit with one
-``io_uring_enter``, copy the CQEs out) and build the completion tuples.
-NOPs complete during submission, so what this measures is the binding and
-syscall overhead, not any I/O.  For each batch size it queues N NOPs and
-calls ``wait()``, many times after a warm-up, and reports per batch:
-
-- µs per wait()      time inside ``wait()`` (submit + drain + tuples)
-- ns per completion  the same divided by N
-- completions per µs N divided by the time of ``wait()``
-- enters per batch   ``io_uring_enter`` calls per pass, from ``statistics()``
-- µs per pass        prep of N NOPs plus ``wait()``
-
-plus the cost of one ``prep_nop`` call.  Each number is the best of
-``--repeats`` runs (the least disturbed by the rest of the machine), with
-the cost of reading the clock subtracted.
+A server pass queues some SQEs (one foreign call each), then makes one
+``Ring.wait()`` (give buffers back, submit with one ``io_uring_enter``, copy
+the CQEs out).  NOPs complete during submission, so this measures the
+binding and syscall overhead, not I/O: for each batch size, µs per wait(),
+ns per completion, completions per µs, enters per batch and µs per pass
+(prep plus wait), plus the cost of one ``prep_nop``.  Each is the best of
+``--repeats`` runs (the least disturbed), the clock's own cost subtracted.
 
 Run: ``python -m loadtest.ring_bench`` (about 2 s with the defaults).
 """
@@ -40,13 +31,11 @@ class BatchResult:
     wait_ns: float  # per wait() call
     pass_ns: float  # per pass: prep of `batch` NOPs + wait()
     enters_per_batch: float
-    sq_full_submits: int
 
 
 def clock_overhead_ns(samples: int = 20000) -> float:
     """Cost of one `perf_counter_ns()` pair, subtracted from each timed wait()."""
-    clock = time.perf_counter_ns
-    best = float("inf")
+    clock, best = time.perf_counter_ns, float("inf")
     for _ in range(3):
         t0 = clock()
         for _ in range(samples):
@@ -57,10 +46,7 @@ def clock_overhead_ns(samples: int = 20000) -> float:
 
 
 def bench_batch(ring, batch: int, iterations: int, warmup: int, overhead: float) -> BatchResult:
-    uds = range(batch)
-    prep = ring.prep_nop
-    wait = ring.wait
-    clock = time.perf_counter_ns
+    uds, prep, wait, clock = range(batch), ring.prep_nop, ring.wait, time.perf_counter_ns
     for _ in range(warmup):
         for ud in uds:
             prep(ud)
@@ -81,21 +67,13 @@ def bench_batch(ring, batch: int, iterations: int, warmup: int, overhead: float)
     s1 = ring.statistics()
     if s1.cqes_reaped - s0.cqes_reaped != batch * iterations:
         raise RuntimeError("completion count mismatch")
-    return BatchResult(
-        batch=batch,
-        wait_ns=max(in_wait / iterations - overhead, 1.0),
-        pass_ns=total / iterations,
-        enters_per_batch=(s1.io_uring_enter_calls - s0.io_uring_enter_calls) / iterations,
-        sq_full_submits=s1.sq_full_submits - s0.sq_full_submits,
-    )
+    enters = (s1.io_uring_enter_calls - s0.io_uring_enter_calls) / iterations
+    return BatchResult(batch, max(in_wait / iterations - overhead, 1.0), total / iterations, enters)
 
 
 def bench_prep(ring, batch: int, iterations: int) -> float:
     """ns per prep_nop() call (the waits that empty the SQ are not timed)."""
-    uds = range(batch)
-    prep = ring.prep_nop
-    clock = time.perf_counter_ns
-    spent = 0
+    uds, prep, clock, spent = range(batch), ring.prep_nop, time.perf_counter_ns, 0
     for _ in range(iterations):
         t0 = clock()
         for ud in uds:
@@ -143,15 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     overhead = clock_overhead_ns()
-    print(f"kernel {platform.release()}, Python {platform.python_version()}, pid {os.getpid()}")
-    print(
-        f"ring: taskrun={ring.taskrun} setup_flags={ring.setup_flags:#x} "
-        f"SQ={ring.sq_entries} CQ={ring.cq_entries}"
-    )
-    print(
-        f"{args.iterations} timed passes per batch after {args.warmup} warm-up, "
-        f"best of {args.repeats}; clock pair {overhead:.0f} ns subtracted"
-    )
+    print(f"kernel {platform.release()}, Python {platform.python_version()}, pid {os.getpid()}\n"
+          f"ring: taskrun={ring.taskrun} setup_flags={ring.setup_flags:#x} "
+          f"SQ={ring.sq_entries} CQ={ring.cq_entries}\n{args.iterations} timed passes per batch "
+          f"after {args.warmup} warm-up, best of {args.repeats}; clock pair {overhead:.0f} ns "
+          "subtracted")  # fmt: skip
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -171,23 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if gc_was_enabled:
             gc.enable()
 
-    print()
-    print(
-        f"{'batch':>6} {'µs/wait()':>10} {'ns/completion':>14} {'completions/µs':>15} "
-        f"{'enters/batch':>13} {'µs/pass':>9}"
-    )
+    # fmt: off
+    print(f"\n{'batch':>6} {'µs/wait()':>10} {'ns/completion':>14} {'completions/µs':>15} "
+          f"{'enters/batch':>13} {'µs/pass':>9}")
     for r in results:
-        print(
-            f"{r.batch:>6} {r.wait_ns / 1000:>10.2f} {r.wait_ns / r.batch:>14.0f} "
-            f"{r.batch / (r.wait_ns / 1000):>15.2f} {r.enters_per_batch:>13.2f} "
-            f"{r.pass_ns / 1000:>9.2f}"
-        )
-    print()
-    print(f"prep_nop(): {prep_ns:.0f} ns per call (Python method + one cffi call, no syscall)")
-    print(
-        f"totals: {stats.io_uring_enter_calls} enters, {stats.sqes_submitted} SQEs, "
-        f"{stats.cqes_reaped} CQEs, {stats.sq_full_submits} forced submits (SQ full)"
-    )
+        print(f"{r.batch:>6} {r.wait_ns / 1000:>10.2f} {r.wait_ns / r.batch:>14.0f} "
+              f"{r.batch / (r.wait_ns / 1000):>15.2f} {r.enters_per_batch:>13.2f} "
+              f"{r.pass_ns / 1000:>9.2f}")
+    print(f"\nprep_nop(): {prep_ns:.0f} ns per call (Python method + one cffi call, no syscall)\n"
+          f"totals: {stats.io_uring_enter_calls} enters, {stats.sqes_submitted} SQEs, "
+          f"{stats.cqes_reaped} CQEs, {stats.sq_full_submits} forced submits (SQ full)")
+    # fmt: on
     return 0
 
 

@@ -134,14 +134,14 @@ class Server:
         try:
             with self.capture_signals():
                 # Only now: whoever waits for these lines may signal at once.
-                print(json.dumps(self.listening()), flush=True)
+                _print_line(json.dumps(self.listening()))
                 logger.info("%s", self.banner())
                 self.serve()
         finally:
             self.shutdown()
             # After shutdown, so the line also shows that nothing was left
             # open or in flight.
-            print(json.dumps({"event": "exit", **self.statistics()}, sort_keys=True), flush=True)
+            _print_line(json.dumps({"event": "exit", **self.statistics()}, sort_keys=True))
         return EXIT_OK
 
     # -- helpers -------------------------------------------------------------
@@ -259,4 +259,16 @@ class Server:
                 signal.signal(s, handler)
 
     def _print_stats(self) -> None:
-        print(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True), flush=True)
+        _print_line(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True))
+
+
+def _print_line(text: str) -> None:
+    """`text` and its newline on stdout in one write.
+
+    print() writes them separately when stdout is unbuffered (PYTHONUNBUFFERED),
+    and with --workers every worker shares the pipe: two lines written at
+    once would interleave into one a tool cannot parse.  A pipe keeps a write
+    of up to PIPE_BUF (4096) bytes whole.
+    """
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

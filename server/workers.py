@@ -2,8 +2,9 @@
 
 Each worker binds its own listening socket with ``SO_REUSEPORT`` (the kernel
 spreads new connections across them) and builds its own backend, so each
-has its own ring.  The parent only forwards SIGINT/SIGTERM and waits; it
-exits 0 when every worker did.
+has its own ring.  The parent only forwards SIGINT/SIGTERM, and SIGUSR1
+(so ``kill -USR1 <parent>`` makes every worker print its statistics line
+instead of killing the parent), and waits; it exits 0 when every worker did.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def run_workers(config: Config) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, forward)
     worst = 0
     for pid in pids:
         _, status = os.waitpid(pid, 0)

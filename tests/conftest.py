@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,30 +19,16 @@ import pytest
 
 from server.config import Config
 from server.lifecycle import Server
+from tests.support import BACKENDS, URING_SKIP, open_fds
+from tests.support.ci import pytest_make_collect_report, pytest_runtest_makereport
 
-
-def uring_available() -> str | None:
-    """None if a ring can be created here, else the reason it cannot."""
-    try:
-        from uring_backend import Ring, UringUnavailable
-    except ImportError as exc:
-        return f"uring extension not built: {exc}"
-    try:
-        Ring(8, buffers=8, buffer_size=64).close()
-    except UringUnavailable as exc:
-        return str(exc)
-    return None
-
-
-URING_SKIP = uring_available()
-BACKENDS = [
-    "epoll",
-    pytest.param("uring", marks=pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))),
+__all__ = [
+    "BACKENDS",
+    "URING_SKIP",
+    "open_fds",
+    "pytest_make_collect_report",  # under CI=true, no ring fails the run
+    "pytest_runtest_makereport",
 ]
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class ServerThread:

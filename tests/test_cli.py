@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,145 +29,25 @@ from tests.backends.client import (
     sha256,
     wait_for,
 )
-from tests.conftest import URING_SKIP
+from tests.support import BACKENDS, URING_SKIP
+from tests.support.server import ServerProcess, clean_env
 
 pytestmark = pytest.mark.timeout(40)
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING_RE = re.compile(r'^\{"event": "listening"')
-CLI_BACKENDS = [
-    "epoll",
-    pytest.param("uring", marks=pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))),
-]
 GET = request("GET", "/")
 GET_CLOSE = request("GET", "/", headers=[("Connection", "close")])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any RINGSERVE_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGSERVE_")}
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    """`python -m server ...` with its stdout and stderr collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args],
-            cwd=ROOT,
-            env=clean_env() if env is None else env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._cond = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self.banner = ""
-        self.listening: dict[str, Any] = {}
-
-    def _pump(self, stream: Any, lines: list[str]) -> None:
-        for raw in stream:
-            with self._cond:
-                lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def output(self) -> str:
-        with self._cond:
-            return "stdout:\n" + "\n".join(self.stdout) + "\nstderr:\n" + "\n".join(self.stderr)
-
-    def wait_line(self, lines: list[str], pattern_: str, timeout: float = 10.0) -> re.Match[str]:
-        """The first line of `lines` matching `pattern_` (waits for it)."""
-        rx = re.compile(pattern_)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in lines:
-                    if m := rx.search(line):
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._pumping()):
-                    break
-                self._cond.wait(min(left, 0.1))
-        raise AssertionError(f"no line matching {pattern_!r}\n{self.output()}")
-
-    def _pumping(self) -> bool:
-        return any(t.is_alive() for t in self._readers)
-
-    def start(self) -> ServerProcess:
-        """Wait for the startup line, then for the server to answer."""
-        m = self.wait_line(self.stdout, LISTENING_RE.pattern)
-        self.listening = json.loads(m.string)
-        self.address = (self.listening["host"], self.listening["port"])
-        self.banner = self.wait_line(self.stderr, "listening on ").string
-        if "--protocol" not in self.args or "http" in self.args:
-            # Serving a request also proves the signal handlers are installed.
-            resp = self.fetch(GET_CLOSE)
-            assert resp.status == 200, self.output()
-        return self
-
-    def fetch(self, data: bytes):
-        with connect(self.address) as s:
-            s.sendall(data)
-            return HttpReader(s).read_response()
-
-    def stats(self) -> dict[str, Any]:
-        resp = self.fetch(request("GET", "/stats", headers=[("Connection", "close")]))
-        return json.loads(resp.body)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 15.0) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"server did not exit\n{self.output()}") from None
-        for t in self._readers:
-            t.join(5)
-        return code
-
-    def json_lines(self, event: str) -> list[dict[str, Any]]:
-        out = []
-        with self._cond:
-            lines = list(self.stdout)
-        for line in lines:
-            if line.startswith("{"):
-                obj = json.loads(line)
-                if obj.get("event") == event:
-                    out.append(obj)
-        return out
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+GET_STATS = request("GET", "/stats", headers=[("Connection", "close")])
 
 
 @pytest.fixture
-def spawn() -> Iterator[Any]:
-    """Factory for ServerProcess; every process is killed at the end if still running."""
+def spawn() -> Iterator[Callable[..., ServerProcess]]:
+    """Factory for servers on 127.0.0.1 (not started); every one is killed at the end."""
     procs: list[ServerProcess] = []
 
     def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        p = ServerProcess(["--host", "127.0.0.1", *args], env=env)
-        procs.append(p)
-        return p
+        procs.append(ServerProcess("--host", "127.0.0.1", *args, env=env))
+        return procs[-1]
 
     yield factory
     for p in procs:
@@ -190,7 +69,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 # -- startup and serving -------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_starts_serves_and_stops_cleanly(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     info = srv.listening
@@ -213,17 +92,17 @@ def test_starts_serves_and_stops_cleanly(spawn, backend: str) -> None:
         body = pattern(100_000, 1)
         (resp,) = exchange(s, request("POST", "/echo", body))
         assert sha256(resp.body) == sha256(body)
-    stats = srv.stats()
+    stats = json.loads(srv.fetch(GET_STATS).body)
     assert stats["backend"] == backend
     assert stats["pid"] == srv.proc.pid
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
     (final,) = srv.json_lines("exit")
-    assert srv.stdout[-1].startswith("{"), "the exit line is the last line"
+    assert srv.stdout_lines[-1].startswith("{"), "the exit line is the last line"
     assert final["backend"] == backend
     assert final["open_connections"] == 0
     assert final["ops_in_flight"] == 0
-    assert final["requests"] == 4  # the startup probe, GET, POST, /stats
+    assert final["requests"] == 3  # GET, POST, /stats
     assert final["pid"] == srv.proc.pid
 
 
@@ -239,7 +118,7 @@ def test_echo_protocol(spawn) -> None:
     assert srv.json_lines("exit")[0]["accepted"] == 1
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_wsgi_app_from_command_line(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--app", "tests.backends.wsgi_apps:app")
     srv.start()
@@ -252,7 +131,7 @@ def test_wsgi_app_from_command_line(spawn, backend: str) -> None:
 def test_environment_variable_selects_backend(spawn) -> None:
     srv = spawn("--port", "0", env=clean_env(RINGSERVE_BACKEND="epoll")).start()
     assert srv.listening["backend"] == "epoll"
-    assert srv.stats()["backend"] == "epoll"
+    assert json.loads(srv.fetch(GET_STATS).body)["backend"] == "epoll"
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
 
@@ -278,7 +157,7 @@ def test_environment_sets_other_options(spawn) -> None:
 # -- signals -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     body = pattern(200_000, 2)
@@ -288,7 +167,7 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
         # The server has the head and part of the body: the request is in flight.
         wait_for(lambda: srv.stats()["bytes_in"] >= 50_000, what="the partial request")
         srv.signal(signal.SIGTERM)
-        srv.wait_line(srv.stderr, "received SIGTERM; finishing in-flight requests")
+        srv.wait_line("received SIGTERM; finishing in-flight requests")
         # New connections are refused while the request in flight is finished.
         wait_for(lambda: refused(srv.address), what="new connections to be refused")
         assert srv.proc.poll() is None, "exited with a request in flight"
@@ -301,12 +180,12 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
     assert final["ops_in_flight"] == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     with connect(srv.address) as busy:
         busy.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
-        wait_for(lambda: srv.stats()["open_connections"] >= 2, what="the busy connection")
+        wait_for(lambda: srv.stats()["open_connections"] == 1, what="the busy connection")
         srv.signal(signal.SIGTERM)
         wait_for(lambda: refused(srv.address), what="new connections to be refused")
         for _ in range(3):
@@ -319,7 +198,7 @@ def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
     assert srv.wait() == 0, srv.output()
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigint_exits_0(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     srv.signal(signal.SIGINT)
@@ -331,7 +210,7 @@ def test_sigint_exits_0(spawn, backend: str) -> None:
     assert "Traceback" not in srv.output()
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> None:
     """An idle keep-alive connection is closed at once on SIGTERM; the exit follows.
 
@@ -353,17 +232,16 @@ def test_idle_keepalive_client_does_not_delay_sigterm(spawn, backend: str) -> No
     assert code == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_second_signal_stops_without_waiting(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "30").start()
     with connect(srv.address) as s:
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
-        wait_for(lambda: srv.stats()["open_connections"] >= 2, what="the busy connection")
+        wait_for(lambda: srv.stats()["open_connections"] == 1, what="the busy connection")
         srv.signal(signal.SIGTERM)
-        srv.wait_line(srv.stderr, "received SIGTERM")
-        # The line is logged before the handler records the stop; a signal within
-        # that window would count as a first one (see the report), so wait a little.
-        time.sleep(0.2)
+        srv.wait_line("received SIGTERM")
+        # The handler records the stop before it logs the line, so a second signal
+        # sent as soon as the line shows must stop the server at once.
         srv.signal(signal.SIGTERM)
         assert srv.wait(10) == 0, srv.output()
         assert "stopping now" in srv.output()
@@ -371,16 +249,16 @@ def test_second_signal_stops_without_waiting(spawn, backend: str) -> None:
     assert srv.json_lines("exit")[0]["open_connections"] == 0
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigusr1_prints_stats_line(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0").start()
     srv.fetch(GET_CLOSE)
     srv.signal(signal.SIGUSR1)
-    m = srv.wait_line(srv.stdout, r'^\{.*"event": "stats"')
+    m = srv.wait_line(r'^\{.*"event": "stats"', "stdout")
     stats = json.loads(m.string)
     assert stats["backend"] == backend
-    assert stats["requests"] == 2
-    assert stats["accepted"] == 2
+    assert stats["requests"] == 1
+    assert stats["accepted"] == 1
     assert stats["pid"] == srv.proc.pid
     assert srv.fetch(GET_CLOSE).body == HELLO  # still serving
     srv.signal(signal.SIGTERM)
@@ -443,7 +321,7 @@ def test_bad_environment_value_is_named_in_the_error(name: str, value: str, mess
     assert f"error: {name}: {message}" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_port_in_use_exits_1(backend: str) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -483,7 +361,7 @@ def test_port_in_use_exits_1(backend: str) -> None:
     ],
     ids=["missing-module", "missing-attribute", "no-colon", "not-callable"],
 )
-@pytest.mark.parametrize("backend", CLI_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_app_exits_1(backend: str, app: str, message: str) -> None:
     proc = run_cli("--backend", backend, "--port", "0", "--app", app)
     assert proc.returncode == 1, proc.stderr
@@ -495,3 +373,143 @@ def test_workers_need_a_fixed_port() -> None:
     proc = run_cli("--backend", "epoll", "--port", "0", "--workers", "2")
     assert proc.returncode == 1
     assert proc.stderr == "ringserve: error: --workers needs a fixed --port\n"
+
+
+# -- options in a running server ---------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on now (for options that need a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backlog_is_the_listen_backlog(spawn, backend: str) -> None:
+    """--backlog reaches listen(): a listening socket's Send-Q in ``ss -ltn`` is its backlog."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    srv = spawn("--backend", backend, "--port", "0", "--backlog", "7").start()
+    port = srv.address[1]
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    (line,) = out.splitlines()
+    state, _recv_q, send_q, local, *_ = line.split()
+    assert (state, send_q, local) == ("LISTEN", "7", f"127.0.0.1:{port}"), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_level_debug_logs_each_closed_connection(spawn, backend: str) -> None:
+    srv = spawn("--backend", backend, "--port", "0", "--log-level", "debug").start()
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    line = srv.wait_line(r"DEBUG server\.loop: connection \d+ closed").string
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    assert "listening on" in srv.banner, line
+
+
+def test_log_level_warning_hides_the_banner_and_info_lines(spawn) -> None:
+    srv = spawn("--backend", "epoll", "--port", "0", "--log-level", "warning").start()
+    assert srv.fetch(GET_CLOSE).body == HELLO  # the listening line on stdout is still there
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    assert srv.stderr_lines == [], srv.output()  # no banner, no "received SIGTERM"
+    assert len(srv.json_lines("exit")) == 1
+
+
+@pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
+def test_sqpoll_serves_from_a_kernel_polling_thread(spawn) -> None:
+    """--sqpoll: the ring has a kernel SQ polling thread, and DEFER_TASKRUN is off with it."""
+    srv = spawn("--backend", "uring", "--port", "0", "--sqpoll").start()
+    assert srv.listening["taskrun"] != "defer", srv.listening
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    threads = [p.read_text().strip() for p in Path(f"/proc/{srv.pid}/task").glob("*/comm")]
+    assert f"iou-sqp-{srv.pid}" in threads, threads
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+
+
+# Runs as PID 1 of a new PID namespace, where docker/healthcheck.py, which
+# probes the lowest-numbered `python -m server` process, can only see ours.
+HEALTHCHECK_DRIVER = """
+import json, subprocess, sys
+from tests.support.server import ServerProcess
+
+def check():
+    done = subprocess.run([sys.executable, "docker/healthcheck.py"], capture_output=True,
+                          text=True, timeout=30)
+    return [done.returncode, done.stdout + done.stderr]
+
+port = int(sys.argv[1])
+results = {}
+for protocol in ("http", "echo"):
+    args = ["--backend", "epoll", "--protocol", protocol, "--port", str(port)]
+    with ServerProcess(*args, env={"RINGSERVE_HOST": "127.0.0.1"}) as server:
+        results[protocol] = check()
+# A `python -m server --port P` process that does not listen: a dead port.
+idle = ["-c", "import time; time.sleep(60)", "-m", "server", "--port", str(port)]
+with subprocess.Popen([sys.executable, *idle]) as fake:
+    results["dead"] = check()
+    fake.kill()
+print(json.dumps(results))
+"""
+
+
+def test_docker_healthcheck(tmp_path: Path) -> None:
+    """docker/healthcheck.py: 0 for a live server on either protocol, non-zero for a dead port."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c"]
+    argv += [HEALTHCHECK_DRIVER, str(free_port())]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and done.stderr.startswith("unshare:"):
+        pytest.skip(f"no new PID namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results["http"][0] == 0 and "healthy: http on 127.0.0.1:" in results["http"][1]
+    assert results["echo"][0] == 0 and "healthy: echo on 127.0.0.1:" in results["echo"][1]
+    assert results["dead"][0] != 0 and "unhealthy" in results["dead"][1], results["dead"]
+
+
+def test_two_workers_serve_forward_sigusr1_and_stop_on_sigterm(spawn) -> None:
+    srv = spawn("--backend", "epoll", "--port", str(free_port()), "--workers", "2").start()
+    wait_for(lambda: len(srv.json_lines("listening")) == 2, what="both workers listening")
+    workers = {line["pid"] for line in srv.json_lines("listening")}
+    assert len(workers) == 2 and srv.pid not in workers, workers
+    served: set[int] = set()
+    for _ in range(200):  # SO_REUSEPORT spreads connections by their source ports
+        served.add(json.loads(srv.fetch(GET_STATS).body)["pid"])
+        if served == workers:
+            break
+    assert served == workers, f"only {served} of {workers} answered"
+    srv.signal(signal.SIGUSR1)  # the parent forwards it: each worker prints its line
+    wait_for(lambda: len(srv.json_lines("stats")) == 2, what="a stats line from each worker")
+    assert {line["pid"] for line in srv.json_lines("stats")} == workers
+    assert srv.proc.poll() is None, "SIGUSR1 killed the parent"
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
+    exits = srv.json_lines("exit")
+    assert {line["pid"] for line in exits} == workers
+    assert all(line["open_connections"] == 0 for line in exits), exits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grace_period_running_out_closes_the_request_in_flight(spawn, backend: str) -> None:
+    """A request that never completes: after --timeout-graceful-shutdown the server gives up
+    on it with a warning, closes its connection and still exits 0."""
+    grace = 1.0
+    srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", str(grace))
+    srv.start()
+    with connect(srv.address) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
+        wait_for(lambda: srv.stats()["bytes_in"] > 0, what="the partial request")
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(grace + 15) == 0, srv.output()
+        took = time.monotonic() - started
+        srv.wait_line("grace period over; closing 1 connections")
+        with contextlib.suppress(ConnectionResetError):  # unread input: a reset is a close
+            assert s.recv(100) == b"", "bytes instead of a close"
+    assert took >= grace * 0.9, f"exited after {took:.2f} s, before the grace period ran out"
+    (final,) = srv.json_lines("exit")
+    assert final["open_connections"] == 0 and final["ops_in_flight"] == 0, final

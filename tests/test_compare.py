@@ -26,10 +26,10 @@ import pytest
 
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.procs import ServerSnapshot, local_server
-from loadtest.report import ceiling_lines
-from loadtest.results import result_from_run
+from loadtest.results import ceiling_lines, result_from_run
+from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
+from tests.support import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
@@ -243,7 +243,7 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         (["--backends", "uring,kqueue"], "unknown kqueue"),
         (["--connections", "1,ten"], "not a list of integers"),
         (["--connections", "0"], "at least 1"),
-        (["--duration", "1.5"], "whole number"),
+        (["--duration", "1.5"], "invalid positive_int value: '1.5'"),
         (["--tools", "ab"], "unknown ab"),
         (["--protocol", "ftp"], "invalid choice"),
         (["--protocol", "echo", "--peers", "uvicorn"], "unknown uvicorn"),
@@ -262,9 +262,9 @@ def test_server_args_reach_both_backends_and_the_record(tmp_path: Path) -> None:
     opts = compare_module.parse_args(
         ["--server-args", "--no-tcp-nodelay --cq-factor 32", "--out", str(tmp_path)]
     )
-    assert opts.server_args == ("--no-tcp-nodelay", "--cq-factor", "32")
+    assert opts.server_args == ["--no-tcp-nodelay", "--cq-factor", "32"]
     for backend in ("uring", "epoll"):
-        argv = compare_module.server_argv(("taskset", "-c", "0"), backend, opts)
+        argv = compare_module.our_argv(backend, opts, ("taskset", "-c", "0"))
         assert argv[:6] == ["taskset", "-c", "0", sys.executable, "-m", "server"]
         assert argv[-3:] == ["--no-tcp-nodelay", "--cq-factor", "32"]
         assert argv[argv.index("--backend") + 1] == backend
@@ -327,16 +327,12 @@ def test_parse_wrk() -> None:
     assert got["window_s"] == pytest.approx(2.1)
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.parametrize("how", ["stop", "context manager"])
 def test_a_finished_server_process_leaves_no_fd_open(how: str) -> None:
     """Its pipes close when it ends, not when the garbage collector gets to them
     (which would change another test's fd count in the middle of that test)."""
     before = open_fds()
-    server = local_server("epoll", "echo")
+    server = ServerProcess(server_argv("epoll", "echo"))
     if how == "stop":
         server.start()
         assert server.stop() == 0
@@ -354,8 +350,8 @@ MEASURED = ToolResult(
 
 
 def test_result_splits_server_cpu_per_request_by_the_servers_count() -> None:
-    before = ServerSnapshot({"requests": 100, "syscalls": 10, "wait_calls": 5}, 1.0, 2.0, 0.0)
-    after = ServerSnapshot({"requests": 1_100, "syscalls": 60, "wait_calls": 15}, 1.25, 2.5, 2.0)
+    before = ServerSnapshot({"requests": 100, "syscalls": 10, "wait_calls": 5}, 1.0, 2.0)
+    after = ServerSnapshot({"requests": 1_100, "syscalls": 60, "wait_calls": 15}, 1.25, 2.5)
     r = result_from_run("http", "wrk", "uring", 100, MEASURED, before, after, 4096, 0)
     assert r.server_requests == 1_000
     assert r.cpu_s == pytest.approx(0.75)
@@ -367,8 +363,8 @@ def test_result_splits_server_cpu_per_request_by_the_servers_count() -> None:
 
 
 def test_result_of_a_peer_divides_by_the_generators_count() -> None:
-    before = ServerSnapshot(None, 1.0, 2.0, 0.0)
-    after = ServerSnapshot(None, 1.5, 2.5, 2.0)
+    before = ServerSnapshot(None, 1.0, 2.0)
+    after = ServerSnapshot(None, 1.5, 2.5)
     r = result_from_run("echo", "echo-client", "uvloop-echo", 10, MEASURED, before, after, 1, 0)
     assert r.server_requests is None and r.syscalls_per_request is None
     assert r.cpu_us_per_request == pytest.approx(500.0)
@@ -379,7 +375,7 @@ def test_result_of_a_peer_divides_by_the_generators_count() -> None:
 def _wrk_result(backend: str, rps: float) -> Any:
     return result_from_run(
         "http", "wrk", backend, 100, dataclasses.replace(MEASURED, requests_per_s=rps),
-        ServerSnapshot(None, 0.0, 0.0, 0.0), ServerSnapshot(None, 1.0, 1.0, 1.0), 1, 0,
+        ServerSnapshot(None, 0.0, 0.0), ServerSnapshot(None, 1.0, 1.0), 1, 0,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import pytest
 from server import config as config_module
 from server.config import Config, parse_config
 from server.lifecycle import make_listener
-from tests.conftest import URING_SKIP
+from tests.support import URING_SKIP
 
 
 @pytest.fixture(autouse=True)

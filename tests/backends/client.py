@@ -1,8 +1,9 @@
 """Small, strict test clients: raw sockets, exact bytes, bounded waits.
 
 Nothing here trusts the server: every read has a timeout, HTTP responses are
-parsed by hand (so a malformed one fails the test instead of being
-"repaired" by a lenient client library) and EOF is told apart from a reset.
+parsed by hand and strictly (`parse_one`: a malformed one fails the test
+instead of being "repaired" by a lenient client library) and EOF is told
+apart from a reset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,20 +217,40 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+# -- a strict HTTP/1.1 response parser ---------------------------------------
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(;[^\r\n]*)?")
+MAX_HEAD = 64 * 1024
+
+
+class Malformed(AssertionError):
+    """The server's output is not a well-formed HTTP/1.1 response."""
+
+
 @dataclass
 class HttpResponse:
-    version: bytes
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # names in lower case
     body: bytes
-    raw_head: bytes = field(repr=False)
+    framed_by_close: bool = False
+    raw: bytes = field(default=b"", repr=False)  # the whole response as it came
 
-    def header(self, name: str) -> bytes | None:
-        key = name.lower().encode()
-        values = [v for k, v in self.headers if k.lower() == key]
-        assert len(values) <= 1, f"header {name} repeated: {values}"
+    def header(self, name: str | bytes) -> bytes | None:
+        key = (name.encode() if isinstance(name, str) else name).lower()
+        values = [v for k, v in self.headers if k == key]
+        if len(values) > 1:
+            raise Malformed(f"header {key!r} repeated: {values}")
         return values[0] if values else None
+
+    @property
+    def raw_head(self) -> bytes:
+        return self.raw[: self.raw.index(b"\r\n\r\n") + 4]
 
     @property
     def normalized_head(self) -> bytes:
@@ -238,79 +259,166 @@ class HttpResponse:
         assert count == 1, f"expected exactly one well-formed Date: {self.raw_head!r}"
         return head
 
+    @property
+    def closes(self) -> bool:
+        value = self.header(b"connection")
+        return value is not None and b"close" in value.lower().replace(b" ", b"").split(b",")
+
+
+def parse_one(
+    buf: bytes, start: int = 0, head_request: bool = False
+) -> tuple[HttpResponse, int] | None:
+    """The response at `buf[start:]` and where it ends, or None if incomplete.
+
+    A response framed by the close (neither Content-Length nor chunked) takes
+    everything to the end of `buf`.
+
+    Raises:
+        Malformed: the bytes cannot be the start of a well-formed response.
+    """
+    end = buf.find(b"\r\n\r\n", start)
+    if end < 0:
+        if len(buf) - start > MAX_HEAD:
+            raise Malformed(f"no end of head in {MAX_HEAD} bytes: {buf[start : start + 200]!r}")
+        # Whatever is there must at least look like the start of a status line.
+        prefix = buf[start : start + 9]
+        if prefix and not b"HTTP/1.1 ".startswith(prefix) and not prefix.startswith(b"HTTP/1.1 "):
+            raise Malformed(f"not a status line: {buf[start : start + 200]!r}")
+        return None
+    head = buf[start:end]
+    lines = head.split(b"\r\n")
+    for line in lines:
+        if b"\r" in line or b"\n" in line or b"\0" in line:
+            raise Malformed(f"bare CR/LF or NUL in response head: {head[:300]!r}")
+    m = _STATUS_LINE.fullmatch(lines[0])
+    if not m:
+        raise Malformed(f"bad status line {lines[0][:200]!r}")
+    status = int(m[1])
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise Malformed(f"bad header line {line[:200]!r}")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise Malformed(f"bad header value {line[:200]!r}")
+        headers.append((name.lower(), value))
+    resp = HttpResponse(status, m[2], headers, b"")
+    pos = end + 4
+    te = resp.header(b"transfer-encoding")
+    cl = resp.header(b"content-length")
+    if status == 101:
+        raise Malformed("101 Switching Protocols: nothing is upgraded here")
+    if head_request or status < 200 or status in (204, 304):
+        if status < 200 and (te is not None or cl is not None):
+            raise Malformed(f"framing headers on a {status}")
+    elif te is not None:
+        if cl is not None:
+            raise Malformed("both Transfer-Encoding and Content-Length")
+        if te.lower() != b"chunked":
+            raise Malformed(f"transfer-encoding {te!r}")
+        parts = []
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            cm = _CHUNK_SIZE.fullmatch(buf[pos:eol])
+            if not cm:
+                raise Malformed(f"bad chunk size line {buf[pos : pos + 80]!r}")
+            size = int(cm[1], 16)
+            pos = eol + 2
+            if size == 0:
+                while True:  # trailers, then an empty line
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        return None
+                    line, pos = buf[pos:eol], eol + 2
+                    if not line:
+                        break
+                    name, colon, _ = line.partition(b":")
+                    if not colon or not _TOKEN.fullmatch(name):
+                        raise Malformed(f"bad trailer {line[:200]!r}")
+                break
+            if len(buf) < pos + size + 2:
+                return None
+            parts.append(buf[pos : pos + size])
+            if buf[pos + size : pos + size + 2] != b"\r\n":
+                raise Malformed("chunk data not followed by CRLF")
+            pos += size + 2
+        resp.body = b"".join(parts)
+    elif cl is not None:
+        if not cl.isdigit():
+            raise Malformed(f"content-length {cl!r}")
+        n = int(cl)
+        if len(buf) < pos + n:
+            return None
+        resp.body = buf[pos : pos + n]
+        pos += n
+    else:
+        resp.body = buf[pos:]
+        resp.framed_by_close = True
+        pos = len(buf)
+    resp.raw = buf[start:pos]
+    return resp, pos
+
+
+def parse_all(data: bytes, head_requests: Sequence[bool] = ()) -> list[HttpResponse]:
+    """Every response in `data`, which must end exactly after the last one.
+
+    `head_requests[i]` says the i-th final (non-1xx) response answers a HEAD.
+    """
+    out: list[HttpResponse] = []
+    pos = 0
+    finals = 0
+    while pos < len(data):
+        head = finals < len(head_requests) and head_requests[finals]
+        parsed = parse_one(data, pos, head_request=head)
+        if parsed is None:
+            raise Malformed(f"truncated response at byte {pos}: {data[pos : pos + 300]!r}")
+        resp, pos = parsed
+        out.append(resp)
+        if resp.status >= 200:
+            finals += 1
+    return out
+
 
 class HttpReader:
-    """Reads responses from a socket, one at a time, with a byte buffer.
+    """Reads whole responses from a socket with `parse_one`, keeping what follows in `buf`.
 
-    Bodies framed by Content-Length or chunked encoding (or, failing both,
-    the close) are supported.
+    Each read waits as long as the socket's timeout allows, or `timeout` s in all.
     """
 
-    def __init__(self, sock: socket.socket, max_head: int = 64 << 10) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray()
-        self.max_head = max_head
+        self.buf = b""
 
-    def _fill(self) -> None:
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise EOFError(f"EOF with {len(self.buf)} bytes buffered: {bytes(self.buf[:200])!r}")
-        self.buf += chunk
-
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def _line(self) -> bytes:
-        while (i := self.buf.find(b"\r\n")) < 0:
-            assert len(self.buf) < self.max_head, "line too long"
-            self._fill()
-        return self._take(i + 2)[:-2]
-
-    def read_response(self, head_request: bool = False) -> HttpResponse:
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            assert len(self.buf) < self.max_head, "response head too long"
-            self._fill()
-        raw_head = self._take(end + 4)
-        lines = raw_head[:-4].split(b"\r\n")
-        m = re.fullmatch(rb"HTTP/(\d\.\d) (\d{3}) (.*)", lines[0])
-        assert m, f"bad status line {lines[0]!r}"
-        headers = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            assert sep and name == name.strip(), f"bad header line {line!r}"
-            headers.append((name, value.strip()))
-        resp = HttpResponse(m[1], int(m[2]), m[3], headers, b"", raw_head)
-        status = resp.status
-        if head_request or status in (204, 304) or 100 <= status < 200:
-            return resp
-        te = resp.header("transfer-encoding")
-        length = resp.header("content-length")
-        if te is not None:
-            assert te.lower() == b"chunked", te
-            assert length is None, "both Content-Length and Transfer-Encoding"
-            parts = []
+    def read_response(
+        self, head_request: bool = False, timeout: float | None = None
+    ) -> HttpResponse:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        old = self.sock.gettimeout()
+        try:
             while True:
-                size = int(self._line().split(b";")[0], 16)
-                if size == 0:
-                    while self._line():
-                        pass
-                    break
-                parts.append(self._take(size))
-                assert self._take(2) == b"\r\n"
-            resp.body = b"".join(parts)
-        elif length is not None:
-            resp.body = self._take(int(length))
-        else:
-            resp.body = bytes(self.buf) + recv_until_eof(self.sock)
-            self.buf.clear()
-        return resp
+                parsed = parse_one(self.buf, 0, head_request)
+                if parsed is not None and not parsed[0].framed_by_close:
+                    self.buf = self.buf[parsed[1] :]
+                    return parsed[0]
+                if deadline is not None:
+                    if (left := deadline - time.monotonic()) <= 0:
+                        raise TimeoutError(f"no whole response in {timeout} s: {self.buf[:200]!r}")
+                    self.sock.settimeout(left)
+                if not (chunk := self.sock.recv(1 << 20)):
+                    if parsed is not None:  # framed by the close
+                        self.buf = b""
+                        return parsed[0]
+                    raise EOFError(f"EOF after {len(self.buf)} bytes: {self.buf[:200]!r}")
+                self.buf += chunk
+        finally:
+            self.sock.settimeout(old)
 
     def assert_eof(self) -> None:
-        assert not self.buf, f"unexpected bytes after the response: {bytes(self.buf[:200])!r}"
+        """Nothing more is buffered or arrives, and the peer closes cleanly."""
+        assert not self.buf, f"unexpected bytes after the response: {self.buf[:200]!r}"
         assert_eof(self.sock)
 
 
@@ -319,7 +427,7 @@ def exchange(sock: socket.socket, data: bytes, count: int = 1) -> list[HttpRespo
     sock.sendall(data)
     reader = HttpReader(sock)
     out = [reader.read_response() for _ in range(count)]
-    assert not reader.buf, f"unexpected extra bytes: {bytes(reader.buf[:200])!r}"
+    assert not reader.buf, f"unexpected extra bytes: {reader.buf[:200]!r}"
     return out
 
 

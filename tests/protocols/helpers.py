@@ -9,7 +9,6 @@ H11Connection, unless the ``http_parser`` fixture (conftest.py) sets another.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from server.protocols.http.common import App, Counters, HttpLimits, ResponseCache
 from server.protocols.http.framing import FramedConnection
 from server.protocols.http.h11_impl import H11Connection
+from tests.support import chunkings
 
 HttpConnection: type[FramedConnection] = H11Connection
 
@@ -73,19 +73,6 @@ APP_ERROR_500 = http_response(
     DATE_LINE,
     body=b"500 Internal Server Error\n",
 )
-
-
-def chunkings(data: bytes, *, max_cuts: int = 400) -> Iterator[tuple[str, list[bytes]]]:
-    """The ways `check` feeds `data`: whole, bytewise, cut in two, in thirds."""
-    n = len(data)
-    yield "whole", [data]
-    yield "bytewise", [data[i : i + 1] for i in range(n)]
-    step = 1 if n <= max_cuts else n // max_cuts
-    for cut in sorted({*range(1, n, step), n - 1} - {0}):
-        yield f"cut@{cut}", [data[:cut], data[cut:]]
-    if n >= 3:
-        a, b = n // 3, 2 * n // 3
-        yield "thirds", [data[:a], data[a:b], data[b:]]
 
 
 def response_cache() -> ResponseCache[Any]:

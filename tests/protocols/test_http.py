@@ -520,9 +520,10 @@ def test_header_block_too_large_431() -> None:
 
 
 def test_complete_oversized_head_in_one_read_431() -> None:
-    """BUG: a complete head over max_header_bytes in one read is served (200), not 431.
+    """A complete head over max_header_bytes in one read gets 431, not a 200.
 
-    h11 checks max_incomplete_event_size only while the event is incomplete.
+    h11 checks max_incomplete_event_size only while the event is incomplete,
+    so a head that arrives whole would get past it if the limit were left to h11.
     """
     request = get(b"/", BIG_HEADER)
     assert len(request) > SMALL_HEADERS.max_header_bytes
@@ -606,10 +607,10 @@ def test_chunked_body_at_the_limit_is_served() -> None:
 
 
 def test_transfer_encoding_with_content_length_closes_after_the_response() -> None:
-    """BUG: RFC 9112 6.1: a server MUST close after a request with both TE and CL.
+    """RFC 9112 6.1: the server closes after a request with both TE and CL.
 
-    h11 frames it by Transfer-Encoding and keeps the connection open, so the
-    pipelined request after it (a smuggling vector) is answered too.
+    h11 frames it by Transfer-Encoding and would keep the connection open, so
+    the pipelined request after it (a smuggling vector) would be answered too.
     """
     smuggler = (
         b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n"
@@ -709,16 +710,16 @@ ANSWERED = {
 
 @pytest.mark.parametrize(("data", "expected"), ANSWERED.values(), ids=ANSWERED.keys())
 def test_not_busy_after_the_response(data: bytes, expected: bytes) -> None:
-    """BUG: busy stays True after a keep-alive response when no further byte was read.
+    """busy is False after a keep-alive response even when no further byte was read.
 
-    h11 leaves both sides DONE until the next receive_data returns PAUSED, and
-    ``busy`` tests ``their_state is not IDLE``.
+    h11 leaves both sides DONE until the next receive_data returns PAUSED, so a
+    ``busy`` that tested ``their_state is not IDLE`` would stay True.
     """
     check(app, data, expected, should_close=False, busy=False)
 
 
 def test_timed_out_after_a_response_is_silent() -> None:
-    """BUG (same cause): an idle keep-alive connection is sent a 408 and counted an error."""
+    """For the same reason: an idle keep-alive connection gets no 408 and counts no error."""
     conn, counters = connect(app)
     assert conn.receive_data(GET) == GET_ANSWER
     assert conn.timed_out() == b""
@@ -727,7 +728,7 @@ def test_timed_out_after_a_response_is_silent() -> None:
 
 
 def test_stop_keepalive_after_a_response_closes_at_once() -> None:
-    """BUG (same cause): shutdown waits for a connection that has nothing to answer."""
+    """For the same reason: shutdown does not wait for a connection with nothing to answer."""
     conn, _ = connect(app)
     assert conn.receive_data(GET) == GET_ANSWER
     conn.stop_keepalive()
@@ -887,10 +888,12 @@ def test_app_response_h11_refuses_gets_raw_500_and_close(bad: Response) -> None:
 
 @pytest.mark.parametrize("bad", BAD_RESPONSES.values(), ids=BAD_RESPONSES.keys())
 def test_app_response_h11_refuses_with_a_request_pipelined_behind(bad: Response) -> None:
-    """BUG for the body-length cases: h11 fails in ``send(Data/EndOfMessage)``, its
-    states become ERROR/MUST_CLOSE, yet _handle_events keeps reading; the
-    pipelined bytes raise "Got data when expecting EOF" and a second, raw
-    ``400 Bad Request`` follows the 500 (errors counted twice)."""
+    """One raw 500, then nothing, even for the body-length cases.
+
+    There h11 fails in ``send(Data/EndOfMessage)`` and its states become
+    ERROR/MUST_CLOSE; were _handle_events to keep reading, the pipelined bytes
+    would raise "Got data when expecting EOF" and a second, raw ``400 Bad
+    Request`` would follow the 500 (errors counted twice)."""
     check(
         lambda request: bad,
         GET + get(b"/never"),
@@ -909,8 +912,9 @@ def bad_on_second(request: Request) -> Response:
 
 
 def test_refused_response_keeps_the_earlier_pipelined_response() -> None:
-    """BUG: ``out.clear()`` in HttpConnection._respond drops every response
-    already produced in this receive_data call, not only the refused one."""
+    """The responses already produced in this receive_data call survive a refused one.
+
+    An ``out.clear()`` in HttpConnection._respond once dropped them all."""
     check(
         bad_on_second,
         GET + get(b"/bad"),

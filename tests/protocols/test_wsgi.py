@@ -268,7 +268,7 @@ BODYLESS = {
 def test_no_content_length_is_invented_for_bodyless_responses(
     status: str, headers: list[tuple[str, str]], method: bytes
 ) -> None:
-    """BUG: the adapter appends ``content-length: 0`` whenever the app sends none.
+    """The adapter adds no ``content-length: 0`` when the app sends none (it once did).
 
     RFC 9110 8.6: a server MUST NOT send Content-Length in a 1xx or 204
     response, nor in a 304 or HEAD response unless it equals the length of

@@ -13,6 +13,7 @@ from server.protocols.http.common import Counters, HttpLimits, Request, Response
 from server.protocols.http.framing import FramedConnection
 from server.protocols.http.h11_impl import H11Connection
 from server.protocols.http.httptools_impl import HttptoolsConnection
+from tests.support import chunkings
 
 from .support import Malformed, check_response_sequence, parse_all
 
@@ -147,15 +148,8 @@ def expected_statuses(data: bytes, eof: bool, time_out: bool = False) -> list[in
     is 431 when it arrives in pieces but 400 when a later line is malformed
     and it arrives whole): a socket test then checks only the form.
     """
-    n = len(data)
-    ways = [
-        [data],
-        [data[: n // 2], data[n // 2 :]],
-        [data[i : i + 1024] for i in range(0, n, 1024)],
-        [data[i : i + 7] for i in range(0, n, 7)],
-    ]
     seen = set()
-    for chunks in ways:
+    for _, chunks in chunkings(data, (1024, 7), cuts=False):
         out = drive([c for c in chunks if c], HttpLimits(), eof=eof, time_out=time_out)
         statuses = [r.status for r in parse_all(out.data, [m == b"HEAD" for m in out.app.methods])]
         seen.add(tuple(s for s in statuses if s >= 200))

@@ -1,22 +1,20 @@
-"""Helpers for the reliability suite: a strict response parser, raw clients, limits.
+"""Helpers for the reliability suite: the rules every output obeys, raw clients, limits.
 
-Nothing here trusts the server: responses are parsed by hand, strictly (a
-response h11 or a browser would "repair" fails the test), every socket read
-has a deadline, and a clean close (FIN) is told apart from a reset.
+Nothing here trusts the server: responses are parsed strictly
+(`tests.backends.client.parse_one`: a response h11 or a browser would
+"repair" fails the test), every socket read has a deadline, and a clean
+close (FIN) is told apart from a reset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import re
 import resource
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,169 +22,60 @@ from typing import Any
 
 import pytest
 
+from tests.backends.client import (
+    HELLO,
+    TIMEOUT,
+    HttpReader,
+    HttpResponse,
+    Malformed,
+    Sender,
+    connect,
+    parse_all,
+    parse_one,
+    set_linger_zero,
+    sha256,
+)
 from tests.backends.client import wait_for as _client_wait_for
 
-TIMEOUT = 10.0
-HELLO = b"Hello from ringserve\n"
+# The suite's modules take the client helpers from here too.
+__all__ = [
+    "APP_STATUSES",
+    "GET",
+    "GET_CLOSE",
+    "HELLO",
+    "TIMEOUT",
+    "BurstResult",
+    "HttpReader",
+    "HttpResponse",
+    "Malformed",
+    "ReadResult",
+    "Sender",
+    "burst",
+    "check_response_sequence",
+    "close_all",
+    "collect_hellos",
+    "connect",
+    "error_records",
+    "get_hello",
+    "nofile_at_least",
+    "open_many",
+    "parse_all",
+    "parse_one",
+    "read_until_close",
+    "request_many",
+    "set_linger_zero",
+    "sha256",
+    "wait_for",
+]
+
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-
-# -- a strict HTTP/1.1 response parser ------------------------------------------
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(
-    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
-)
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(;[^\r\n]*)?")
-MAX_HEAD = 64 * 1024
-
-
-class Malformed(AssertionError):
-    """The server's output is not a well-formed HTTP/1.1 response."""
-
-
-@dataclass
-class Resp:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    framed_by_close: bool = False
-    raw: bytes = field(default=b"", repr=False)
-
-    def header(self, name: bytes) -> bytes | None:
-        values = [v for k, v in self.headers if k.lower() == name]
-        if len(values) > 1:
-            raise Malformed(f"header {name!r} repeated: {values}")
-        return values[0] if values else None
-
-    @property
-    def closes(self) -> bool:
-        value = self.header(b"connection")
-        return value is not None and b"close" in value.lower().replace(b" ", b"").split(b",")
-
-
-def parse_one(buf: bytes, start: int = 0, head_request: bool = False) -> tuple[Resp, int] | None:
-    """The response at `buf[start:]` and where it ends, or None if incomplete.
-
-    A response framed by the close (neither Content-Length nor chunked) takes
-    everything to the end of `buf`.
-
-    Raises:
-        Malformed: the bytes cannot be the start of a well-formed response.
-    """
-    end = buf.find(b"\r\n\r\n", start)
-    if end < 0:
-        if len(buf) - start > MAX_HEAD:
-            raise Malformed(f"no end of head in {MAX_HEAD} bytes: {buf[start : start + 200]!r}")
-        # Whatever is there must at least look like the start of a status line.
-        prefix = buf[start : start + 9]
-        if prefix and not b"HTTP/1.1 ".startswith(prefix) and not prefix.startswith(b"HTTP/1.1 "):
-            raise Malformed(f"not a status line: {buf[start : start + 200]!r}")
-        return None
-    head = buf[start:end]
-    lines = head.split(b"\r\n")
-    for line in lines:
-        if b"\r" in line or b"\n" in line or b"\0" in line:
-            raise Malformed(f"bare CR/LF or NUL in response head: {head[:300]!r}")
-    m = _STATUS_LINE.fullmatch(lines[0])
-    if not m:
-        raise Malformed(f"bad status line {lines[0][:200]!r}")
-    status = int(m[1])
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise Malformed(f"bad header line {line[:200]!r}")
-        value = value.strip(b" \t")
-        if not _FIELD_VALUE.fullmatch(value):
-            raise Malformed(f"bad header value {line[:200]!r}")
-        headers.append((name.lower(), value))
-    resp = Resp(status, m[2], headers, b"")
-    pos = end + 4
-    te = resp.header(b"transfer-encoding")
-    cl = resp.header(b"content-length")
-    if status == 101:
-        raise Malformed("101 Switching Protocols: nothing is upgraded here")
-    if head_request or status < 200 or status in (204, 304):
-        if status < 200 and (te is not None or cl is not None):
-            raise Malformed(f"framing headers on a {status}")
-    elif te is not None:
-        if cl is not None:
-            raise Malformed("both Transfer-Encoding and Content-Length")
-        if te.lower() != b"chunked":
-            raise Malformed(f"transfer-encoding {te!r}")
-        parts = []
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            cm = _CHUNK_SIZE.fullmatch(buf[pos:eol])
-            if not cm:
-                raise Malformed(f"bad chunk size line {buf[pos : pos + 80]!r}")
-            size = int(cm[1], 16)
-            pos = eol + 2
-            if size == 0:
-                while True:  # trailers, then an empty line
-                    eol = buf.find(b"\r\n", pos)
-                    if eol < 0:
-                        return None
-                    line, pos = buf[pos:eol], eol + 2
-                    if not line:
-                        break
-                    name, colon, _ = line.partition(b":")
-                    if not colon or not _TOKEN.fullmatch(name):
-                        raise Malformed(f"bad trailer {line[:200]!r}")
-                break
-            if len(buf) < pos + size + 2:
-                return None
-            parts.append(buf[pos : pos + size])
-            if buf[pos + size : pos + size + 2] != b"\r\n":
-                raise Malformed("chunk data not followed by CRLF")
-            pos += size + 2
-        resp.body = b"".join(parts)
-    elif cl is not None:
-        if not cl.isdigit():
-            raise Malformed(f"content-length {cl!r}")
-        n = int(cl)
-        if len(buf) < pos + n:
-            return None
-        resp.body = buf[pos : pos + n]
-        pos += n
-    else:
-        resp.body = buf[pos:]
-        resp.framed_by_close = True
-        pos = len(buf)
-    resp.raw = buf[start:pos]
-    return resp, pos
-
-
-def parse_all(data: bytes, head_requests: Sequence[bool] = ()) -> list[Resp]:
-    """Every response in `data`, which must end exactly after the last one.
-
-    `head_requests[i]` says the i-th final (non-1xx) response answers a HEAD.
-    """
-    out: list[Resp] = []
-    pos = 0
-    finals = 0
-    while pos < len(data):
-        head = finals < len(head_requests) and head_requests[finals]
-        parsed = parse_one(data, pos, head_request=head)
-        if parsed is None:
-            raise Malformed(f"truncated response at byte {pos}: {data[pos : pos + 300]!r}")
-        resp, pos = parsed
-        out.append(resp)
-        if resp.status >= 200:
-            finals += 1
-    return out
-
 
 # Statuses the built-in app answers itself and keeps the connection for.
 APP_STATUSES = {200, 404, 405}
 
 
-def check_response_sequence(responses: list[Resp], closed: bool) -> None:
+def check_response_sequence(responses: list[HttpResponse], closed: bool) -> None:
     """The rules every output obeys, whatever the input.
 
     - 1xx is only ``100 Continue``;
@@ -215,17 +104,6 @@ def check_response_sequence(responses: list[Resp], closed: bool) -> None:
 # -- raw clients ---------------------------------------------------------------------
 
 
-def connect(address: tuple[str, int], timeout: float = TIMEOUT) -> socket.socket:
-    sock = socket.create_connection(address, timeout=timeout)
-    sock.settimeout(timeout)
-    return sock
-
-
-def set_linger_zero(sock: socket.socket) -> None:
-    """close() will then send RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 @dataclass
 class ReadResult:
     data: bytes
@@ -252,48 +130,15 @@ def read_until_close(sock: socket.socket, timeout: float = TIMEOUT) -> ReadResul
         buf += chunk
 
 
-class Reader:
-    """Reads whole responses from a socket, keeping what follows in a buffer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def response(self, head_request: bool = False, timeout: float = TIMEOUT) -> Resp:
-        deadline = time.monotonic() + timeout
-        while True:
-            parsed = parse_one(self.buf, 0, head_request)
-            if parsed is not None and not parsed[0].framed_by_close:
-                resp, end = parsed
-                self.buf = self.buf[end:]
-                return resp
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no whole response in {timeout} s: {self.buf[:200]!r}")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                if parsed is not None:  # framed by the close
-                    self.buf = b""
-                    return parsed[0]
-                raise EOFError(f"EOF after {len(self.buf)} bytes: {self.buf[:200]!r}")
-            self.buf += chunk
-
-    def expect_eof(self, timeout: float = TIMEOUT) -> None:
-        rest = read_until_close(self.sock, timeout)
-        assert rest.end == "eof", f"expected a clean EOF, got {rest.end} after {rest.data[:200]!r}"
-        assert not self.buf and not rest.data, f"unexpected bytes {(self.buf + rest.data)[:200]!r}"
-
-
 def get_hello(address: tuple[str, int], timeout: float = TIMEOUT) -> float:
     """One GET / with Connection: close on a fresh connection; returns its latency."""
     t0 = time.monotonic()
     with connect(address, timeout) as sock:
         sock.sendall(GET_CLOSE)
-        reader = Reader(sock)
-        resp = reader.response(timeout=timeout)
+        reader = HttpReader(sock)
+        resp = reader.read_response(timeout=timeout)
         assert resp.status == 200 and resp.body == HELLO, resp
-        reader.expect_eof(timeout)
+        reader.assert_eof()
     return time.monotonic() - t0
 
 
@@ -302,10 +147,6 @@ def wait_for(
 ) -> Any:
     """`tests.backends.client.wait_for` with this suite's longer default timeout."""
     return _client_wait_for(predicate, timeout=timeout, interval=0.02, what=what)
-
-
-def sha256(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -7,9 +7,9 @@ import os
 import psutil
 import pytest
 
-from loadtest.procs import local_server
 from server.config import Config, parse_config
 from server.protocols.http.common import HttpLimits
+from tests.support.server import local_server
 
 
 def _check(config: Config) -> None:
@@ -44,14 +44,8 @@ def test_protocol_limits_default_to_the_config_limits() -> None:
     assert HttpLimits().max_body_bytes == Config().max_body_bytes
 
 
-def test_a_server_started_without_host_listens_on_loopback_only(
-    backend_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("RINGSERVE_HOST", raising=False)
-    server = local_server(backend_name, "http")
-    i = server.argv.index("--host")
-    del server.argv[i : i + 2]
-    with server:
+def test_a_server_started_without_host_listens_on_loopback_only(backend_name: str) -> None:
+    with local_server(backend_name, "http", host=None) as server:
         assert server.address[0] == "127.0.0.1"
         listening = [
             c

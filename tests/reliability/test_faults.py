@@ -8,19 +8,19 @@ import logging
 import random
 import selectors
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from loadtest.procs import local_server
+from tests.support.server import local_server
 
 from .support import (
     GET,
     HELLO,
-    Reader,
+    HttpReader,
+    Sender,
     burst,
     close_all,
     collect_hellos,
@@ -36,21 +36,6 @@ from .support import (
 )
 
 BURST = 50_000
-
-
-class Sender(threading.Thread):
-    """sendall() in a thread, keeping the error."""
-
-    def __init__(self, sock: socket.socket, data: bytes) -> None:
-        super().__init__(daemon=True)
-        self.sock, self.data = sock, data
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.sock.sendall(self.data)
-        except BaseException as exc:
-            self.error = exc
 
 
 def _healthy_and_empty(srv: Any) -> dict[str, Any]:
@@ -165,7 +150,7 @@ def test_reset_after_an_error_response(
         for _ in range(5):
             sock = closer(connect(srv.address))
             sock.sendall(b"BAD\x00 / HTTP/1.1\r\n\r\n")
-            resp = Reader(sock).response()
+            resp = HttpReader(sock).read_response()
             assert resp.status == 400 and resp.closes
             sock.sendall(b"more junk")
             set_linger_zero(sock)
@@ -262,8 +247,7 @@ def test_slow_reader_gets_every_echoed_byte(
                 f"{len(got)} of {len(data)} bytes back (prefix intact: "
                 f"{data[: len(got)] == got}); stats {stats}"
             )
-            sender.join(10)
-            assert sender.error is None, sender.error
+            sender.finish(10)
         assert stats["paused_reads"] >= 1
 
 
@@ -283,16 +267,15 @@ def test_slow_reader_gets_every_pipelined_response(
         with sock:
             sender = Sender(sock, requests)
             sender.start()
-            reader = Reader(sock)
+            reader = HttpReader(sock)
             for i, body in enumerate(bodies):
                 time.sleep(0.2)
                 try:
-                    resp = reader.response(timeout=10)
+                    resp = reader.read_response(timeout=10)
                 except TimeoutError as exc:
                     raise AssertionError(f"response {i} stalled; stats {srv.stats()}") from exc
                 assert resp.status == 200 and resp.body == body, f"response {i} differs"
-            sender.join(10)
-            assert sender.error is None, sender.error
+            sender.finish(10)
 
 
 # -- a burst of short connections ----------------------------------------------------------

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from server.protocols.http import common
 from server.protocols.http.common import HttpLimits
+from tests.support import chunkings
 
 from .corpus import EDGES, NASTY, VALID
 from .sansio import LIMITS, PARSERS, drive, split, verify
@@ -175,23 +176,13 @@ def test_hostile_bytes_in_random_chunks(
     verify(drive(chunks, limits, eof, stop_at, time_out, PARSERS[parser]))
 
 
-def _chunkings(data: bytes) -> list[tuple[str, list[bytes]]]:
-    n = len(data)
-    ways = [("whole", [data]), ("halves", [data[: n // 2], data[n // 2 :]])]
-    if n <= 4096:
-        ways.append(("bytewise", [data[i : i + 1] for i in range(n)]))
-    else:
-        ways.append(("4k", [data[i : i + 4096] for i in range(0, n, 4096)]))
-    ways.append(("7s", [data[i : i + 7] for i in range(0, min(n, 20_000), 7)] + [data[20_000:]]))
-    return ways
-
-
 @pytest.mark.parametrize("parser", PARSERS)
 @pytest.mark.parametrize("name,data", NASTY + EDGES, ids=[n for n, _ in NASTY + EDGES])
 @pytest.mark.parametrize("eof", [False, True], ids=["open", "eof"])
 def test_corpus_every_chunking(parser: str, name: str, data: bytes, eof: bool) -> None:
     for limits in LIMITS:
-        for way, chunks in _chunkings(data):
+        pieces = (1 if len(data) <= 4096 else 4096, 7)
+        for way, chunks in chunkings(data, pieces, cuts=False, limit=20_000):
             try:
                 verify(
                     drive(
@@ -255,7 +246,8 @@ def test_both_parsers_agree_on_the_corpus_every_chunking(name: str, data: bytes)
     """Every corpus entry, whole, bytewise (or in 4 KiB pieces), in halves and in
     7-byte pieces, with and without EOF, under each set of limits."""
     for limits in LIMITS:
-        for way, chunks in _chunkings(data):
+        pieces = (1 if len(data) <= 4096 else 4096, 7)
+        for way, chunks in chunkings(data, pieces, cuts=False, limit=20_000):
             for eof in (False, True):
                 try:
                     _agree([c for c in chunks if c], limits, eof)

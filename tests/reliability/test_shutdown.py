@@ -5,16 +5,15 @@ from __future__ import annotations
 import random
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 
-from loadtest.procs import local_server
 from tests.backends.client import refused
+from tests.support.server import local_server
 
-from .support import GET, HELLO, Reader, connect, read_until_close, wait_for
+from .support import GET, HELLO, HttpReader, Sender, connect, read_until_close, wait_for
 
 GRACE_S = 8.0
 
@@ -31,7 +30,7 @@ def test_sigterm_under_load(
         idle = [closer(connect(address)) for _ in range(5)]
         for sock in idle:
             sock.sendall(GET)
-            assert Reader(sock).response().body == HELLO
+            assert HttpReader(sock).read_response().body == HELLO
         # Big responses in flight: the requests are read, the client has not read the answers
         # (with 1 MiB bodies at most, the kernel may hold all of them: then this checks that
         # the close after SIGTERM does not destroy them with a reset).
@@ -59,7 +58,7 @@ def test_sigterm_under_load(
         senders = []
         for sock, body in zip(busy, bodies, strict=True):
             # sendall in threads: the server reads the body while answering nothing yet
-            t = _SendThread(sock, body)
+            t = Sender(sock, body)
             t.start()
             senders.append(t)
         # Everything sent so far has reached the server (a lower bound: heads not counted).
@@ -87,30 +86,26 @@ def test_sigterm_under_load(
         # The rest of the partial head and body arrive after the signal: answered, then closed.
         time.sleep(0.3)
         head.sendall(b"\r\n")
-        reader = Reader(head)
-        resp = reader.response()
+        reader = HttpReader(head)
+        resp = reader.read_response()
         assert resp.status == 200 and resp.body == HELLO and resp.closes
-        reader.expect_eof()
+        reader.assert_eof()
         head.close()
         partial.sendall(partial_body[100_000:])
-        reader = Reader(partial)
-        resp = reader.response()
+        reader = HttpReader(partial)
+        resp = reader.read_response()
         assert resp.status == 200 and resp.body == partial_body and resp.closes
-        reader.expect_eof()
+        reader.assert_eof()
         partial.close()
         # The big responses arrive whole, then a clean close.
         for sock, body, sender in zip(busy, bodies, senders, strict=True):
             with sock:
-                reader = Reader(sock)
-                resp = reader.response(timeout=20)
+                reader = HttpReader(sock)
+                resp = reader.read_response(timeout=20)
                 assert resp.status == 200 and resp.body == body
-                reader.expect_eof()
-            sender.join(5)
-            assert sender.error is None, sender.error
-        try:
-            rc = server.wait(GRACE_S + 10)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"no exit {GRACE_S + 10} s after SIGTERM")
+                reader.assert_eof()
+            sender.finish(5)
+        rc = server.wait(GRACE_S + 10)
         elapsed = time.monotonic() - t0
         print(f"\n{backend_name}: SIGTERM to exit {elapsed:.2f} s; exit line {server.exit_stats}")
         assert rc == 0
@@ -142,23 +137,3 @@ def test_sigterm_when_idle_exits_at_once(
         assert server.exit_stats is not None
         assert server.exit_stats["open_connections"] == 0
         assert server.exit_stats["ops_in_flight"] == 0
-
-
-class _SendThread:
-    def __init__(self, sock: socket.socket, data: bytes) -> None:
-        import threading
-
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(sock, data), daemon=True)
-
-    def _run(self, sock: socket.socket, data: bytes) -> None:
-        try:
-            sock.sendall(data)
-        except BaseException as exc:
-            self.error = exc
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from loadtest.procs import local_server
 from server.config import Config
+from tests.support.server import local_server
 
 from .support import (
     GET,
     HELLO,
-    Reader,
+    HttpReader,
     ReadResult,
     close_all,
     connect,
@@ -123,7 +123,7 @@ def test_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(
     with make_http_server(protocol="http", timeout_keep_alive=0.6, timeout_read=30.0) as srv:
         with connect(srv.address) as sock:
             sock.sendall(GET)
-            assert Reader(sock).response().body == HELLO
+            assert HttpReader(sock).read_response().body == HELLO
             elapsed, data, end = _closed_after(sock, 10)
         assert (data, end) == (b"", "eof")
         assert elapsed >= 0.5, f"closed {elapsed:.2f} s after the response, before the timeout"
@@ -205,8 +205,8 @@ def test_heads_each_within_the_header_timeout_are_served(
             sock.sendall(GET[half:] + GET[:half])
         time.sleep(0.35)
         sock.sendall(GET[half:])
-        reader = Reader(sock)
-        bodies = [reader.response().body for _ in range(6)]
+        reader = HttpReader(sock)
+        bodies = [reader.read_response().body for _ in range(6)]
         assert bodies == [HELLO] * 6
         assert srv.stats()["timeouts"] == 0
         sock.close()
@@ -225,7 +225,7 @@ def test_slow_but_steady_request_is_served(make_http_server: Callable[..., Any])
             sock.sendall(request[i : i + 4])
             time.sleep(0.15)
         assert time.monotonic() - t0 > 1.6  # twice the idle timeout, in all
-        assert Reader(sock).response().body == HELLO
+        assert HttpReader(sock).read_response().body == HELLO
 
 
 def test_echo_idle_connection_is_closed_after_the_idle_timeout(

@@ -3,7 +3,9 @@
 `require_ring()` is the liburing-style T_EXIT_SKIP: called at the top of a
 test module, it skips the whole module, with the reason, when the extension
 is not built or the kernel (or a seccomp profile, or the sysctl) refuses to
-create a ring.  Nothing here imports the extension at import time.
+create a ring (the probe is `tests.support.uring_available`, which also
+decides the skips of the other suites; an extension that is not built is
+only a reason to skip).
 """
 
 from __future__ import annotations
@@ -14,24 +16,18 @@ from typing import Any
 
 import pytest
 
+from tests.support import URING_SKIP, open_fds
+
+__all__ = ["open_fds"]
+
 # Completions are (user_data, res, flags, data), as Ring.wait() returns them.
 Completion = tuple[int, int, int, "bytes | None"]
 
 
 def require_ring() -> None:
     """Skip the calling module unless a Ring can be created here."""
-    try:
-        from uring_backend import Ring, UringUnavailable
-    except ImportError as exc:
-        pytest.skip(f"uring extension not built: {exc}", allow_module_level=True)
-    try:
-        Ring(8, buffers=8, buffer_size=64).close()
-    except UringUnavailable as exc:
-        pytest.skip(f"no io_uring here: {exc}", allow_module_level=True)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    if URING_SKIP is not None:
+        pytest.skip(URING_SKIP, allow_module_level=True)
 
 
 def kernel_at_least(major: int, minor: int) -> bool:

@@ -144,7 +144,7 @@ def test_bad_sizes_raise_value_error(kwargs: dict[str, int]) -> None:
 def test_sizes_beyond_the_kernel_limits_are_not_reported_as_unavailable(
     entries: int, cq_factor: int
 ) -> None:
-    """BUG (ring.py, Ring.__init__): sizes the kernel cannot take are misdiagnosed.
+    """Guards a fixed bug (ring.py, Ring.__init__): sizes the kernel cannot take misdiagnosed.
 
     Both are powers of two, so they pass the ValueError checks (and
     --ring-entries' validation); io_uring_setup then fails with EINVAL
@@ -407,7 +407,7 @@ else:
 
 @pytest.mark.parametrize("call", ["prep_nop(1)", "wait(0)"])
 def test_using_a_closed_ring_raises_instead_of_crashing(call: str) -> None:
-    """BUG (ring.py prep_*/wait, _build.py urb_cycle/urb_sqe): use after close() segfaults.
+    """Guards a fixed bug (ring.py prep_*/wait, urb_cycle/urb_sqe): use after close() crashed.
 
     close() calls urb_exit -> io_uring_queue_exit, which munmaps the SQ/CQ
     rings but leaves r->ring's pointers (sq.khead, sq.sqes, cq.ktail...) as
@@ -446,7 +446,7 @@ def test_using_a_closed_ring_raises_instead_of_crashing(call: str) -> None:
 def test_a_prep_that_raises_leaves_nothing_in_flight(
     ring: Ring, unix_pair: tuple[socket.socket, socket.socket], ud: int, call
 ) -> None:
-    """BUG (ring.py, every prep_*): `_track(user_data)` runs before the C call.
+    """Guards a fixed bug (ring.py, every prep_*): `_track(user_data)` ran before the C call.
 
     When the call then raises (cffi's OverflowError for a value that does not
     fit its C type, or `_check`'s OSError when urb_sqe cannot get an SQE),
