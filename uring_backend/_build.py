@@ -536,7 +536,6 @@ static void urb_out_done(urb_ring *r, unsigned slot, int32_t res)
         urb_out_free(o);
     } else if (o->cur_off < o->cur_len) {
         urb_out_start(r, slot); /* a short send: the rest of the same bytes */
-        return;
     } else {
         free(o->cur);
         o->cur = NULL;
@@ -549,6 +548,8 @@ static void urb_out_done(urb_ring *r, unsigned slot, int32_t res)
             urb_out_start(r, slot);
         }
     }
+    /* After every completion, a short one included: the rest of a send can
+     * be in flight, waiting for room, with unsent already at the low mark. */
     if (o->paused && urb_out_unsent(o) <= r->low) {
         o->paused = 0;
         urb_report(r, URB_RESUME, slot, 0);

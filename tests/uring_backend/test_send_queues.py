@@ -318,6 +318,75 @@ def test_a_slot_out_of_range_reports_einval(make_ring, unix_pair: Pair) -> None:
 HIGH, LOW = 64 * KiB, 16 * KiB
 
 
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_pause_once_above_high_then_resume_at_low_never_before(
+    make_ring, small_unix_pair, tcp_pair, kind: str
+) -> None:
+    """8 KiB a pass into a peer that does not read, then the peer drains it slowly.
+
+    PAUSE must come in the wait whose sends took unsent above HIGH, once;
+    RESUME in the wait whose completions took it to LOW or below, not an
+    earlier one and not a later one; then a second PAUSE/RESUME round.
+    """
+    ring = make_ring(64, buffers=8, buffer_size=64, send_high=HIGH, send_low=LOW)
+    ours, peer = (
+        small_unix_pair() if kind == "unix" else tcp_pair(our_sndbuf=4096, peer_rcvbuf=4096)
+    )
+    data = os.urandom(400 * KiB)
+    pushed = 0
+    paused = False
+    for _ in range(20):  # 160 KiB, far more than the sockets hold
+        ring.send(5, ours.fileno(), data[pushed : pushed + 8 * KiB])
+        pushed += 8 * KiB
+        unsent_at_push = pushed - ring.statistics().bytes_sent
+        got = reports_of(ring, 0.02)
+        if not paused and unsent_at_push > HIGH:
+            assert got == [report(PAUSE, 5)], (unsent_at_push, got)
+            paused = True
+        else:
+            assert got == [], (unsent_at_push, got)
+    assert paused
+    assert ring.sending(5)
+
+    received = bytearray()
+    peer.setblocking(False)
+
+    def drain_until_resume() -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "no RESUME"
+            received.extend(read_available(peer, 2 * KiB))
+            got = reports_of(ring, 0.01)
+            unsent = pushed - ring.statistics().bytes_sent
+            if got:
+                assert got == [report(RESUME, 5)], got
+                assert unsent <= LOW, unsent
+                return
+            assert unsent > LOW, f"unsent is {unsent}, at or below {LOW}, and no RESUME"
+
+    drain_until_resume()
+    # A second round: the queue can pause again.
+    ring.send(5, ours.fileno(), data[pushed:])
+    unsent_at_push = len(data) - ring.statistics().bytes_sent
+    pushed = len(data)
+    assert unsent_at_push > HIGH
+    assert reports_of(ring, 0.01) == [report(PAUSE, 5)]
+    drain_until_resume()
+    ring.watch(5)
+    deadline = time.monotonic() + 20
+    while (got := reports_of(ring, 0.01)) == []:
+        assert time.monotonic() < deadline
+        received.extend(read_available(peer, 16 * KiB))
+    assert got == [report(IDLE, 5)]
+    assert ring.statistics().bytes_sent == len(data)
+    ours.shutdown(socket.SHUT_WR)
+    peer.setblocking(True)
+    peer.settimeout(10)
+    while chunk := peer.recv(65536):
+        received += chunk
+    assert bytes(received) == data
+
+
 def test_the_high_mark_is_exclusive(make_ring, unix_pair: Pair) -> None:
     """Exactly HIGH unsent bytes is not above the mark; one more is."""
     ring = make_ring(64, buffers=8, buffer_size=64, send_high=HIGH, send_low=LOW)
