@@ -246,6 +246,7 @@ void urb_exit(urb_ring *r)
     }
     free(r->outs);
     r->outs = NULL;
+    r->nouts = 0; /* every slot is out of range now: no call reaches the freed queues */
     free(r->spent);
     r->spent = NULL;
     free(r->rep_ud);
@@ -563,6 +564,8 @@ static void urb_out_done(urb_ring *r, unsigned slot, int32_t res)
 int urb_out_drop(urb_ring *r, unsigned slot)
 {
     struct urb_out *o;
+    if (!r->outs)
+        return -EBADF; /* torn down, as the preps report it */
     if (slot >= r->nouts)
         return -EINVAL;
     o = &r->outs[slot];

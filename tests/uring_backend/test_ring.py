@@ -449,6 +449,47 @@ def test_using_a_closed_ring_raises_instead_of_crashing(call: str) -> None:
     assert proc.stdout.startswith("raised "), proc.stdout
 
 
+SEND_QUEUE_CALLS_AFTER_CLOSE = """
+import errno
+from uring_backend.testing import TestingRing as Ring
+ring = Ring(8, buffers=8, buffer_size=64)
+ring.close()
+print(ring.sending(0))
+ring.reset(0)
+print("reset")
+ring.watch(0)
+ring.send(0, 1, b"x")
+for call in (lambda: ring.drop(0), lambda: ring.wait(0)):
+    try:
+        call()
+    except OSError as exc:
+        print("raised", errno.errorcode[exc.errno])
+print(ring.statistics().ops_in_flight)
+"""
+
+
+def test_send_queue_calls_on_a_closed_ring_do_not_crash() -> None:
+    """BUG (_build.py urb_exit): drop(), sending() and reset() after close() segfaulted.
+
+    urb_exit freed the send queues (r->outs = NULL) but left r->nouts, so
+    the slot bounds check passed and the three dereferenced NULL.  Expected:
+    nothing is sending, reset is a no-op, drop() raises EBADF as the preps
+    and wait() do.  In a child process so a crash cannot take pytest down.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", SEND_QUEUE_CALLS_AFTER_CLOSE],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 0, (
+        f"a send-queue call after close() killed the process (returncode "
+        f"{proc.returncode}; -11 is SIGSEGV); stdout: {proc.stdout!r}; stderr: {proc.stderr[-500:]}"
+    )
+    assert proc.stdout == "False\nreset\nraised EBADF\nraised EBADF\n0\n"
+
+
 @pytest.mark.parametrize(
     ("ud", "call"),
     [
