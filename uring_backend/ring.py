@@ -443,6 +443,8 @@ class Ring:
     def close(self) -> None:
         """Cancel what is in flight, wait for it, and tear the ring down.
 
+        Sends queued since the last `wait()` are dropped, not started.
+
         Teardown in the kernel is asynchronous, so buffers of ops still in
         flight are kept alive (in `_ORPHANS`) if they do not complete within
         a second rather than freed under the kernel.
@@ -450,6 +452,10 @@ class Ring:
         if self._closed:
             return
         self._closed = True
+        # The pass's sends and watches never reached C: dropped, not started
+        # by the drain below after the cancel (they would go out, and a send
+        # to a full socket would hold the drain to its timeout).
+        self._send_slots, self._send_fds, self._send_data, self._watches = [], [], [], []
         busy = lib.urb_outs_busy
         if self._inflight or busy(self._r):
             try:

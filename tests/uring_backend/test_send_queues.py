@@ -862,3 +862,31 @@ def test_close_with_sends_in_flight_to_peers_that_never_read(tcp_pair) -> None:
         assert bytes(got) == data[: len(got)]  # a prefix: the queue's order, then nothing
         received += len(got)
     assert received == s.bytes_sent
+
+
+def test_close_does_not_start_the_sends_batched_since_the_last_wait(
+    unix_pair: Pair, small_unix_pair, sockets: list[socket.socket]
+) -> None:
+    """close() cancels: sends queued in the pass but never handed to C must not go out.
+
+    Slot 0's socket has room, slot 1's is full; a poll is in flight so that
+    close() has something to drain.
+    """
+    roomy, roomy_peer = unix_pair
+    full, _ = small_unix_pair()
+    fill(full)
+    quiet, quiet_peer = socket.socketpair()
+    sockets.extend((quiet, quiet_peer))
+    ring = Ring(64, buffers=8, buffer_size=64)
+    ring.prep_poll_multishot(quiet.fileno(), 1)
+    assert ring.wait(0) == NOTHING
+    ring.send(0, roomy.fileno(), b"after close was asked")
+    ring.send(1, full.fileno(), b"x" * 100_000)
+    ring.watch(0)
+    start = time.monotonic()
+    ring.close()
+    elapsed = time.monotonic() - start
+    s = ring.statistics()
+    assert (s.bytes_sent, s.ops_in_flight) == (0, 0)  # nothing started, nothing left in flight
+    assert elapsed < 0.5, elapsed  # no drain spent waiting on a send to a full socket
+    assert read_available(roomy_peer) == b""
