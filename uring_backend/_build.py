@@ -45,8 +45,6 @@ void urb_exit(urb_ring *r);
 int urb_prep_nop(urb_ring *r, uint64_t ud);  /* uring_backend.testing only */
 int urb_prep_accept_multishot(urb_ring *r, int fd, uint64_t ud);
 int urb_prep_recv_multishot(urb_ring *r, int fd, uint64_t ud);
-int urb_prep_send(urb_ring *r, int fd, const char *buf, unsigned off,
-                  unsigned len, uint64_t ud);
 int urb_prep_close(urb_ring *r, int fd, uint64_t ud);
 int urb_prep_shutdown(urb_ring *r, int fd, int how, uint64_t ud);
 int urb_prep_cancel(urb_ring *r, uint64_t target, uint64_t ud);
@@ -55,9 +53,24 @@ int urb_prep_cancel_any(urb_ring *r, uint64_t ud);
 int urb_prep_timeout(urb_ring *r, int64_t timeout_ns, uint64_t ud);
 int urb_prep_poll_multishot(urb_ring *r, int fd, unsigned events, uint64_t ud);
 
-int urb_cycle(urb_ring *r, const uint16_t *bids, unsigned nbids,
-              unsigned wait_nr, int64_t timeout_ns,
-              uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max);
+#define URB_OWN_OPS ...
+#define URB_SEND_OP ...
+#define URB_IDLE ...
+#define URB_PAUSE ...
+#define URB_RESUME ...
+#define URB_SEND_ERROR ...
+
+int urb_outs_init(urb_ring *r, unsigned slots, unsigned high, unsigned low);
+int urb_out_drop(urb_ring *r, unsigned slot);
+void urb_out_reset(urb_ring *r, unsigned slot);
+unsigned urb_outs_busy(urb_ring *r);
+int urb_out_inflight(urb_ring *r, unsigned slot);
+int urb_cycle(urb_ring *r, const char *blob, const uint32_t *lens,
+              const uint32_t *slots, const int32_t *fds, unsigned nsend,
+              const uint32_t *watch, unsigned nwatch, int64_t timeout_ns,
+              uint64_t *data_ud, uint16_t *data_bid, int32_t *data_len,
+              uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max,
+              unsigned *counts);
 void urb_counters(urb_ring *r, uint64_t *out);
 """
 
@@ -68,9 +81,26 @@ SOURCE = r"""
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <liburing.h>
 
 typedef struct urb_ring urb_ring;
+
+/* One slot's send queue: `cur` is what the send in flight reads (immutable
+ * until its completion), `next` collects what arrives meanwhile. */
+struct urb_out {
+    char *cur, *next;
+    uint32_t cur_off, cur_len, next_len, next_cap;
+    int32_t fd;
+    uint8_t inflight, paused, watch, dropped;
+};
+
+#define URB_OWN_OPS 0xF0ULL  /* user_data top bytes from here up are the ring's */
+#define URB_SEND_OP 0xF0ULL  /* a queue's send: URB_SEND_OP << 56 | slot */
+#define URB_IDLE 0xF1ULL     /* reports: kind << 56 | slot */
+#define URB_PAUSE 0xF2ULL
+#define URB_RESUME 0xF3ULL
+#define URB_SEND_ERROR 0xF4ULL
 
 /*
  * Everything the binding keeps per ring lives in one C struct, allocated once,
@@ -89,7 +119,18 @@ struct urb_ring {
     int initialised;
     struct __kernel_timespec *ts;
     struct __kernel_timespec wait_ts;
-    uint64_t enters, sqes, cqes, sq_full_submits;
+    uint64_t enters, sqes, cqes, sq_full_submits, bytes_sent;
+    /* send queues, one per slot (see "Send queues" below) */
+    struct urb_out *outs;
+    unsigned nouts, high, low, busy;
+    /* buffer ids of the last batch: Python copies their bytes out before the
+     * next cycle, which gives them back to the kernel */
+    uint16_t *spent;
+    unsigned nspent;
+    /* reports waiting to be handed to Python (ud, res) */
+    uint64_t *rep_ud;
+    int32_t *rep_res;
+    unsigned nrep, rep_cap;
 };
 
 urb_ring *urb_new(void) { return calloc(1, sizeof(urb_ring)); }
@@ -192,6 +233,26 @@ void urb_exit(urb_ring *r)
     r->slab = NULL;
     free(r->ts);
     r->ts = NULL;
+    if (r->outs) {
+        unsigned i;
+        /* The kernel tears a ring down asynchronously: a send still in flight
+         * may read its bytes after io_uring_queue_exit() returns, so they
+         * are left allocated (ring.py keeps Python buffers alive the same way). */
+        for (i = 0; i < r->nouts; i++) {
+            if (!r->outs[i].inflight)
+                free(r->outs[i].cur);
+            free(r->outs[i].next);
+        }
+    }
+    free(r->outs);
+    r->outs = NULL;
+    r->nouts = 0; /* every slot is out of range now: no call reaches the freed queues */
+    free(r->spent);
+    r->spent = NULL;
+    free(r->rep_ud);
+    free(r->rep_res);
+    r->rep_ud = NULL;
+    r->rep_res = NULL;
 }
 
 void urb_free(urb_ring *r)
@@ -263,11 +324,6 @@ URB_PREP(recv_multishot, (int fd,),
          io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
          sqe->flags |= IOSQE_BUFFER_SELECT;
          sqe->buf_group = r->bgid)
-/* `buf` points into a Python bytes object that ring.py keeps referenced
- * until this send's completion; `off` lets a short send resume without
- * copying the tail. MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE. */
-URB_PREP(send, (int fd, const char *buf, unsigned off, unsigned len,),
-         io_uring_prep_send(sqe, fd, buf + off, len, MSG_NOSIGNAL))
 URB_PREP(close, (int fd,), io_uring_prep_close(sqe, fd))
 URB_PREP(shutdown, (int fd, int how,), io_uring_prep_shutdown(sqe, fd, how))
 URB_PREP(cancel, (uint64_t target,), io_uring_prep_cancel64(sqe, target, 0))
@@ -323,53 +379,353 @@ static int urb_submit_wait(urb_ring *r, unsigned wait_nr, int64_t timeout_ns)
 }
 
 /*
- * The loop's one foreign call per pass: give back the buffer ids whose bytes
- * Python copied out during the previous pass, submit and wait, then copy up
- * to `max` CQEs into the caller's preallocated arrays with liburing's
- * io_uring_for_each_cqe macro and advance the CQ once for the whole batch.
- * Returns the number of completions copied, or -errno from the wait when
- * there are none (-ETIME and -EINTR included).
+ * Send queues.  A send copies the caller's bytes into memory the ring owns,
+ * so nothing the caller holds has to outlive the call, and the ring finishes
+ * the send itself: a short send resumes at its offset, bytes queued while a
+ * send is in flight follow in one send once it completes (one send in flight
+ * per slot keeps a stream's bytes in order), and a successful completion is
+ * consumed here, never reported.  What the caller hears of a queue:
+ *   URB_PAUSE   its unsent bytes went above `high` (stop reading that peer);
+ *   URB_RESUME  after a PAUSE, they drained to `low` or below;
+ *   URB_IDLE    nothing queued and nothing in flight, once it was asked for
+ *               (a watch) and only once per watch;
+ *   URB_SEND_ERROR  a send failed (res = -errno); the queue is dropped.
+ * A slot belongs to one connection from its first send to urb_out_reset();
+ * the caller resets it only once it is idle, so a late completion cannot
+ * reach the slot's next owner.
  */
-int urb_cycle(urb_ring *r, const uint16_t *bids, unsigned nbids,
-              unsigned wait_nr, int64_t timeout_ns,
-              uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max)
+int urb_outs_init(urb_ring *r, unsigned slots, unsigned high, unsigned low)
 {
-    struct io_uring_cqe *cqe;
-    unsigned head, n = 0, i;
-    int ret;
-
-    if (!r->initialised)
-        return -EBADF;
-    if (nbids && r->br) {
-        int mask = io_uring_buf_ring_mask(r->buf_count);
-        for (i = 0; i < nbids; i++)
-            io_uring_buf_ring_add(r->br, r->slab + (size_t)bids[i] * r->buf_size,
-                                  r->buf_size, bids[i], mask, i);
-        io_uring_buf_ring_advance(r->br, nbids);
-    }
-    ret = urb_submit_wait(r, wait_nr, timeout_ns);
-    io_uring_for_each_cqe(&r->ring, head, cqe) {
-        if (n == max)
-            break;
-        ud[n] = cqe->user_data;
-        res[n] = cqe->res;
-        flags[n] = cqe->flags;
-        n++;
-    }
-    io_uring_cq_advance(&r->ring, n);
-    r->cqes += n;
-    if (n == 0 && ret < 0)
-        return ret;
-    return (int)n;
+    r->outs = calloc(slots, sizeof(*r->outs));
+    /* a cycle hands out at most `max` data and `max` other completions */
+    r->spent = calloc(2 * (size_t)r->ring.cq.ring_entries, sizeof(*r->spent));
+    r->rep_cap = 64;
+    r->rep_ud = malloc(r->rep_cap * sizeof(*r->rep_ud));
+    r->rep_res = malloc(r->rep_cap * sizeof(*r->rep_res));
+    if (!r->outs || !r->spent || !r->rep_ud || !r->rep_res)
+        return -ENOMEM;
+    r->nouts = slots;
+    r->high = high;
+    r->low = low;
+    return 0;
 }
 
-/* enters, sqes submitted, cqes reaped, extra submits forced by a full SQ */
+static void urb_report(urb_ring *r, uint64_t kind, unsigned slot, int32_t res)
+{
+    if (r->nrep == r->rep_cap) {
+        unsigned cap = r->rep_cap * 2;
+        uint64_t *u = realloc(r->rep_ud, cap * sizeof(*u));
+        int32_t *v;
+        if (!u)
+            abort(); /* a report lost would leave a connection open forever */
+        r->rep_ud = u;
+        v = realloc(r->rep_res, cap * sizeof(*v));
+        if (!v)
+            abort();
+        r->rep_res = v;
+        r->rep_cap = cap;
+    }
+    r->rep_ud[r->nrep] = kind << 56 | slot;
+    r->rep_res[r->nrep] = res;
+    r->nrep++;
+}
+
+static uint32_t urb_out_unsent(const struct urb_out *o)
+{
+    return o->cur_len - o->cur_off + o->next_len;
+}
+
+/* Queue a send of cur[cur_off:]; an SQ that cannot take it after a forced
+ * submit is reported as a failed send. */
+static void urb_out_start(urb_ring *r, unsigned slot)
+{
+    struct urb_out *o = &r->outs[slot];
+    struct io_uring_sqe *sqe = NULL;
+    int ret = urb_sqe(r, &sqe);
+
+    if (ret < 0) {
+        urb_report(r, URB_SEND_ERROR, slot, ret);
+        return;
+    }
+    /* MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE. */
+    io_uring_prep_send(sqe, o->fd, o->cur + o->cur_off, o->cur_len - o->cur_off,
+                       MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, URB_SEND_OP << 56 | slot);
+    o->inflight = 1;
+    r->busy++;
+}
+
+static void urb_out_free(struct urb_out *o)
+{
+    free(o->next);
+    o->next = NULL;
+    o->next_len = o->next_cap = 0;
+    if (!o->inflight) {
+        free(o->cur);
+        o->cur = NULL;
+        o->cur_len = o->cur_off = 0;
+    }
+}
+
+static void urb_out_idle(urb_ring *r, unsigned slot)
+{
+    struct urb_out *o = &r->outs[slot];
+    if (o->watch && !o->inflight && !o->next_len) {
+        o->watch = 0;
+        urb_report(r, URB_IDLE, slot, 0);
+    }
+}
+
+/* `next` takes the bytes; if nothing is in flight it becomes `cur` and goes. */
+static int urb_out_push(urb_ring *r, unsigned slot, int32_t fd, const char *p, uint32_t n)
+{
+    struct urb_out *o;
+
+    if (slot >= r->nouts)
+        return -EINVAL;
+    o = &r->outs[slot];
+    if (o->dropped || n == 0)
+        return 0;
+    o->fd = fd;
+    if (o->next_len + n > o->next_cap) {
+        uint32_t cap = o->next_len + n;
+        char *q;
+        if (cap < 2 * o->next_cap)
+            cap = 2 * o->next_cap;
+        q = realloc(o->next, cap);
+        if (!q)
+            return -ENOMEM;
+        o->next = q;
+        o->next_cap = cap;
+    }
+    memcpy(o->next + o->next_len, p, n);
+    o->next_len += n;
+    if (!o->inflight) {
+        free(o->cur);
+        o->cur = o->next;
+        o->cur_len = o->next_len;
+        o->cur_off = 0;
+        o->next = NULL;
+        o->next_len = o->next_cap = 0;
+        urb_out_start(r, slot);
+    }
+    if (!o->paused && urb_out_unsent(o) > r->high) {
+        o->paused = 1;
+        urb_report(r, URB_PAUSE, slot, 0);
+    }
+    return 0;
+}
+
+/* A send of the queue completed (or failed, or was cancelled). */
+static void urb_out_done(urb_ring *r, unsigned slot, int32_t res)
+{
+    struct urb_out *o = &r->outs[slot];
+
+    o->inflight = 0;
+    r->busy--;
+    if (res < 0) {
+        if (!o->dropped && res != -ECANCELED)
+            urb_report(r, URB_SEND_ERROR, slot, res);
+        o->dropped = 1;
+        urb_out_free(o);
+        urb_out_idle(r, slot);
+        return;
+    }
+    r->bytes_sent += (uint32_t)res;
+    o->cur_off += (uint32_t)res;
+    if (o->dropped) {
+        urb_out_free(o);
+    } else if (o->cur_off < o->cur_len) {
+        urb_out_start(r, slot); /* a short send: the rest of the same bytes */
+    } else {
+        free(o->cur);
+        o->cur = NULL;
+        o->cur_len = o->cur_off = 0;
+        if (o->next_len) {
+            o->cur = o->next;
+            o->cur_len = o->next_len;
+            o->next = NULL;
+            o->next_len = o->next_cap = 0;
+            urb_out_start(r, slot);
+        }
+    }
+    /* After every completion, a short one included: the rest of a send can
+     * be in flight, waiting for room, with unsent already at the low mark. */
+    if (o->paused && urb_out_unsent(o) <= r->low) {
+        o->paused = 0;
+        urb_report(r, URB_RESUME, slot, 0);
+    }
+    urb_out_idle(r, slot);
+}
+
+/* Stop a slot's queue (an abort): what is not in flight is freed, later
+ * sends are ignored.  Returns 1 if a send is still in flight (URB_IDLE
+ * follows its completion; the caller cancels it), else 0. */
+int urb_out_drop(urb_ring *r, unsigned slot)
+{
+    struct urb_out *o;
+    if (!r->outs)
+        return -EBADF; /* torn down, as the preps report it */
+    if (slot >= r->nouts)
+        return -EINVAL;
+    o = &r->outs[slot];
+    o->dropped = 1;
+    urb_out_free(o);
+    if (!o->inflight)
+        return 0;
+    o->watch = 1;
+    return 1;
+}
+
+/* Make an idle slot new for its next owner. */
+void urb_out_reset(urb_ring *r, unsigned slot)
+{
+    struct urb_out *o;
+    if (slot >= r->nouts || r->outs[slot].inflight)
+        return;
+    o = &r->outs[slot];
+    urb_out_free(o);
+    memset(o, 0, sizeof(*o));
+}
+
+unsigned urb_outs_busy(urb_ring *r) { return r->busy; }
+
+int urb_out_inflight(urb_ring *r, unsigned slot)
+{
+    return slot < r->nouts && r->outs[slot].inflight;
+}
+
+static int64_t urb_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/*
+ * The loop's one foreign call per pass:
+ * 1. give back the buffers of the previous batch (Python copied their bytes
+ *    out during the pass);
+ * 2. queue the pass's sends (`nsend` of them, back to back in `blob`) and
+ *    apply the watches asked for after them;
+ * 3. submit and wait, with one io_uring_enter, for one completion beyond the
+ *    sends just queued (those on a socket with room complete inline, during
+ *    that enter, and would satisfy the wait at once);
+ * 4. drain the CQ once with io_uring_for_each_cqe: the send queues' own
+ *    completions are consumed here; completions that carry bytes of a
+ *    multishot receive (F_BUFFER and F_MORE) go to data_ud/data_bid/data_len;
+ *    every other completion, and the queues' reports, to ud/res/flags;
+ * 5. if nothing for the caller arrived and time is left, wait again.
+ * counts[0] = data completions, counts[1] = the others.
+ * Returns 0, or -errno from the wait when nothing arrived (-ETIME, -EINTR).
+ */
+int urb_cycle(urb_ring *r, const char *blob, const uint32_t *lens,
+              const uint32_t *slots, const int32_t *fds, unsigned nsend,
+              const uint32_t *watch, unsigned nwatch, int64_t timeout_ns,
+              uint64_t *data_ud, uint16_t *data_bid, int32_t *data_len,
+              uint64_t *ud, int32_t *res, uint32_t *flags, unsigned max,
+              unsigned *counts)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, nd = 0, n = 0, i, seen, started;
+    int64_t deadline = 0;
+    size_t at = 0;
+    int ret = 0, mask;
+
+    counts[0] = counts[1] = 0;
+    if (!r->initialised || !r->outs)
+        return -EBADF;
+    mask = io_uring_buf_ring_mask(r->buf_count);
+    for (i = 0; i < r->nspent; i++)
+        io_uring_buf_ring_add(r->br, r->slab + (size_t)r->spent[i] * r->buf_size,
+                              r->buf_size, r->spent[i], mask, i);
+    if (r->nspent)
+        io_uring_buf_ring_advance(r->br, r->nspent);
+    r->nspent = 0;
+    started = r->busy;
+    for (i = 0; i < nsend; i++) {
+        ret = urb_out_push(r, slots[i], fds[i], blob + at, lens[i]);
+        if (ret < 0)
+            urb_report(r, URB_SEND_ERROR, slots[i], ret);
+        at += lens[i];
+    }
+    started = r->busy > started ? r->busy - started : 0;
+    for (i = 0; i < nwatch; i++) {
+        if (watch[i] < r->nouts) {
+            r->outs[watch[i]].watch = 1;
+            urb_out_idle(r, watch[i]);
+        }
+    }
+    if (timeout_ns > 0)
+        deadline = urb_now_ns() + timeout_ns;
+    for (;;) {
+        ret = urb_submit_wait(r, r->nrep ? 0 : started + 1, r->nrep ? 0 : timeout_ns);
+        seen = 0;
+        io_uring_for_each_cqe(&r->ring, head, cqe) {
+            uint64_t u = cqe->user_data;
+            if (nd == max || n + r->nrep >= max)
+                break;
+            seen++;
+            if (u >> 56 == URB_SEND_OP) {
+                urb_out_done(r, (unsigned)(u & 0xFFFFFFFFu), cqe->res);
+                continue;
+            }
+            if (cqe->flags & IORING_CQE_F_BUFFER) {
+                uint16_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+                r->spent[r->nspent++] = bid;
+                if (cqe->flags & IORING_CQE_F_MORE && cqe->res > 0) {
+                    data_ud[nd] = u;
+                    data_bid[nd] = bid;
+                    data_len[nd] = cqe->res;
+                    nd++;
+                    continue;
+                }
+            }
+            ud[n] = u;
+            res[n] = cqe->res;
+            flags[n] = cqe->flags;
+            n++;
+        }
+        io_uring_cq_advance(&r->ring, seen);
+        r->cqes += seen;
+        /* reports, as many as fit; the rest make the next cycle return at once */
+        for (i = 0; i < r->nrep && n < max; i++, n++) {
+            ud[n] = r->rep_ud[i];
+            res[n] = r->rep_res[i];
+            flags[n] = 0;
+        }
+        if (i) {
+            memmove(r->rep_ud, r->rep_ud + i, (r->nrep - i) * sizeof(*r->rep_ud));
+            memmove(r->rep_res, r->rep_res + i, (r->nrep - i) * sizeof(*r->rep_res));
+            r->nrep -= i;
+        }
+        if (nd || n || timeout_ns == 0 || (ret < 0 && ret != -ETIME))
+            break;
+        if (timeout_ns > 0) {
+            timeout_ns = deadline - urb_now_ns();
+            if (timeout_ns <= 0) {
+                ret = -ETIME;
+                break;
+            }
+        }
+        started = 0;
+    }
+    counts[0] = nd;
+    counts[1] = n;
+    if (nd == 0 && n == 0 && ret < 0)
+        return ret;
+    return 0;
+}
+
+/* enters, sqes submitted, cqes reaped, extra submits forced by a full SQ,
+ * bytes the send queues sent */
 void urb_counters(urb_ring *r, uint64_t *out)
 {
     out[0] = r->enters;
     out[1] = r->sqes;
     out[2] = r->cqes;
     out[3] = r->sq_full_submits;
+    out[4] = r->bytes_sent;
 }
 """
 

@@ -3,16 +3,28 @@
 Everything above this module sees ints, bytes and small dataclasses; cdata
 never leaves it.  How the ring is used:
 
-- ``prep_*`` methods queue one SQE each (one foreign call, no allocation:
-  ``bytes`` go straight to a ``char *`` parameter, without a copy).
-- ``wait()`` is the loop's single crossing per pass: it returns the buffers
-  whose bytes were copied out during the previous pass, submits everything
-  queued with one ``io_uring_enter``, waits, and copies the CQEs into three
-  preallocated arrays while advancing the CQ once.
-- Every buffer handed to the kernel (a send's ``bytes``) is held in
-  ``_inflight`` under its ``user_data`` until the op's last completion (one
-  without ``IORING_CQE_F_MORE``).  The kernel reads that memory
-  asynchronously; if Python freed it first, the kernel would send garbage.
+- ``prep_*`` methods queue one SQE each (one foreign call, no allocation).
+- ``send(slot, fd, data)`` appends to the pass's sends; nothing crosses into
+  C until ``wait()``.  The ring keeps a send queue per *slot* (a small
+  integer the caller gives each connection): it copies the bytes into memory
+  it owns, finishes short sends itself, keeps one send in flight per slot so
+  a stream's bytes leave in order, and consumes successful completions
+  without reporting them.  The caller hears only what it must act on:
+  ``PAUSE``/``RESUME`` as a slot's unsent bytes cross the high and low marks,
+  ``IDLE`` once a watched slot has nothing queued or in flight, and
+  ``SEND_ERROR``.  Reports come with the completions, with the ring's own
+  op numbers (``OWN_OPS`` and above) in the top byte of ``user_data``.
+- ``wait()`` is the loop's single crossing per pass: the C side gives back
+  the receive buffers of the previous batch (their bytes were copied out
+  during the pass), queues the pass's sends, submits everything with one
+  ``io_uring_enter``, waits for a completion beyond the sends that complete
+  inline, and drains the CQ once into preallocated arrays: receive
+  completions carrying bytes in flat arrays of their own, everything else
+  beside them.  It waits again, in C, when all that arrived were the send
+  queues' own completions.
+- Memory handed to the kernel stays valid until its completion: send bytes
+  are the ring's own copies, freed by the completion (or left allocated if
+  the ring is torn down first); receive buffers are the ring's slab.
 """
 
 from __future__ import annotations
@@ -38,6 +50,12 @@ SETUP_COOP_TASKRUN: Final[int] = lib.IORING_SETUP_COOP_TASKRUN
 SETUP_SINGLE_ISSUER: Final[int] = lib.IORING_SETUP_SINGLE_ISSUER
 SETUP_DEFER_TASKRUN: Final[int] = lib.IORING_SETUP_DEFER_TASKRUN
 FEAT_NODROP: Final[int] = lib.IORING_FEAT_NODROP
+OWN_OPS: Final[int] = lib.URB_OWN_OPS  # user_data top bytes from here up are the ring's
+SEND_OP: Final[int] = lib.URB_SEND_OP
+IDLE: Final[int] = lib.URB_IDLE
+PAUSE: Final[int] = lib.URB_PAUSE
+RESUME: Final[int] = lib.URB_RESUME
+SEND_ERROR: Final[int] = lib.URB_SEND_ERROR
 POLLIN: Final = 0x001
 
 # Tried in order until the kernel accepts one.  Without DEFER_TASKRUN or
@@ -123,8 +141,9 @@ class RingStatistics:
     io_uring_enter_calls: int
     sqes_submitted: int
     cqes_reaped: int
-    ops_in_flight: int
+    ops_in_flight: int  # prep_* ops, and the send queues' sends
     sq_full_submits: int
+    bytes_sent: int  # by the send queues
 
 
 class Ring:
@@ -137,6 +156,9 @@ class Ring:
         buffers: number of provided receive buffers (power of two).
         buffer_size: bytes per receive buffer.
         sqpoll: use a kernel SQ polling thread (burns a CPU; opt-in).
+        send_slots: send queues (slots 0 .. send_slots - 1).
+        send_high, send_low: the unsent bytes per slot above which PAUSE,
+            and after it at or below which RESUME, is reported.
 
     Raises:
         UringUnavailable: the kernel refused to create the ring.
@@ -151,6 +173,9 @@ class Ring:
         buffers: int = 1024,
         buffer_size: int = 4096,
         sqpoll: bool = False,
+        send_slots: int = 1024,
+        send_high: int = 1 << 20,
+        send_low: int = 256 << 10,
     ) -> None:
         if entries < 1 or entries & (entries - 1) or entries > MAX_SQ_ENTRIES:
             raise ValueError(f"ring entries must be a power of two <= {MAX_SQ_ENTRIES}")
@@ -198,8 +223,20 @@ class Ring:
         self._ud: Any = ffi.new("uint64_t[]", self._max)
         self._res: Any = ffi.new("int32_t[]", self._max)
         self._flags: Any = ffi.new("uint32_t[]", self._max)
-        self._counters: Any = ffi.new("uint64_t[4]")
-        self._bids: list[int] = []  # buffer ids to give back on the next wait
+        self._data_ud: Any = ffi.new("uint64_t[]", self._max)
+        self._data_bid: Any = ffi.new("uint16_t[]", self._max)
+        self._data_len: Any = ffi.new("int32_t[]", self._max)
+        self._counts: Any = ffi.new("unsigned[2]")
+        if lib.urb_outs_init(self._r, send_slots, send_high, send_low) < 0:
+            lib.urb_exit(self._r)
+            raise MemoryError("send queues")
+        self.send_slots = send_slots
+        # The pass's sends and watches, handed to C by the next wait().
+        self._send_slots: list[int] = []
+        self._send_fds: list[int] = []
+        self._send_data: list[bytes] = []
+        self._watches: list[int] = []
+        self._counters: Any = ffi.new("uint64_t[5]")
         self._inflight: dict[int, bytes | None] = {}
         self._closed = False
 
@@ -211,6 +248,10 @@ class Ring:
         """Queue one SQE with C shim `shim(ring, *args, user_data)`."""
         if user_data in self._inflight:
             raise ValueError(f"user_data {user_data:#x} is already in flight")
+        if user_data >> 56 >= OWN_OPS:
+            raise ValueError(
+                f"user_data {user_data:#x}: top bytes from {OWN_OPS:#x} are the ring's"
+            )
         _check(shim(self._r, *args, user_data))
         self._inflight[user_data] = None
 
@@ -229,26 +270,6 @@ class Ring:
         ring ran dry and the recv must be re-armed.
         """
         self._queue(lib.urb_prep_recv_multishot, user_data, fd)
-
-    def prep_send(self, fd: int, data: bytes, user_data: int, offset: int = 0) -> None:
-        """Send `data[offset:]`; `data` stays referenced until completion.
-
-        A completion's `res` may be less than requested (a short send); the
-        caller resumes with a larger `offset`.
-
-        Raises:
-            ValueError: `offset` is outside `data`, or `user_data` is in flight.
-        """
-        size = len(data)
-        if not 0 <= offset < size:
-            raise ValueError(f"offset {offset} outside a buffer of {size} bytes")
-        inflight = self._inflight
-        if user_data in inflight:  # _queue(), inlined: this is once per message
-            raise ValueError(f"user_data {user_data:#x} is already in flight")
-        ret = lib.urb_prep_send(self._r, fd, data, offset, size - offset, user_data)
-        if ret < 0:
-            _check(ret)
-        inflight[user_data] = data
 
     def prep_close(self, fd: int, user_data: int) -> None:
         self._queue(lib.urb_prep_close, user_data, fd)
@@ -274,67 +295,133 @@ class Ring:
 
     # -- the batch ---------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, min_complete: int = 1) -> list[Completion]:
-        """Submit everything queued and collect completions, in one enter.
+    # -- send queues ------------------------------------------------------
 
-        Args:
-            timeout: seconds to wait for `min_complete` completions; None
-                waits forever, 0 only polls.
-            min_complete: completions to wait for.
+    def send(self, slot: int, fd: int, data: bytes) -> None:
+        """Queue `data` for `fd` on send queue `slot`; it goes at the next `wait()`.
+
+        The bytes are copied into the ring's memory then, so `data` need not
+        outlive this call.  An empty `data` is ignored.
+        """
+        self._send_slots.append(slot)
+        self._send_fds.append(fd)
+        self._send_data.append(data)
+
+    def watch(self, slot: int) -> None:
+        """Report IDLE once `slot` has nothing queued or in flight (after this pass's sends)."""
+        self._watches.append(slot)
+
+    def drop(self, slot: int) -> bool:
+        """Drop what `slot` has not sent (this pass's sends included); ignore later sends.
 
         Returns:
-            Completions in CQ order; empty on timeout or signal.
+            True if a send is still in flight: IDLE is reported after its
+            completion (cancel it to hurry it); False if the slot is idle now.
+        """
+        if slot in self._send_slots:
+            keep = [i for i, s in enumerate(self._send_slots) if s != slot]
+            self._send_slots = [self._send_slots[i] for i in keep]
+            self._send_fds = [self._send_fds[i] for i in keep]
+            self._send_data = [self._send_data[i] for i in keep]
+        return bool(_check(lib.urb_out_drop(self._r, slot)))
+
+    def sending(self, slot: int) -> bool:
+        """True while a send of `slot`'s queue is queued or in flight in the kernel."""
+        return bool(lib.urb_out_inflight(self._r, slot))
+
+    def reset(self, slot: int) -> None:
+        """Make an idle `slot` new for its next owner (it must be idle: see `drop`)."""
+        lib.urb_out_reset(self._r, slot)
+
+    # -- the batch ---------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> tuple[list[int], list[bytes], list[Completion]]:
+        """Queue the pass's sends, submit everything, wait, collect, in one enter.
+
+        Args:
+            timeout: seconds to wait for a completion the caller sees; None
+                waits forever, 0 only polls.
+
+        Returns:
+            ``(data_uds, datas, others)``: the user_data and bytes of each
+            receive completion that carries bytes (F_BUFFER with F_MORE,
+            res > 0), in CQ order; and every other completion or report as
+            ``(user_data, res, flags, data)``, data being the bytes of a
+            buffer it carries, else None.  All empty on timeout or signal.
 
         Raises:
             OSError: io_uring_enter failed for another reason.
         """
-        bids = self._bids
-        nb = len(bids)
+        sends = self._send_data
+        nsend = len(sends)
+        if nsend:
+            blob = sends[0] if nsend == 1 else b"".join(sends)
+            lens: Any = list(map(len, sends))
+            slots: Any = self._send_slots
+            fds: Any = self._send_fds
+            self._send_slots, self._send_fds, self._send_data = [], [], []
+        else:
+            blob = lens = slots = fds = ffi.NULL
+        watches: Any = self._watches
+        nwatch = len(watches)
+        if nwatch:
+            self._watches = []
+        else:
+            watches = ffi.NULL
         timeout_ns = -1 if timeout is None else max(0, int(timeout * 1e9))
-        n = lib.urb_cycle(
+        counts = self._counts
+        ret = lib.urb_cycle(
             self._r,
-            bids if nb else ffi.NULL,
-            nb,
-            min_complete,
+            blob,
+            lens,
+            slots,
+            fds,
+            nsend,
+            watches,
+            nwatch,
             timeout_ns,
+            self._data_ud,
+            self._data_bid,
+            self._data_len,
             self._ud,
             self._res,
             self._flags,
             self._max,
+            counts,
         )
-        if nb:
-            self._bids = []
-        if n <= 0:
-            if n in (0, -errno.ETIME, -errno.EINTR, -errno.EAGAIN, -errno.EBUSY):
-                return []
-            _check(n)
-        uds: list[int] = ffi.unpack(self._ud, n)
-        ress: list[int] = ffi.unpack(self._res, n)
-        flags: list[int] = ffi.unpack(self._flags, n)
+        if ret < 0:
+            if ret in (-errno.ETIME, -errno.EINTR, -errno.EAGAIN, -errno.EBUSY):
+                return [], [], []
+            _check(ret)
+        nd = counts[0]
+        n = counts[1]
         slab = self._slab
         size = self.buffer_size
-        pop = self._inflight.pop
-        give_back = self._bids.append
-        out: list[Completion] = []
-        append = out.append
-        for ud, res, fl in zip(uds, ress, flags, strict=True):
-            if fl & F_BUFFER:
-                bid = fl >> BUFFER_SHIFT
-                off = bid * size
-                give_back(bid)
+        data_uds: list[int] = ffi.unpack(self._data_ud, nd)
+        datas = [
+            slab[bid * size : bid * size + length]
+            for bid, length in zip(
+                ffi.unpack(self._data_bid, nd), ffi.unpack(self._data_len, nd), strict=True
+            )
+        ]
+        others: list[Completion] = []
+        if n:
+            pop = self._inflight.pop
+            append = others.append
+            for ud, res, fl in zip(
+                ffi.unpack(self._ud, n),
+                ffi.unpack(self._res, n),
+                ffi.unpack(self._flags, n),
+                strict=True,
+            ):
                 if not fl & F_MORE:
                     pop(ud, None)
-                append((ud, res, fl, slab[off : off + res]))
-            else:
-                if not fl & F_MORE:
-                    pop(ud, None)
-                append((ud, res, fl, None))
-        return out
-
-    @property
-    def pending_buffers(self) -> int:
-        """Buffers copied out but not yet given back (returned on next wait)."""
-        return len(self._bids)
+                if fl & F_BUFFER:
+                    off = (fl >> BUFFER_SHIFT) * size
+                    append((ud, res, fl, slab[off : off + res]))
+                else:
+                    append((ud, res, fl, None))
+        return data_uds, datas, others
 
     def in_flight(self, user_data: int) -> bool:
         return user_data in self._inflight
@@ -346,14 +433,17 @@ class Ring:
             io_uring_enter_calls=int(c[0]),
             sqes_submitted=int(c[1]),
             cqes_reaped=int(c[2]),
-            ops_in_flight=len(self._inflight),
+            ops_in_flight=len(self._inflight) + lib.urb_outs_busy(self._r),
             sq_full_submits=int(c[3]),
+            bytes_sent=int(c[4]),
         )
 
     # -- teardown ------------------------------------------------------------
 
     def close(self) -> None:
         """Cancel what is in flight, wait for it, and tear the ring down.
+
+        Sends queued since the last `wait()` are dropped, not started.
 
         Teardown in the kernel is asynchronous, so buffers of ops still in
         flight are kept alive (in `_ORPHANS`) if they do not complete within
@@ -362,15 +452,21 @@ class Ring:
         if self._closed:
             return
         self._closed = True
-        if self._inflight:
+        # The pass's sends and watches never reached C: dropped, not started
+        # by the drain below after the cancel (they would go out, and a send
+        # to a full socket would hold the drain to its timeout).
+        self._send_slots, self._send_fds, self._send_data, self._watches = [], [], [], []
+        busy = lib.urb_outs_busy
+        if self._inflight or busy(self._r):
             try:
                 # Not tracked: its own completion is simply not in the table.
                 # The owner should have cancelled accepts first: an accept
                 # completing during this drain would hand over an fd nobody
-                # takes.
+                # takes.  The send queues' sends are cancelled too; what
+                # is still in flight after the drain keeps its memory (in C).
                 _check(lib.urb_prep_cancel_any(self._r, _CLOSE_CANCEL_UD))
                 deadline = CLOSE_DRAIN_TIMEOUT_NS
-                while self._inflight and deadline > 0:
+                while (self._inflight or busy(self._r)) and deadline > 0:
                     self.wait(0.05)
                     deadline -= 50_000_000
             except OSError:

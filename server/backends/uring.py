@@ -14,10 +14,13 @@ How this mechanism behaves, and what follows for this module:
   ``-ENOBUFS`` when the buffer ring ran dry; the last is re-armed, since the
   ring returns the batch's buffers before the next submit.  It can also end
   with ``F_MORE`` clear and data (e.g. after a CQ overflow): also re-armed.
-- At most one send is in flight per connection, so bytes leave in order; a
-  short send resumes at an offset into the same ``bytes`` (no copy), and
-  whatever was queued meanwhile is joined into the next send.  ``Ring``
-  keeps each send's ``bytes`` referenced until its completion.
+- Sends go to the ring's send queue of the connection's *slot* (an index
+  reused only once the connection is closed): the ring copies the bytes,
+  keeps one send in flight per slot (so bytes leave in order), resumes short
+  sends, and consumes successful completions in C.  What comes back is what
+  the lifecycle needs: PAUSE/RESUME at the output marks, IDLE once a
+  draining or closing connection's queue is empty and nothing is in flight,
+  and send errors.
 - An fd must not be closed while ops on it are in flight (the ring holds a
   file reference and the ops would outlive the close).  Each connection
   counts its ops in flight (``ops``: +1 per SQE, -1 per final CQE), and a
@@ -47,6 +50,7 @@ from typing import Final
 from server.backends.base import (
     ACCEPT_RETRY_DELAY_S,
     OUTPUT_HIGH_WATER_BYTES,
+    OUTPUT_LOW_WATER_BYTES,
     RECEIVED,
     BackendName,
     BackendOptions,
@@ -65,7 +69,7 @@ from server.backends.core import (
     Connection,
 )
 from uring_backend import Ring, UringUnavailable
-from uring_backend.ring import F_MORE
+from uring_backend.ring import F_MORE, IDLE, OWN_OPS, PAUSE, RESUME, SEND_ERROR
 
 CID_BITS: Final = 56
 CID_MASK: Final = (1 << CID_BITS) - 1
@@ -77,7 +81,6 @@ SEND_WAIT_CAP_S: Final = 0.001
 class Op(IntEnum):
     ACCEPT = 1
     RECV = 2
-    SEND = 3
     CANCEL = 4
     CLOSE = 5
     WAKEUP = 6
@@ -95,8 +98,8 @@ def encode(op: Op, cid: int) -> int:
 
 
 _RECV: Final = int(Op.RECV)
-_SEND: Final = int(Op.SEND)
-_SEND_BASE: Final = _SEND << CID_BITS
+_OWN_OPS: Final = OWN_OPS  # the ring's own: its send queues' reports
+_SLOT_MASK: Final = 0xFFFF_FFFF
 _ACCEPT_UD: Final = encode(Op.ACCEPT, LISTENER_CID)
 _ACCEPT_RETRY_UD: Final = encode(Op.ACCEPT_RETRY, LISTENER_CID)
 _CANCEL_ACCEPT_UD: Final = encode(Op.CANCEL_ACCEPT, LISTENER_CID)
@@ -105,17 +108,16 @@ _DELIVERED: Final = PAUSED  # states up to this one get the bytes they receive
 
 
 class _Conn(Connection):
-    __slots__ = ("ops", "out", "recv_armed", "send_buf", "send_off")
+    __slots__ = ("ops", "out_idle", "recv_armed", "slot")
 
-    def __init__(self, cid: int, fd: int) -> None:
+    def __init__(self, cid: int, fd: int, slot: int) -> None:
         super().__init__(cid, fd)
+        self.slot = slot  # its send queue in the ring
         self.ops = 0  # SQEs naming this connection whose final CQE has not arrived
         self.recv_armed = False  # the multishot recv is in flight
-        self.send_buf: bytes | None = None  # the one send in flight
-        self.send_off = 0
-        # Queued behind the send in flight.  A list, not a deque: an empty
-        # deque is 760 bytes, a list 56, and most connections never queue.
-        self.out: list[bytes] = []
+        # Known to have nothing queued or in flight in its send queue: true
+        # until the first send, and again once the ring reports IDLE.
+        self.out_idle = True
 
 
 def _wants_bytes(conn: _Conn) -> bool:
@@ -137,17 +139,23 @@ class UringBackend(BackendCore[_Conn]):
                 buffers=options.recv_buffers,
                 buffer_size=options.recv_buffer_size,
                 sqpoll=options.sqpoll,
+                send_slots=options.max_connections,
+                send_high=OUTPUT_HIGH_WATER_BYTES,
+                send_low=OUTPUT_LOW_WATER_BYTES,
             )
         except UringUnavailable as exc:
             self._close_wakeup()
             raise BackendUnavailable(str(exc)) from exc
+        # Send-queue slots: one per open connection, reused after its close.
+        self._free_slots = list(range(options.max_connections - 1, -1, -1))
+        self._by_slot: list[_Conn | None] = [None] * options.max_connections
         self._parked: deque[int] = deque()  # accepted fds beyond max_connections
         self._listener: socket.socket | None = None
         self._accept_armed = False
         self._accepting = False
         self._shutting_down = False
         self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
-        self._sends_queued = 0  # sends queued in this pass (see wait())
+        self._sent = False  # sends were queued in this pass (see _poll)
         self._extra_syscalls = 0
 
     # -- the interface ---------------------------------------------------------
@@ -167,77 +175,45 @@ class UringBackend(BackendCore[_Conn]):
             os.close(self._parked.popleft())
 
     def _poll(self, timeout: float | None, events: list[Event]) -> None:
-        min_complete = 1
-        if timeout != 0 and self._sends_queued:
-            # Sends on a socket with room complete inline, during the enter
-            # that submits them, and would satisfy a wait for one completion
-            # at once: the next pass would then be an enter of its own just to
-            # wait for the replies.  Waiting for one completion beyond the
-            # sends saves that enter; the short cap bounds what a send that
-            # blocks (a full socket buffer) can delay.
-            min_complete = self._sends_queued + 1
+        if timeout != 0 and self._sent:
+            # The ring waits for one completion beyond the sends it queues
+            # (those complete inline, during the enter): the short cap bounds
+            # what a send that blocks (a full socket buffer) can delay.
             timeout = SEND_WAIT_CAP_S if timeout is None else min(timeout, SEND_WAIT_CAP_S)
-        self._sends_queued = 0
-        completions = self._ring.wait(timeout, min_complete)
+        self._sent = False
+        data_uds, datas, others = self._ring.wait(timeout)
         conns = self._conns
         append = events.append
-        # Hot path: plain ints, not Op members (an IntEnum compare costs 85 ns
-        # against 12 ns), and the common recv and send completions handled
-        # inline; everything else goes to a handler.
-        recv_op = _RECV
-        send_op = _SEND
         cid_mask = CID_MASK
         delivered = _DELIVERED
-        bytes_in = bytes_out = 0
-        for ud, res, flags, data in completions:
+        # Hot path: the receive completions that carry bytes, in flat lists.
+        for ud, data in zip(data_uds, datas, strict=True):
+            conn = conns.get(ud & cid_mask)
+            if conn is not None and conn.state <= delivered:
+                append((RECEIVED, conn.cid, data))
+        if datas:
+            self._bytes_in += sum(map(len, datas))
+        # Everything else: few per connection, not per message.  Plain ints,
+        # not Op members (an IntEnum compare costs 85 ns against 12 ns).
+        recv_op = _RECV
+        for ud, res, flags, payload in others:
             op = ud >> CID_BITS
             if op == recv_op:
                 conn = conns.get(ud & cid_mask)
-                if conn is None:
-                    continue
-                if res > 0 and flags & F_MORE and conn.state <= delivered:
-                    bytes_in += res
-                    append((RECEIVED, conn.cid, data))
-                else:
-                    self._handle_recv(conn, res, flags, data, events)
-            elif op == send_op:
-                conn = conns.get(ud & cid_mask)
-                if conn is None:
-                    continue
-                buf = conn.send_buf
-                if (
-                    buf is not None
-                    and res == len(buf) - conn.send_off
-                    and not conn.out
-                    and conn.state is OPEN
-                ):
-                    bytes_out += res
-                    conn.out_bytes -= res
-                    conn.ops -= 1
-                    conn.send_buf = None
-                else:
-                    self._handle_send(conn, res)
+                if conn is not None:
+                    self._handle_recv(conn, res, flags, payload, events)
+            elif op >= _OWN_OPS:
+                self._handle_report(op, ud & _SLOT_MASK, res)
             else:
                 self._handle_other(op, ud & cid_mask, res, flags)
-        self._bytes_in += bytes_in
-        self._bytes_out += bytes_out
 
     def send(self, conn_id: int, data: bytes) -> None:
         conn = self._conns.get(conn_id)
         if conn is None or conn.state > SENDABLE or not data:
             return
-        if conn.send_buf is None:
-            conn.send_buf = data
-            conn.send_off = 0
-            conn.ops += 1
-            self._ring.prep_send(conn.fd, data, _SEND_BASE | conn_id)
-            self._sends_queued += 1
-            conn.out_bytes += len(data)
-            if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.state is OPEN:
-                self.transition(conn, Cause.PAUSE)
-        else:
-            conn.out.append(data)
-            self._queued(conn, len(data))
+        conn.out_idle = False
+        self._ring.send(conn.slot, conn.fd, data)
+        self._sent = True
 
     def shutdown(self) -> None:
         """Abort everything, drain the completions, close the ring."""
@@ -265,6 +241,7 @@ class UringBackend(BackendCore[_Conn]):
 
     def _mechanism_statistics(self) -> tuple[int, int, int, int, int]:
         rs = self._ring.statistics()
+        self._bytes_out = rs.bytes_sent
         return (
             rs.ops_in_flight,
             rs.io_uring_enter_calls,
@@ -286,8 +263,10 @@ class UringBackend(BackendCore[_Conn]):
     def _enter_draining(self, conn: _Conn) -> None:
         # The recv stays armed (what it brings is discarded): LINGERING
         # reads on with it, so a graceful close costs no cancel.
-        if conn.send_buf is None and not conn.out:
+        if conn.out_idle:
             self.transition(conn, Cause.FLUSHED)
+        else:
+            self._ring.watch(conn.slot)  # IDLE applies FLUSHED
 
     def _enter_lingering(self, conn: _Conn) -> None:
         conn.ops += 1
@@ -296,10 +275,9 @@ class UringBackend(BackendCore[_Conn]):
             self._arm_recv(conn)
 
     def _enter_closing(self, conn: _Conn) -> None:
-        conn.out.clear()
-        buf = conn.send_buf
-        conn.out_bytes = len(buf) - conn.send_off if buf is not None else 0  # still in flight
-        if conn.recv_armed or conn.send_buf is not None:
+        if not conn.out_idle and not self._ring.drop(conn.slot):
+            conn.out_idle = True  # nothing was in flight; else IDLE follows the send
+        if conn.recv_armed or not conn.out_idle:
             # IORING_ASYNC_CANCEL_FD: every op on the fd, the send included.
             ud = encode(Op.CANCEL, conn.cid)
             if not self._ring.in_flight(ud):
@@ -309,7 +287,7 @@ class UringBackend(BackendCore[_Conn]):
 
     def _close_when_idle(self, conn: _Conn) -> None:
         """The rule: a CLOSING connection's fd is closed once no op names it."""
-        if conn.state is CLOSING and conn.ops == 0:
+        if conn.state is CLOSING and conn.ops == 0 and conn.out_idle:
             conn.ops += 1
             self._ring.prep_close(conn.fd, encode(Op.CLOSE, conn.cid))
 
@@ -346,38 +324,27 @@ class UringBackend(BackendCore[_Conn]):
             self._arm_recv(conn)
         self._close_when_idle(conn)
 
-    def _handle_send(self, conn: _Conn, res: int) -> None:
-        conn.ops -= 1
-        buf = conn.send_buf
-        assert buf is not None
-        if res < 0:
-            conn.send_buf = None
-            if res != -errno.ECANCELED:
-                self._fail(conn, OSError(-res, os.strerror(-res)))
+    def _handle_report(self, kind: int, slot: int, res: int) -> None:
+        """What the ring's send queue of `slot` tells the connection owning it."""
+        conn = self._by_slot[slot]
+        if conn is None:
+            return
+        if kind == IDLE:
+            conn.out_idle = True
+            if conn.state is DRAINING:
+                self.transition(conn, Cause.FLUSHED)
+            else:
+                self._close_when_idle(conn)
+        elif kind == PAUSE:
+            if conn.state is OPEN:
+                self.transition(conn, Cause.PAUSE)
+        elif kind == RESUME:
+            if conn.state is PAUSED:
+                self.transition(conn, Cause.RESUME)
+        elif kind == SEND_ERROR:
+            conn.out_idle = True  # the ring dropped the queue; nothing is in flight
+            self._fail(conn, OSError(-res, os.strerror(-res)))
             self._close_when_idle(conn)
-            return
-        conn.send_off += res
-        self._written(conn, res)
-        if conn.state is CLOSING:  # aborted meanwhile: nothing more goes out
-            conn.send_buf = None
-            self._close_when_idle(conn)
-            return
-        if conn.send_off < len(buf):  # short send: resume at the offset
-            conn.ops += 1
-            self._ring.prep_send(conn.fd, buf, encode(Op.SEND, conn.cid), conn.send_off)
-            return
-        out = conn.out
-        if out:
-            nxt = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            conn.send_buf = nxt
-            conn.send_off = 0
-            conn.ops += 1
-            self._ring.prep_send(conn.fd, nxt, encode(Op.SEND, conn.cid))
-            return
-        conn.send_buf = None
-        if conn.state is DRAINING:
-            self.transition(conn, Cause.FLUSHED)
 
     def _handle_other(self, op: int, cid: int, res: int, flags: int) -> None:
         """Completions other than recv and send: few per connection, not per message."""
@@ -395,6 +362,9 @@ class UringBackend(BackendCore[_Conn]):
             return
         conn.ops -= 1
         if op == Op.CLOSE:
+            self._ring.reset(conn.slot)
+            self._by_slot[conn.slot] = None
+            self._free_slots.append(conn.slot)
             self.transition(conn, Cause.RELEASED)
             return
         if op == Op.SHUTDOWN and res < 0:  # the peer is already gone
@@ -440,7 +410,8 @@ class UringBackend(BackendCore[_Conn]):
     # -- the mechanism -------------------------------------------------------------
 
     def _open(self, fd: int) -> None:
-        conn = _Conn(self._take_cid(), fd)
+        conn = _Conn(self._take_cid(), fd, self._free_slots.pop())
+        self._by_slot[conn.slot] = conn
         self._new_connection(conn)
         self._arm_recv(conn)
 

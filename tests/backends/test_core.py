@@ -167,11 +167,11 @@ def test_uring_never_closes_an_fd_while_an_op_names_it(scenario: str) -> None:
     """Every IORING_OP_CLOSE is queued when the connection has no op in flight.
 
     Checked on the ring's own in-flight table (every user_data carries its
-    connection id), not on the backend's count, so the test would catch a
-    count that drifted.
+    connection id) and its send queue's state, not on the backend's count,
+    so the test would catch a count that drifted.
     """
     from server.backends import uring
-    from server.backends.uring import CID_BITS, CID_MASK, Op, UringBackend
+    from server.backends.uring import CID_BITS, CID_MASK, UringBackend
 
     backend = UringBackend(BackendOptions(ring_entries=64, recv_buffers=64))
     ring = backend._ring
@@ -181,6 +181,8 @@ def test_uring_never_closes_an_fd_while_an_op_names_it(scenario: str) -> None:
     def checked_prep_close(fd: int, user_data: int) -> None:
         cid = user_data & CID_MASK
         busy = [ud >> CID_BITS for ud in ring._inflight if ud & CID_MASK == cid]
+        if ring.sending(backend._conns[cid].slot):
+            busy.append("send")
         assert busy == [], f"close of connection {cid} with ops in flight: {busy}"
         closes.append(cid)
         real_prep_close(fd, user_data)
@@ -218,11 +220,12 @@ def test_uring_never_closes_an_fd_while_an_op_names_it(scenario: str) -> None:
         elif scenario == "abort-mid-send":
             backend.send(cid, b"x" * 16_000_000)  # far more than the socket holds
             events.extend(backend.wait(0.05))
-            assert ring.in_flight(uring.encode(Op.SEND, cid))
+            assert ring.sending(backend._conns[cid].slot)
             backend.abort(cid)
         elif scenario == "paused-then-close":
-            backend.send(cid, b"x" * (OUTPUT_HIGH_WATER_BYTES * 3))
+            backend.send(cid, b"x" * (OUTPUT_HIGH_WATER_BYTES * 32))  # more than loopback holds
             backend.send(cid, b"y")  # queued behind: above the high mark
+            events.extend(backend.wait(0.05))  # the ring reports PAUSE from its cycle
             assert backend._conns[cid].state is State.PAUSED
             backend.close(cid)
             events.extend(backend.wait(0.05))

@@ -105,3 +105,25 @@ def unix_pair(sockets: list[socket.socket]) -> tuple[socket.socket, socket.socke
     sockets.extend((ours, peer))
     peer.settimeout(10)
     return ours, peer
+
+
+@pytest.fixture
+def small_unix_pair(
+    sockets: list[socket.socket],
+) -> Callable[[], tuple[socket.socket, socket.socket]]:
+    """Factory: an AF_UNIX stream socketpair as (ours, peer) where `ours` holds little.
+
+    With SO_SNDBUF 4096 (8192 after the kernel doubles it) our side can have
+    8064 bytes unread at the peer; a send beyond that parks until the peer
+    reads.  Unlike TCP there is no ACK clock: what the kernel takes depends
+    only on what the peer has read, so a parked send stays parked.
+    """
+
+    def factory() -> tuple[socket.socket, socket.socket]:
+        ours, peer = socket.socketpair()
+        sockets.extend((ours, peer))
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        peer.settimeout(10)
+        return ours, peer
+
+    return factory

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.uring_backend.support import (
+    NOTHING,
     by_user_data,
     collect,
     kernel_at_least,
     open_fds,
+    others_of,
     require_ring,
 )
 
@@ -62,7 +64,7 @@ def test_context_manager_closes_the_ring() -> None:
         assert isinstance(ring, Ring)
         assert open_fds() == before + 1
         ring.prep_nop(1)
-        assert ring.wait(5) == [(1, 0, 0, None)]
+        assert ring.wait(5) == ([], [], [(1, 0, 0, None)])
     assert open_fds() == before
 
 
@@ -113,10 +115,12 @@ def test_sqpoll_ring_round_trip(unix_pair: tuple[socket.socket, socket.socket]) 
         for ud in range(5):
             ring.prep_nop(ud)
         assert collect(ring, 5) == [(ud, 0, 0, None) for ud in range(5)]
-        ring.prep_send(ours.fileno(), b"over sqpoll", 10)
-        assert collect(ring, 1) == [(10, 11, 0, None)]
+        ring.send(3, ours.fileno(), b"over sqpoll")
+        ring.watch(3)
+        assert collect(ring, 1) == [(ring_module.IDLE << 56 | 3, 0, 0, None)]
         assert peer.recv(100) == b"over sqpoll"
-        assert ring.statistics().ops_in_flight == 0
+        s = ring.statistics()
+        assert (s.ops_in_flight, s.bytes_sent) == (0, 11)
 
 
 @pytest.mark.parametrize(
@@ -166,18 +170,32 @@ def test_sizes_beyond_the_kernel_limits_are_not_reported_as_unavailable(
 
 
 def test_nop_round_trip(ring: Ring) -> None:
-    ud = 0xFEDC_BA98_7654_3210  # all 64 bits survive the round trip
+    ud = 0xEFDC_BA98_7654_3210  # all 64 bits survive (top bytes from 0xF0 are the ring's)
     s0 = ring.statistics()
     ring.prep_nop(ud)
     assert ring.in_flight(ud)
     assert ring.statistics().ops_in_flight == 1
-    assert ring.wait(5) == [(ud, 0, 0, None)]
+    assert ring.wait(5) == ([], [], [(ud, 0, 0, None)])
     assert not ring.in_flight(ud)
     s1 = ring.statistics()
     assert s1.io_uring_enter_calls - s0.io_uring_enter_calls == 1
     assert s1.sqes_submitted - s0.sqes_submitted == 1
     assert s1.cqes_reaped - s0.cqes_reaped == 1
     assert s1.ops_in_flight == 0
+
+
+def test_the_rings_own_op_numbers() -> None:
+    """The top byte of user_data from OWN_OPS up is the ring's: its sends and reports."""
+    m = ring_module
+    assert m.OWN_OPS == m.SEND_OP == 0xF0
+    assert (m.IDLE, m.PAUSE, m.RESUME, m.SEND_ERROR) == (0xF1, 0xF2, 0xF3, 0xF4)
+
+
+def test_user_data_just_below_the_rings_own_ops_round_trips(ring: Ring) -> None:
+    ud = (ring_module.OWN_OPS - 1) << 56 | 0xFF_FFFF_FFFF_FFFF  # the largest a caller may use
+    ring.prep_nop(ud)
+    assert ring.wait(5) == ([], [], [(ud, 0, 0, None)])
+    assert ring.statistics().ops_in_flight == 0
 
 
 def test_batch_of_nops_is_one_enter(make_ring) -> None:
@@ -189,7 +207,7 @@ def test_batch_of_nops_is_one_enter(make_ring) -> None:
     assert mid.io_uring_enter_calls == s0.io_uring_enter_calls  # queueing is not a syscall
     assert mid.ops_in_flight == 32
     completions = ring.wait()
-    assert completions == [(ud, 0, 0, None) for ud in range(32)]
+    assert completions == ([], [], [(ud, 0, 0, None) for ud in range(32)])
     s1 = ring.statistics()
     assert s1.io_uring_enter_calls - s0.io_uring_enter_calls == 1
     assert s1.sqes_submitted - s0.sqes_submitted == 32
@@ -206,7 +224,7 @@ def test_batch_larger_than_the_sq_submits_when_full(make_ring) -> None:
     # The 9th and the 17th prep found the SQ full and submitted the 8 before them.
     assert (s.sq_full_submits, s.io_uring_enter_calls, s.sqes_submitted) == (2, 2, 16)
     assert s.cqes_reaped == 0
-    assert ring.wait(5) == [(ud, 0, 0, None) for ud in range(20)]
+    assert ring.wait(5) == ([], [], [(ud, 0, 0, None) for ud in range(20)])
     s = ring.statistics()
     assert (s.sq_full_submits, s.io_uring_enter_calls, s.sqes_submitted) == (2, 3, 20)
     assert (s.cqes_reaped, s.ops_in_flight) == (20, 0)
@@ -219,16 +237,16 @@ def test_duplicate_user_data_in_flight_raises(ring: Ring) -> None:
     with pytest.raises(ValueError, match="already in flight"):
         ring.prep_timeout(1.0, 5)
     assert ring.statistics().ops_in_flight == 1
-    assert ring.wait(5) == [(5, 0, 0, None)]  # one SQE went in, one CQE came out
-    assert ring.wait(0) == []
+    assert ring.wait(5) == ([], [], [(5, 0, 0, None)])  # one SQE went in, one CQE came out
+    assert ring.wait(0) == NOTHING
     ring.prep_nop(5)  # free again once its completion was reaped
-    assert ring.wait(5) == [(5, 0, 0, None)]
+    assert ring.wait(5) == ([], [], [(5, 0, 0, None)])
 
 
 def test_wait_on_an_idle_ring_returns_nothing(ring: Ring) -> None:
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     start = time.monotonic()
-    assert ring.wait(0.05) == []
+    assert ring.wait(0.05) == NOTHING
     assert time.monotonic() - start >= 0.04
 
 
@@ -251,7 +269,7 @@ def test_timeouts_queued_together_keep_their_own_durations(ring: Ring) -> None:
     ring.prep_timeout(0.25, 2)
     seen: list[tuple[int, int, float]] = []
     while len(seen) < 3:
-        for ud, res, flags, data in ring.wait(5):
+        for ud, res, flags, data in others_of(ring.wait(5)):
             assert (flags, data) == (0, None)
             seen.append((ud, res, time.monotonic() - start))
     assert [(ud, res) for ud, res, _ in seen] == [(1, -ETIME), (2, -ETIME), (3, -ETIME)]
@@ -260,7 +278,7 @@ def test_timeouts_queued_together_keep_their_own_durations(ring: Ring) -> None:
 
 def test_cancel_a_pending_timeout(ring: Ring) -> None:
     ring.prep_timeout(30, 1)
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     ring.prep_cancel(1, 2)
     got = by_user_data(collect(ring, 2))
     assert got == {1: [(1, -ECANCELED, 0, None)], 2: [(2, 0, 0, None)]}
@@ -294,9 +312,10 @@ def test_close_cancels_and_drains_everything_in_flight(
     ring.prep_poll_multishot(quiet.fileno(), 2)
     ring.prep_timeout(30, 3)
     ring.prep_accept_multishot(listener.fileno(), 4)
-    ring.prep_send(ours.fileno(), b"s" * 65536, 5)
-    assert ring.wait(0.05) == []  # all five are submitted and waiting
-    assert ring.statistics().ops_in_flight == 5
+    ring.send(5, ours.fileno(), b"s" * 65536)
+    assert ring.wait(0.05) == NOTHING  # all five are submitted and waiting
+    assert ring.statistics().ops_in_flight == 5  # four ops and the send queue's send
+    assert ring.sending(5)
     ring.close()
     assert ring.statistics().ops_in_flight == 0  # every op reported its final CQE
     assert len(ring_module._ORPHANS) == orphans  # nothing had to be kept alive
@@ -359,7 +378,7 @@ def test_kernel_error_from_wait_is_raised_as_oserror(ring: Ring) -> None:
     assert err.errno in (errno.EINVAL, errno.EEXIST)
     assert err.strerror == os.strerror(err.errno)
     ring.prep_nop(1)  # still fine from its own thread
-    assert ring.wait(5) == [(1, 0, 0, None)]
+    assert ring.wait(5) == ([], [], [(1, 0, 0, None)])
 
 
 def test_uring_unavailable_messages() -> None:
@@ -430,16 +449,55 @@ def test_using_a_closed_ring_raises_instead_of_crashing(call: str) -> None:
     assert proc.stdout.startswith("raised "), proc.stdout
 
 
+SEND_QUEUE_CALLS_AFTER_CLOSE = """
+import errno
+from uring_backend.testing import TestingRing as Ring
+ring = Ring(8, buffers=8, buffer_size=64)
+ring.close()
+print(ring.sending(0))
+ring.reset(0)
+print("reset")
+ring.watch(0)
+ring.send(0, 1, b"x")
+for call in (lambda: ring.drop(0), lambda: ring.wait(0)):
+    try:
+        call()
+    except OSError as exc:
+        print("raised", errno.errorcode[exc.errno])
+print(ring.statistics().ops_in_flight)
+"""
+
+
+def test_send_queue_calls_on_a_closed_ring_do_not_crash() -> None:
+    """BUG (_build.py urb_exit): drop(), sending() and reset() after close() segfaulted.
+
+    urb_exit freed the send queues (r->outs = NULL) but left r->nouts, so
+    the slot bounds check passed and the three dereferenced NULL.  Expected:
+    nothing is sending, reset is a no-op, drop() raises EBADF as the preps
+    and wait() do.  In a child process so a crash cannot take pytest down.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", SEND_QUEUE_CALLS_AFTER_CLOSE],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 0, (
+        f"a send-queue call after close() killed the process (returncode "
+        f"{proc.returncode}; -11 is SIGSEGV); stdout: {proc.stdout!r}; stderr: {proc.stderr[-500:]}"
+    )
+    assert proc.stdout == "False\nreset\nraised EBADF\nraised EBADF\n0\n"
+
+
 @pytest.mark.parametrize(
     ("ud", "call"),
     [
         pytest.param(-1, lambda ring, fd, ud: ring.prep_nop(ud), id="negative-user-data"),
         pytest.param(1 << 64, lambda ring, fd, ud: ring.prep_nop(ud), id="user-data-over-64-bits"),
+        pytest.param(0xF0 << 56 | 7, lambda ring, fd, ud: ring.prep_nop(ud), id="top-byte-f0"),
         pytest.param(
-            7, lambda ring, fd, ud: ring.prep_send(fd, b"abc", ud, offset=4), id="offset-past-end"
-        ),
-        pytest.param(
-            8, lambda ring, fd, ud: ring.prep_send(fd, b"abc", ud, offset=-1), id="offset-negative"
+            0xFF << 56, lambda ring, fd, ud: ring.prep_recv_multishot(fd, ud), id="top-byte-ff"
         ),
     ],
 )
@@ -462,7 +520,7 @@ def test_a_prep_that_raises_leaves_nothing_in_flight(
             call(ring, fd, ud)
         assert not ring.in_flight(ud)
         assert ring.statistics().ops_in_flight == 0
-        assert ring.wait(0) == []  # and indeed nothing was queued
+        assert ring.wait(0) == NOTHING  # and indeed nothing was queued
     finally:
         ring._inflight.pop(ud, None)  # spare the fixture's close() its 1 s drain
 

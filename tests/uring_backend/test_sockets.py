@@ -1,6 +1,8 @@
 """Ring on real sockets (127.0.0.1 TCP and AF_UNIX pairs): accept, recv, send, cancel, close.
 
-The module skips (with the reason) where no ring can be created.
+Sends go through the ring's send queues here only as far as the other ops
+need them; ``test_send_queues.py`` tests the queues themselves.  The module
+skips (with the reason) where no ring can be created.
 """
 
 from __future__ import annotations
@@ -13,14 +15,24 @@ import select
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
-from tests.uring_backend.support import by_user_data, collect, collect_until, require_ring
+from tests.uring_backend.support import (
+    DATA,
+    NOTHING,
+    by_user_data,
+    collect,
+    collect_until,
+    merged,
+    others_of,
+    require_ring,
+)
 
 require_ring()
 
-from uring_backend.ring import BUFFER_SHIFT, F_BUFFER, F_MORE  # noqa: E402
+from uring_backend.ring import F_MORE, IDLE, PAUSE, RESUME, SEND_ERROR  # noqa: E402
 from uring_backend.testing import TestingRing as Ring  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
@@ -35,15 +47,13 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def assert_data_completion(c, ud: int, ring: Ring) -> bytes:
-    """A recv completion that carries bytes from a provided buffer."""
-    cud, res, flags, data = c
-    assert cud == ud
-    assert res > 0, c
-    assert flags & F_BUFFER, c
-    assert 0 <= flags >> BUFFER_SHIFT < ring.buffers
-    assert data is not None and len(data) == res <= ring.buffer_size
-    return data
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
 
 
 # -- accept ---------------------------------------------------------------------------
@@ -54,7 +64,7 @@ def test_multishot_accept(ring: Ring, sockets: list[socket.socket]) -> None:
     sockets.append(listener)
     s0 = ring.statistics()
     ring.prep_accept_multishot(listener.fileno(), 1)
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(5)]
     sockets.extend(clients)
     completions = collect(ring, 5)
@@ -86,19 +96,39 @@ def test_multishot_accept(ring: Ring, sockets: list[socket.socket]) -> None:
 def test_multishot_recv_delivers_bytes_then_eof(ring: Ring, unix_pair: Pair) -> None:
     ours, peer = unix_pair
     ring.prep_recv_multishot(ours.fileno(), 7)
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     peer.sendall(b"hello, ring")
-    [c] = collect(ring, 1)
-    assert assert_data_completion(c, 7, ring) == b"hello, ring"
-    assert c[2] & F_MORE
-    assert ring.pending_buffers == 1  # given back on the next wait()
+    assert ring.wait(5) == ([7], [b"hello, ring"], [])  # data: the recv stays armed
     peer.sendall(b"second")
-    [c] = collect(ring, 1)
-    assert assert_data_completion(c, 7, ring) == b"second"
+    assert collect(ring, 1) == [(7, 6, DATA, b"second")]
     assert ring.in_flight(7)
     peer.close()
     assert collect(ring, 1) == [(7, 0, 0, None)]  # EOF ends the multishot
     assert not ring.in_flight(7)
+
+
+def test_receive_buffers_are_given_back_by_the_next_wait(make_ring, unix_pair: Pair) -> None:
+    """40 messages, one at a time, through a ring of 2 buffers: each wait() returns the last.
+
+    Each message fits one buffer and is read before the next is sent, so
+    every message is one data completion; were a buffer not given back, the
+    third message would find the buffer ring dry and end the recv with
+    -ENOBUFS.  Two buffers, not one: without DEFER_TASKRUN the kernel may run
+    the recv for the next message (at the peer's send) before that wait().
+    """
+    ring = make_ring(8, buffers=2, buffer_size=64)
+    ours, peer = unix_pair
+    s0 = ring.statistics()
+    ring.prep_recv_multishot(ours.fileno(), 8)
+    for i in range(40):
+        message = b"%02d:" % i + bytes([65 + i % 26]) * (i + 20)  # 24 to 63 bytes
+        peer.sendall(message)
+        assert ring.wait(5) == ([8], [message], []), i
+    assert ring.in_flight(8)
+    assert ring.statistics().sqes_submitted - s0.sqes_submitted == 1  # never re-armed
+    ring.prep_cancel(8, 9)
+    got = by_user_data(collect(ring, 2))
+    assert got == {8: [(8, -ECANCELED, 0, None)], 9: [(9, 0, 0, None)]}
 
 
 def test_multishot_recv_stays_armed_across_1000_messages(ring: Ring, tcp_pair) -> None:
@@ -108,15 +138,24 @@ def test_multishot_recv_stays_armed_across_1000_messages(ring: Ring, tcp_pair) -
     messages = [b"%04d:" % i + bytes([97 + i % 26]) * (i % 61) + b"\n" for i in range(1000)]
     expected = b"".join(messages)
     received = bytearray()
+    completions = 0
     for start in range(0, 1000, 100):
         for m in messages[start : start + 100]:
             peer.sendall(m)
-        need = len(b"".join(messages[: start + 100])) - len(received)
-        for c in collect_until(ring, lambda cs, need=need: sum(c[1] for c in cs) >= need):
-            received += assert_data_completion(c, 9, ring)
-            assert c[2] & F_MORE, "the recv ended; it should stay armed"
+        need = len(b"".join(messages[: start + 100]))
+        deadline = time.monotonic() + 5
+        while len(received) < need:
+            assert time.monotonic() < deadline, f"{len(received)} of {need} bytes"
+            data_uds, datas, others = ring.wait(0.5)
+            assert others == [], "the recv ended; it should stay armed"
+            assert data_uds == [9] * len(datas)
+            for d in datas:
+                assert 0 < len(d) <= ring.buffer_size
+                received += d
+            completions += len(datas)
     assert bytes(received) == expected
-    assert ring.wait(0) == []
+    assert completions >= len(expected) // ring.buffer_size
+    assert ring.wait(0) == NOTHING
     assert ring.in_flight(9)
     assert ring.statistics().sqes_submitted - s0.sqes_submitted == 1  # never re-armed
     ring.prep_cancel(9, 10)
@@ -130,90 +169,88 @@ def test_buffer_ring_exhaustion_ends_recv_with_enobufs(make_ring, unix_pair: Pai
     payload = os.urandom(1000)  # more than 4 * 64 bytes, there before we wait
     peer.sendall(payload)
     ring.prep_recv_multishot(ours.fileno(), 3)
-    first = ring.wait(5)
-    # The four buffers fill with 64 bytes each, then the ring is dry.
-    assert len(first) == 5, first
-    chunks = [assert_data_completion(c, 3, ring) for c in first[:4]]
-    assert all(c[2] & F_MORE for c in first[:4])
-    assert chunks == [payload[i : i + 64] for i in range(0, 256, 64)]
-    assert sorted(c[2] >> BUFFER_SHIFT for c in first[:4]) == [0, 1, 2, 3]
-    assert first[4] == (3, -errno.ENOBUFS, 0, None)  # no F_MORE, no F_BUFFER
+    # The four buffers fill with 64 bytes each, then the ring is dry: the
+    # recv ends with -ENOBUFS (no F_MORE, no F_BUFFER) after the four.
+    chunks = [payload[i : i + 64] for i in range(0, 256, 64)]
+    assert ring.wait(5) == ([3] * 4, chunks, [(3, -errno.ENOBUFS, 0, None)])
     assert not ring.in_flight(3)
-    assert ring.pending_buffers == 4  # copied out, given back on the next wait()
 
+    # The four buffers come back with each wait(): 1000 bytes pass through them.
     received = bytearray(b"".join(chunks))
     enobufs = 1
     while len(received) < len(payload):
         if not ring.in_flight(3):
             ring.prep_recv_multishot(ours.fileno(), 3)  # re-arm
-        for c in ring.wait(5):
+        for c in merged(ring.wait(5)):
             if c[1] == -errno.ENOBUFS:
                 assert c == (3, -errno.ENOBUFS, 0, None)
                 enobufs += 1
             else:
-                received += assert_data_completion(c, 3, ring)
+                assert c[:3] == (3, len(c[3] or b""), DATA) and c[1] <= 64, c
+                received += c[3] or b""
     assert bytes(received) == payload
     # 1000 bytes = three rounds of 4 x 64 that each end dry, then 64+64+64+40.
     assert enobufs == 3
     assert ring.in_flight(3)  # the last round did not run dry: still armed
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
 
 
-# -- send --------------------------------------------------------------------------------
+# -- send (the queues' own tests are in test_send_queues.py) ------------------------------
 
 
 def test_send_bytes_arrive_exactly(ring: Ring, tcp_pair) -> None:
     ours, peer = tcp_pair()
     payload = bytes(range(256)) * 4 + b"tail"
-    ring.prep_send(ours.fileno(), payload, 11)
-    assert ring.in_flight(11)
-    assert collect(ring, 1) == [(11, len(payload), 0, None)]
-    assert not ring.in_flight(11)
-    received = b""
-    while len(received) < len(payload):
-        received += peer.recv(65536)
-    assert received == payload
+    s0 = ring.statistics()
+    ring.send(11, ours.fileno(), payload)
+    assert not ring.sending(11)  # nothing reaches C before wait()
+    ring.watch(11)
+    # The send's own completion is consumed by the ring; the watch reports IDLE.
+    assert collect(ring, 1) == [(IDLE << 56 | 11, 0, 0, None)]
+    assert not ring.sending(11)
+    assert read_exactly(peer, len(payload)) == payload
+    s1 = ring.statistics()
+    assert s1.bytes_sent - s0.bytes_sent == len(payload)
+    assert s1.sqes_submitted - s0.sqes_submitted == 1
+    assert s1.ops_in_flight == 0
 
 
-def test_send_at_offset_sends_only_the_tail(ring: Ring, unix_pair: Pair) -> None:
-    ours, peer = unix_pair
-    ring.prep_send(ours.fileno(), b"0123456789", 12, offset=6)
-    assert collect(ring, 1) == [(12, 4, 0, None)]
-    assert peer.recv(100) == b"6789"
+def test_a_send_larger_than_the_socket_takes_is_finished_by_the_ring(ring: Ring, tcp_pair) -> None:
+    """4 MiB through 4 KiB socket buffers, read slowly: the ring resumes every short send.
 
-
-def test_short_send_resumes_at_offset(ring: Ring, tcp_pair) -> None:
+    The caller queues the bytes once and hears only the queue's reports:
+    PAUSE (4 MiB is above the default high mark of 1 MiB), RESUME (at 256 KiB)
+    and IDLE; the SQEs the ring submitted beyond the first are its
+    resumptions of short sends.
+    """
     ours, peer = tcp_pair(our_sndbuf=4096, peer_rcvbuf=4096)
     data = os.urandom(4 << 20)
     digest = hashlib.sha256()
     counted = [0]
 
     def reader() -> None:
-        while chunk := peer.recv(65536):
+        while chunk := peer.recv(16384):
             digest.update(chunk)
             counted[0] += len(chunk)
+            if counted[0] % (256 << 10) < 16384:
+                time.sleep(0.005)  # slowly: the sender's buffer fills again and again
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    sent = 0
-    short = 0
-    ring.prep_send(ours.fileno(), data, 13)
-    while sent < len(data):
-        [(ud, res, flags, extra)] = collect(ring, 1, timeout=10)
-        assert (ud, flags, extra) == (13, 0, None)
-        assert 0 < res <= len(data) - sent
-        if res < len(data) - sent:
-            short += 1
-        sent += res
-        if sent < len(data):
-            ring.prep_send(ours.fileno(), data, 13, offset=sent)
+    s0 = ring.statistics()
+    ring.send(13, ours.fileno(), data)
+    ring.watch(13)
+    reports = collect_until(ring, lambda cs: len(cs) >= 3, timeout=20)
+    assert reports == [(kind << 56 | 13, 0, 0, None) for kind in (PAUSE, RESUME, IDLE)]
+    s1 = ring.statistics()
+    assert s1.bytes_sent - s0.bytes_sent == len(data)
     ours.shutdown(socket.SHUT_WR)
     t.join(10)
     assert not t.is_alive()
-    assert short > 0, "the small buffers should have forced short sends"
     assert counted[0] == len(data)
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert ring.statistics().ops_in_flight == 0
+    assert s1.sqes_submitted - s0.sqes_submitted > 1, "the small buffers should force short sends"
+    assert s1.ops_in_flight == 0
 
 
 # -- cancel -----------------------------------------------------------------------------------
@@ -222,14 +259,14 @@ def test_short_send_resumes_at_offset(ring: Ring, tcp_pair) -> None:
 def test_cancel_by_user_data_ends_an_armed_recv(ring: Ring, unix_pair: Pair) -> None:
     ours, peer = unix_pair
     ring.prep_recv_multishot(ours.fileno(), 20)
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     assert ring.statistics().ops_in_flight == 1
     ring.prep_cancel(20, 21)
     got = by_user_data(collect(ring, 2))
     assert got == {20: [(20, -ECANCELED, 0, None)], 21: [(21, 0, 0, None)]}
     assert ring.statistics().ops_in_flight == 0
     peer.sendall(b"after")  # nothing is armed any more
-    assert ring.wait(0.05) == []
+    assert ring.wait(0.05) == NOTHING
 
 
 def test_cancel_fd_ends_every_op_on_the_fd(ring: Ring, unix_pair: Pair) -> None:
@@ -237,7 +274,7 @@ def test_cancel_fd_ends_every_op_on_the_fd(ring: Ring, unix_pair: Pair) -> None:
     ring.prep_recv_multishot(ours.fileno(), 30)
     ring.prep_poll_multishot(ours.fileno(), 31)
     ring.prep_poll_multishot(peer.fileno(), 32)  # another fd: untouched
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     ring.prep_cancel_fd(ours.fileno(), 33)
     got = by_user_data(collect(ring, 3))
     assert got == {
@@ -255,8 +292,7 @@ def test_armed_multishot_keeps_its_user_data_reserved(ring: Ring, unix_pair: Pai
     ours, peer = unix_pair
     ring.prep_recv_multishot(ours.fileno(), 40)
     peer.sendall(b"x")
-    [c] = collect(ring, 1)
-    assert c[2] & F_MORE and c[3] == b"x"
+    assert collect(ring, 1) == [(40, 1, DATA, b"x")]  # a data completion: still armed
     with pytest.raises(ValueError, match="already in flight"):
         ring.prep_nop(40)
     peer.close()
@@ -268,9 +304,9 @@ def test_armed_multishot_keeps_its_user_data_reserved(ring: Ring, unix_pair: Pai
 def test_poll_multishot_reports_readable(ring: Ring, unix_pair: Pair) -> None:
     ours, peer = unix_pair
     ring.prep_poll_multishot(ours.fileno(), 50)
-    assert ring.wait(0.05) == []
+    assert ring.wait(0.05) == NOTHING
     peer.sendall(b"ping")
-    [(ud, res, flags, data)] = collect(ring, 1)
+    [(ud, res, flags, data)] = others_of(ring.wait(5))
     assert (ud, data) == (50, None)
     assert res & select.POLLIN
     assert flags & F_MORE
@@ -286,7 +322,7 @@ def test_poll_multishot_reports_readable(ring: Ring, unix_pair: Pair) -> None:
 def test_recv_on_a_reset_connection_is_econnreset(ring: Ring, tcp_pair) -> None:
     ours, peer = tcp_pair()
     ring.prep_recv_multishot(ours.fileno(), 60)
-    assert ring.wait(0) == []
+    assert ring.wait(0) == NOTHING
     reset(peer)
     assert collect(ring, 1) == [(60, -errno.ECONNRESET, 0, None)]
 
@@ -294,16 +330,21 @@ def test_recv_on_a_reset_connection_is_econnreset(ring: Ring, tcp_pair) -> None:
 def test_send_to_a_closed_peer_is_epipe(ring: Ring, unix_pair: Pair) -> None:
     ours, peer = unix_pair
     peer.close()
-    ring.prep_send(ours.fileno(), b"nobody listens", 61)
-    assert collect(ring, 1) == [(61, -errno.EPIPE, 0, None)]
+    ring.send(61, ours.fileno(), b"nobody listens")
+    assert collect(ring, 1) == [(SEND_ERROR << 56 | 61, -errno.EPIPE, 0, None)]
+    assert ring.statistics().bytes_sent == 0
 
 
 def test_ops_on_a_bad_fd_are_ebadf(ring: Ring) -> None:
     bad = 1_000_000  # far above any fd this process has
     ring.prep_recv_multishot(bad, 62)
-    ring.prep_send(bad, b"x", 63)
+    ring.send(63, bad, b"x")
     got = by_user_data(collect(ring, 2))
-    assert got == {62: [(62, -errno.EBADF, 0, None)], 63: [(63, -errno.EBADF, 0, None)]}
+    assert got == {
+        62: [(62, -errno.EBADF, 0, None)],
+        SEND_ERROR << 56 | 63: [(SEND_ERROR << 56 | 63, -errno.EBADF, 0, None)],
+    }
+    assert ring.statistics().ops_in_flight == 0
 
 
 def test_recv_on_a_pipe_is_enotsock(ring: Ring) -> None:
@@ -339,8 +380,9 @@ def test_prep_close_of_a_bad_fd_is_ebadf(ring: Ring) -> None:
 
 def test_prep_shutdown_sends_fin(ring: Ring, tcp_pair) -> None:
     ours, peer = tcp_pair()
-    ring.prep_send(ours.fileno(), b"last words", 72)
-    assert collect(ring, 1) == [(72, 10, 0, None)]
+    ring.send(72, ours.fileno(), b"last words")
+    ring.watch(72)  # the shutdown must wait until the queue has handed over its bytes
+    assert collect(ring, 1) == [(IDLE << 56 | 72, 0, 0, None)]
     ring.prep_shutdown(ours.fileno(), socket.SHUT_WR, 73)
     assert collect(ring, 1) == [(73, 0, 0, None)]
     received = b""
