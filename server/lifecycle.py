@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,9 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
+from server.aio import BackendSelector, RingEventLoop
 from server.backends.base import Backend, BackendUnavailable
 from server.config import Config, load_backend
-from server.loop import Loop
+from server.loop import Dispatcher
 from server.protocols import ServerProtocol
 from server.protocols.echo import EchoConnection
 from server.protocols.http import load_http
@@ -72,13 +74,16 @@ class Server:
         self._listener = listener
         self.backend: Backend | None = None
         self._shut_down = False
-        self.loop: Loop | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.aio: RingEventLoop | None = None  # the asyncio loop the server runs on
+        self._stop = asyncio.Event()  # set by the first SIGTERM/SIGINT (or request_stop)
+        self._hurry = asyncio.Event()  # set by the second: stop waiting for requests
         self.address: tuple[str, int] = (config.host, config.port)
 
     # -- the three phases ----------------------------------------------------
 
     def startup(self) -> None:
-        """Listen, build the backend and the loop.
+        """Listen, build the backend, the dispatcher and the asyncio loop over them.
 
         Raises:
             StartupError: the port, the app or the backend is unusable.
@@ -96,29 +101,45 @@ class Server:
             listener.close()
             raise
         http = config.protocol == "http"
-        self.loop = Loop(
+        self.dispatcher = Dispatcher(
             self.backend,
             factory,
             # An echo connection is always reading: it has no keep-alive state.
             idle_timeout=config.timeout_keep_alive if http else config.timeout_read,
             read_timeout=config.timeout_read,
             header_timeout=config.timeout_header if http else None,
+            sockname=self.address,
         )
+        selector = BackendSelector(self.backend, owns_backend=False)
+        self.aio = RingEventLoop(selector)
+        self.dispatcher.attach(selector)
         self.backend.listen(listener)
 
     def serve(self) -> None:
-        assert self.loop is not None
-        self.loop.run(self.config.timeout_graceful_shutdown)
+        """Run the asyncio loop until a stop is asked for and in-flight requests finish."""
+        assert self.aio is not None and self.dispatcher is not None
+        asyncio.set_event_loop(self.aio)
+        try:
+            self.aio.run_until_complete(
+                self.dispatcher.serve(
+                    self._stop, self._hurry, self.config.timeout_graceful_shutdown
+                )
+            )
+        finally:
+            _finish_tasks(self.aio)
+            asyncio.set_event_loop(None)
 
     def request_stop(self) -> None:
         """Ask for a graceful stop from any thread (what SIGTERM does)."""
-        if self.loop is not None:
-            self.loop.stop_requested = True
-        if self.backend is not None:
-            self.backend.force_wakeup()
+        if self.aio is not None and not self.aio.is_closed():
+            self.aio.call_soon_threadsafe(self._stop.set)
+        else:
+            self._stop.set()
 
     def shutdown(self) -> None:
         """Release everything; safe to call more than once."""
+        if self.aio is not None and not self.aio.is_closed():
+            self.aio.close()  # its selector stops watching the app's fds
         if self.backend is not None and not self._shut_down:
             self._shut_down = True
             self.backend.shutdown()
@@ -185,9 +206,9 @@ class Server:
         out["requests"] = self.counters.requests
         out["client_errors"] = self.counters.client_errors
         out["app_errors"] = self.counters.app_errors
-        if self.loop is not None:
-            out["timeouts"] = self.loop.timeouts
-            out["internal_errors"] = self.loop.internal_errors
+        if self.dispatcher is not None:
+            out["timeouts"] = self.dispatcher.timeouts
+            out["internal_errors"] = self.dispatcher.internal_errors
         out["uptime_s"] = round(time.monotonic() - self.started_at, 3)
         out["pid"] = os.getpid()
         return out
@@ -225,41 +246,51 @@ class Server:
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM request a graceful stop; SIGUSR1 prints statistics.
+        """SIGINT/SIGTERM request a graceful stop (a second one: stop waiting for
+        in-flight requests); SIGUSR1 prints statistics.
 
-        Handlers only set flags; the loop acts on them at the end of its
-        pass.  The wakeup fd makes a blocked wait return at once.
+        They are the asyncio loop's signal handlers: the C-level handler only
+        writes to the loop's wakeup fd, and the callbacks run between two
+        iterations, never in the middle of a batch.
         """
-        loop = self.loop
+        loop = self.aio
         assert loop is not None
 
-        def stop(signum: int, frame: object) -> None:
-            if loop.stop_requested:  # second signal: stop waiting for the grace period
-                raise KeyboardInterrupt
-            loop.stop_requested = True  # before logging: a second signal may arrive meanwhile
-            logger.info("received %s; finishing in-flight requests", signal.Signals(signum).name)
+        def stop(signum: int) -> None:
+            name = signal.Signals(signum).name
+            if self._stop.is_set():
+                logger.warning("received %s again; stopping now, without waiting", name)
+                self._hurry.set()
+                return
+            logger.info("received %s; finishing in-flight requests", name)
+            self._stop.set()
 
-        def dump(signum: int, frame: object) -> None:
-            loop.on_pass.append(self._print_stats)
-
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-        previous = {s: signal.getsignal(s) for s in handled}
-        assert self.backend is not None
-        old_fd = signal.set_wakeup_fd(self.backend.wakeup_fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGUSR1, dump)
+        loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGUSR1, self._print_stats)
         try:
             yield
-        except KeyboardInterrupt:
-            logger.warning("stopping now, without waiting for in-flight requests")
         finally:
-            signal.set_wakeup_fd(old_fd)
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(s)
 
     def _print_stats(self) -> None:
         _print_line(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True))
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the app left running, let it unwind, close async generators and
+    the default executor (asyncio.run's teardown)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("a task ended with an error at shutdown", exc_info=task.exception())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
 
 
 def _print_line(text: str) -> None:

@@ -1,9 +1,17 @@
-"""The hot loop, and nothing else.
+"""The hot loop's dispatch step, run inside the asyncio loop's one select().
 
-Each pass: one ``backend.wait()``, then every event is dispatched to its
-connection's protocol object, and output is queued with ``backend.send()``.
-With the uring backend everything queued in a pass reaches the kernel in one
-``io_uring_enter``, at the top of the next ``wait()``.
+`server.aio.BackendSelector.select()` makes the iteration's one
+``backend.wait()`` and hands its events to `Dispatcher.dispatch` before it
+returns: received bytes go to the connection's protocol object and its
+output is queued with ``backend.send()``, all inside that call, so a message
+costs no asyncio Handle, Future or transport.  With the uring backend
+everything queued in an iteration reaches the kernel in one
+``io_uring_enter``, at the top of the next ``wait()``.  What is not the
+server's own (READY events of the app's file descriptors) is turned into the
+``(key, mask)`` pairs asyncio expects, and asyncio runs their callbacks.
+
+Timeouts are a sweep on an asyncio timer, about once a second, outside the
+hot path; stopping is a coroutine (`Dispatcher.serve`).
 
 Rules for code in here: no allocation beyond what an event needs, no
 attribute lookups that can be hoisted out of the loop, and logging only
@@ -12,35 +20,86 @@ behind a level check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import selectors
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, cast
 
-from server.backends.base import ACCEPTED, RECEIVED, Backend
-from server.protocols import ServerProtocol
+from server.backends.base import (
+    ACCEPTED,
+    CLOSED,
+    READY,
+    RECEIVED,
+    WRITE_PAUSED,
+    WRITE_RESUMED,
+    Backend,
+    Event,
+)
+from server.protocols import AsyncServerProtocol, ServerProtocol
 
 logger = logging.getLogger("server.loop")
 
 MAX_SWEEP_INTERVAL_S: Final = 1.0
 
+ReadyPairs = list[tuple[selectors.SelectorKey, int]]
 
-class Loop:
-    """Drives one backend with one protocol factory.
+
+class ConnectionTransport:
+    """What a protocol object that answers later (an ASGI app, a WSGI thread) writes
+    through: asyncio's transport methods, on one connection of the backend."""
+
+    __slots__ = ("_backend", "_cid", "_sockname")
+
+    def __init__(self, backend: Backend, cid: int, sockname: Any) -> None:
+        self._backend = backend
+        self._cid = cid
+        self._sockname = sockname
+
+    def write(self, data: bytes) -> None:
+        self._backend.send(self._cid, data)
+
+    def close(self) -> None:
+        """Close once what was written is sent."""
+        self._backend.close(self._cid)
+
+    def abort(self) -> None:
+        self._backend.abort(self._cid)
+
+    def pause_reading(self) -> None:
+        self._backend.pause_reading(self._cid)
+
+    def resume_reading(self) -> None:
+        self._backend.resume_reading(self._cid)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._backend.peername(self._cid) or default
+        if name == "sockname":
+            return self._sockname
+        return default
+
+
+class Dispatcher:
+    """Drives one backend's connections with one protocol factory.
 
     Args:
         backend: the I/O mechanism.
         protocol_factory: makes the protocol object of a new connection.
         idle_timeout: seconds a connection with no request in progress
             (``not proto.busy``) may stay silent; then it is closed.
-        read_timeout: seconds a connection with a request in progress may go
-            without receiving anything; then ``timed_out()`` (HTTP: 408).
+        read_timeout: seconds a connection reading a request may go without
+            receiving anything; then ``timed_out()`` (HTTP: 408).  A
+            connection whose app is working on a complete request
+            (``proto.responding``) is timed out by neither.
         header_timeout: seconds a request head may take as a whole, however
             steadily its bytes trickle in (None: no such bound).  Checked
             at each sweep, so a head is cut between `header_timeout` and
             `header_timeout` + `sweep_interval` after the sweep that first
             saw it.
         clock: monotonic seconds (tests pass a fake one).
+        sockname: the listener's address, for the transports' get_extra_info.
     """
 
     def __init__(
@@ -51,6 +110,7 @@ class Loop:
         read_timeout: float,
         header_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sockname: Any = None,
     ) -> None:
         self.backend = backend
         self.protocol_factory = protocol_factory
@@ -58,6 +118,7 @@ class Loop:
         self.read_timeout = read_timeout
         self.header_timeout = header_timeout
         self.clock = clock
+        self.sockname = sockname
         limits = [MAX_SWEEP_INTERVAL_S, idle_timeout / 4, read_timeout / 4]
         if header_timeout is not None:
             limits.append(header_timeout / 4)
@@ -70,91 +131,73 @@ class Loop:
         # Exceptions that escaped a protocol object (a bug): each closed its
         # connection and nothing else.
         self.internal_errors = 0
-        # Set from signal handlers; read once per pass.
-        self.stop_requested = False
-        self.on_pass: list[Callable[[], None]] = []
+        self.stopping = False
+        self._all_closed: asyncio.Future[None] | None = None
+        self._ready_pairs: Callable[[Event, ReadyPairs], None] = _no_app_fds
 
-    def run(self, grace_period: float) -> None:
-        """Serve until a stop is requested and busy connections finish.
+    def attach(self, selector: Any) -> None:
+        """Become `selector`'s dispatch step (a `server.aio.BackendSelector`)."""
+        selector.dispatch = self.dispatch
+        self._ready_pairs = selector.ready_pairs
 
-        After a stop request the backend stops accepting, idle connections
-        close at once and busy ones get `grace_period` seconds to finish
-        their response.
-        """
+    # -- the hot path ---------------------------------------------------------------
+
+    def dispatch(self, events: list[Event], ready: ReadyPairs) -> None:
+        """Handle one wait()'s events; the app's READY fds go to `ready`."""
         backend = self.backend
-        wait = backend.wait
-        send = backend.send
-        close = backend.close
-        abort = backend.abort
-        factory = self.protocol_factory
         protocols = self.protocols
         last_seen = self.last_seen
-        heads_seen = self.heads_seen
-        on_pass = self.on_pass
-        monotonic = self.clock
-        debug = logger.isEnabledFor(logging.DEBUG)
-        next_sweep = monotonic() + self.sweep_interval
-        deadline: float | None = None
-        timeout = self.sweep_interval
-
-        while True:
-            events = wait(timeout)
-            now = monotonic()
-            for kind, cid, payload in events:
-                if kind == RECEIVED:
-                    proto = protocols.get(cid)
-                    if proto is None:
-                        continue
-                    try:
-                        out = proto.receive_data(payload)
-                    except Exception:
-                        # A bug for one connection must not touch the others.
-                        self.internal_errors += 1
-                        logger.exception("protocol error on connection %d; closing it", cid)
-                        abort(cid)
-                        continue
-                    if out:
-                        send(cid, out)
+        now = self.clock()
+        for event in events:
+            kind, cid, payload = event
+            if kind == RECEIVED:
+                proto = protocols.get(cid)
+                if proto is None:
+                    continue
+                try:
+                    out = proto.receive_data(payload)
+                except Exception:
+                    # A bug for one connection must not touch the others.
+                    self.internal_errors += 1
+                    logger.exception("protocol error on connection %d; closing it", cid)
+                    backend.abort(cid)
+                    continue
+                if out:
+                    backend.send(cid, out)
+                if proto.should_close:
+                    backend.close(cid)
+                last_seen[cid] = now
+            elif kind == ACCEPTED:
+                protocols[cid] = proto = self.protocol_factory()
+                last_seen[cid] = now
+                if proto.needs_transport:
+                    transport = ConnectionTransport(backend, cid, self.sockname)
+                    cast(AsyncServerProtocol, proto).connection_made(transport)
+                if self.stopping:  # treated as _begin_stop treats the idle
+                    proto.stop_keepalive()
                     if proto.should_close:
-                        close(cid)
-                    last_seen[cid] = now
-                elif kind == ACCEPTED:
-                    protocols[cid] = proto = factory()
-                    last_seen[cid] = now
-                    if deadline is not None:  # stopping: treated as _begin_stop treats the idle
-                        proto.stop_keepalive()
-                        if proto.should_close:
-                            close(cid)
-                else:  # CLOSED
-                    protocols.pop(cid, None)
-                    last_seen.pop(cid, None)
-                    heads_seen.pop(cid, None)
-                    if debug:
-                        logger.debug("connection %d closed: %s", cid, payload)
-            if on_pass:
-                for callback in on_pass:
-                    callback()
-                on_pass.clear()
-            if self.stop_requested and deadline is None:
-                deadline = now + grace_period
-                self._begin_stop()
-            if deadline is not None:
-                if not protocols:
-                    return
-                if now >= deadline:
-                    logger.warning("grace period over; closing %d connections", len(protocols))
-                    return
-            if now >= next_sweep:
-                self._sweep(now)
-                next_sweep = now + self.sweep_interval
-            timeout = max(0.0, next_sweep - now)
+                        backend.close(cid)
+            elif kind == CLOSED:
+                proto = protocols.pop(cid, None)
+                last_seen.pop(cid, None)
+                self.heads_seen.pop(cid, None)
+                if proto is not None and proto.needs_transport:
+                    cast(AsyncServerProtocol, proto).connection_lost(payload)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("connection %d closed: %s", cid, payload)
+                if self.stopping and not protocols:
+                    self._closed_all()
+            elif kind == READY:
+                self._ready_pairs(event, ready)
+            else:  # WRITE_PAUSED, WRITE_RESUMED
+                proto = protocols.get(cid)
+                if proto is not None and proto.needs_transport:
+                    if kind == WRITE_PAUSED:
+                        cast(AsyncServerProtocol, proto).pause_writing()
+                    elif kind == WRITE_RESUMED:
+                        cast(AsyncServerProtocol, proto).resume_writing()
 
-    def _begin_stop(self) -> None:
-        self.backend.stop_accepting()
-        for cid, proto in list(self.protocols.items()):
-            proto.stop_keepalive()
-            if proto.should_close:
-                self.backend.close(cid)
+    # -- timeouts -------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
         """Time out connections that have been silent, or on one head, too long.
@@ -170,6 +213,8 @@ class Loop:
         expired = []
         for cid, seen in self.last_seen.items():
             proto = protocols[cid]
+            if proto.responding:
+                continue
             if not proto.busy:
                 if seen < idle_cutoff:
                     expired.append(cid)
@@ -204,3 +249,51 @@ class Loop:
                 self.backend.send(cid, last_words)
             self.backend.close(cid)
             self.last_seen[cid] = now + self.read_timeout  # give the close time
+
+    def _sweep_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep(self.clock())
+        self._sweep_handle = loop.call_later(self.sweep_interval, self._sweep_soon, loop)
+
+    # -- serving and stopping -------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event, hurry: asyncio.Event, grace_period: float) -> None:
+        """Serve until `stop` is set, then until busy connections finish.
+
+        After the stop the backend stops accepting, idle connections close
+        at once and busy ones get `grace_period` seconds to finish their
+        response (less if `hurry` is set: a second signal).
+        """
+        loop = asyncio.get_running_loop()
+        self._sweep_handle = loop.call_later(self.sweep_interval, self._sweep_soon, loop)
+        try:
+            await stop.wait()
+            self._begin_stop(loop)
+            if not self.protocols:
+                return
+            assert self._all_closed is not None
+            hurried = asyncio.ensure_future(hurry.wait())
+            done, _ = await asyncio.wait(
+                (self._all_closed, hurried), timeout=grace_period, return_when="FIRST_COMPLETED"
+            )
+            hurried.cancel()
+            if not done:
+                logger.warning("grace period over; closing %d connections", len(self.protocols))
+        finally:
+            self._sweep_handle.cancel()
+
+    def _begin_stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stopping = True
+        self._all_closed = loop.create_future()
+        self.backend.stop_accepting()
+        for cid, proto in list(self.protocols.items()):
+            proto.stop_keepalive()
+            if proto.should_close:
+                self.backend.close(cid)
+
+    def _closed_all(self) -> None:
+        if self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+
+def _no_app_fds(event: Event, ready: ReadyPairs) -> None:
+    pass  # not attached to a selector: no fd of the app is watched

@@ -1,24 +1,30 @@
-"""The hot loop's rules, on a fake backend and a fake clock: exact and instant.
+"""The dispatch step's rules, on the real asyncio loop over a fake backend and a
+fake clock: exact and instant.
 
 `FakeBackend.wait(timeout)` hands out the next scripted batch of events, or,
 when none is scripted, lets `timeout` seconds pass on the fake clock and
 returns nothing, as a real backend would on a quiet socket.  Closing and
 aborting are recorded and answered with CLOSED on the next wait, as the real
-backends do.  The real-socket suites (tests/backends, tests/reliability) keep
-checking the same behaviour end to end, with generous time bounds.
+backends do.  The asyncio loop (`server.aio.RingEventLoop`) runs on the same
+fake clock, so its timers (the sweep, the grace period) fire exactly when
+the script says.  The real-socket suites (tests/backends, tests/reliability)
+keep checking the same behaviour end to end, with generous time bounds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import selectors
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from server.backends.base import ACCEPTED, CLOSED, RECEIVED
-from server.loop import MAX_SWEEP_INTERVAL_S, Loop
+from server.aio import BackendSelector, RingEventLoop
+from server.backends.base import ACCEPTED, CLOSED, READY, RECEIVED
+from server.loop import MAX_SWEEP_INTERVAL_S, Dispatcher
 
 
 class FakeClock:
@@ -41,6 +47,7 @@ class FakeBackend:
         self.log: list[tuple[Any, ...]] = []  # ("send"|"close"|"abort", cid[, data]) in order
         self.waits: list[float | None] = []
         self.accepting = True
+        self.watched: dict[int, int] = {}
         self._closed: list[int] = []
 
     # the interface the loop drives
@@ -73,9 +80,21 @@ class FakeBackend:
     def stop_accepting(self) -> None:
         self.accepting = False
 
+    def watch(self, fd: int, events: int) -> None:
+        if events:
+            self.watched[fd] = events
+        else:
+            self.watched.pop(fd, None)
+
+    def shutdown(self) -> None:
+        pass
+
 
 class Proto:
     """A protocol object whose answers the test sets."""
+
+    needs_transport = False
+    responding = False
 
     def __init__(self, reply: Callable[[bytes], bytes] = lambda d: d) -> None:
         self.reply = reply
@@ -107,13 +126,18 @@ class Proto:
 
 
 class Harness:
-    def __init__(self, **timeouts: float) -> None:
+    def __init__(self, backend_class: type[FakeBackend] | None = None, **timeouts: float) -> None:
         self.clock = FakeClock()
-        self.backend = FakeBackend(self.clock)
+        self.backend = (backend_class or FakeBackend)(self.clock)
         self.protos: list[Proto] = []
         self.factory: Callable[[], Proto] = Proto
         options = {"idle_timeout": 5.0, "read_timeout": 30.0, **timeouts}
-        self.loop = Loop(self.backend, self._make, clock=self.clock, **options)  # type: ignore[arg-type]
+        self.loop = Dispatcher(self.backend, self._make, clock=self.clock, **options)  # type: ignore[arg-type]
+        self.selector = BackendSelector(self.backend, owns_backend=False)  # type: ignore[arg-type]
+        self.aio = RingEventLoop(self.selector, clock=self.clock)
+        self.loop.attach(self.selector)
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
 
     def _make(self) -> Proto:
         proto = self.factory()
@@ -134,13 +158,16 @@ class Harness:
 
     def stop_at(self, t: float) -> None:
         def stop() -> list[tuple[int, int, Any]]:
-            self.loop.stop_requested = True
+            self.stop.set()
             return []
 
         self.at(t, stop)
 
     def run(self, grace: float = 10.0) -> None:
-        self.loop.run(grace)
+        try:
+            self.aio.run_until_complete(self.loop.serve(self.stop, self.hurry, grace))
+        finally:
+            self.aio.close()
 
 
 def busy_reader() -> Proto:
@@ -201,20 +228,32 @@ def test_an_exception_in_one_protocol_aborts_that_connection_only(caplog) -> Non
     assert record.exc_info is not None and record.exc_info[0] is ValueError
 
 
-def test_callbacks_queued_for_the_pass_run_once_after_dispatch() -> None:
+def test_ready_fds_of_the_app_run_their_asyncio_callbacks_in_the_same_iteration() -> None:
+    """An add_reader callback runs after the dispatch of the wait that reported its fd."""
     h = Harness()
-    seen: list[int] = []
+    seen: list[tuple[str, int]] = []
 
-    def queue_callback() -> list[tuple[int, int, Any]]:
-        h.loop.on_pass.append(lambda: seen.append(len(h.protos[0].received)))
-        return [(RECEIVED, 1, b"a")]
+    def register() -> list[tuple[int, int, Any]]:
+        h.aio.add_reader(42, lambda: seen.append(("fd 42", len(h.protos[0].received))))
+        return []
 
     h.at(0, (ACCEPTED, 1, None))
-    h.at(0.1, queue_callback)
-    h.at(0.2, (RECEIVED, 1, b"b"))
-    h.stop_at(0.3)
+    h.at(0.1, register)
+    watched: list[dict[int, int]] = []
+
+    def look() -> list[tuple[int, int, Any]]:
+        watched.append({**h.backend.watched})
+        return [(RECEIVED, 1, b"b")]
+
+    h.at(0.2, (RECEIVED, 1, b"a"), (READY, 42, selectors.EVENT_READ), (READY, 7, 1))
+    h.at(0.3, look)
+    h.stop_at(0.4)
+    self_pipe = h.aio._ssock.fileno()
     h.run()
-    assert seen == [1]  # after the pass's dispatch, and only in that pass
+    # the loop's self-pipe and the app's fd, in the same backend; none left after close
+    assert watched == [{self_pipe: selectors.EVENT_READ, 42: selectors.EVENT_READ}]
+    assert h.backend.watched == {}
+    assert seen == [("fd 42", 1)]  # once: fd 7 is not the app's, and 42 was ready once
 
 
 # -- timeouts -----------------------------------------------------------------------
@@ -232,8 +271,8 @@ def test_waits_never_block_past_the_next_sweep() -> None:
     h.at(0, (ACCEPTED, 1, None))
     h.stop_at(1.3)
     h.run()
-    assert h.backend.waits[0] == 0.5
-    assert all(w is not None and 0 <= w <= 0.5 for w in h.backend.waits)
+    assert max(w for w in h.backend.waits if w is not None) == pytest.approx(0.5)
+    assert all(w is not None and 0 <= w <= 0.5 + 1e-9 for w in h.backend.waits)
 
 
 @pytest.mark.parametrize(("last_byte", "expired"), [(0.3, True), (0.6, False)])
@@ -321,14 +360,12 @@ def test_each_new_head_gets_its_own_header_timeout() -> None:
 
 def test_a_closing_connection_that_outlives_a_timeout_is_aborted() -> None:
     """The lingering close: the peer neither reads nor sends its EOF."""
-    h = Harness(idle_timeout=1.0, read_timeout=1.0)
 
     class Lingers(FakeBackend):
         def close(self, cid: int) -> None:
             self.log.append(("close", cid))  # no CLOSED: the peer never sends EOF
 
-    h.backend = Lingers(h.clock)
-    h.loop.backend = h.backend  # type: ignore[assignment]
+    h = Harness(Lingers, idle_timeout=1.0, read_timeout=1.0)
     h.at(0, (ACCEPTED, 1, None))
     h.at(0.1, (RECEIVED, 1, b""))  # EOF: the protocol asks to close
     h.stop_at(10)
@@ -396,8 +433,8 @@ def test_the_grace_period_running_out_ends_the_loop_with_connections_open(caplog
     h.stop_at(1.0)
     with caplog.at_level(logging.WARNING, logger="server.loop"):
         h.run(grace=2.5)
-    # the deadline is 3.5; the pass that notices it ends at the sweep at 4.0
-    assert 3.5 <= h.clock.now <= 3.5 + h.loop.sweep_interval
+    # a timer of the asyncio loop: the grace period ends at 1.0 + 2.5 exactly
+    assert h.clock.now == pytest.approx(3.5)
     assert list(h.loop.protocols) == [1]  # left for the backend's shutdown to abort
     assert h.backend.log == []
     assert [r.getMessage() for r in caplog.records] == ["grace period over; closing 1 connections"]

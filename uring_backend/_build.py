@@ -52,6 +52,7 @@ int urb_prep_cancel_fd(urb_ring *r, int fd, uint64_t ud);
 int urb_prep_cancel_any(urb_ring *r, uint64_t ud);
 int urb_prep_timeout(urb_ring *r, int64_t timeout_ns, uint64_t ud);
 int urb_prep_poll_multishot(urb_ring *r, int fd, unsigned events, uint64_t ud);
+int urb_prep_poll(urb_ring *r, int fd, unsigned events, uint64_t ud);
 
 #define URB_OWN_OPS ...
 #define URB_SEND_OP ...
@@ -340,6 +341,9 @@ URB_PREP(timeout, (int64_t timeout_ns,),
          io_uring_prep_timeout(sqe, ts, 0, 0))
 URB_PREP(poll_multishot, (int fd, unsigned events,),
          io_uring_prep_poll_multishot(sqe, fd, events))
+/* One completion, as soon as the fd is ready for `events` (at once if it
+ * already is): re-armed after each, it reads as level-triggered readiness. */
+URB_PREP(poll, (int fd, unsigned events,), io_uring_prep_poll_add(sqe, fd, events))
 
 /*
  * Submit what is queued and wait, with exactly one io_uring_enter:
@@ -610,15 +614,20 @@ static int64_t urb_now_ns(void)
  *    apply the watches asked for after them;
  * 3. submit and wait, with one io_uring_enter, for one completion beyond the
  *    sends just queued (those on a socket with room complete inline, during
- *    that enter, and would satisfy the wait at once);
+ *    that enter, and would satisfy the wait at once), for at most
+ *    URB_SEND_WAIT_CAP_NS: a send that fails at once, or blocks on a full
+ *    socket, must not hold back what else has arrived;
  * 4. drain the CQ once with io_uring_for_each_cqe: the send queues' own
  *    completions are consumed here; completions that carry bytes of a
  *    multishot receive (F_BUFFER and F_MORE) go to data_ud/data_bid/data_len;
  *    every other completion, and the queues' reports, to ud/res/flags;
- * 5. if nothing for the caller arrived and time is left, wait again.
+ * 5. if nothing for the caller arrived and time is left, wait again, for
+ *    one completion.
  * counts[0] = data completions, counts[1] = the others.
  * Returns 0, or -errno from the wait when nothing arrived (-ETIME, -EINTR).
  */
+#define URB_SEND_WAIT_CAP_NS 1000000LL
+
 int urb_cycle(urb_ring *r, const char *blob, const uint32_t *lens,
               const uint32_t *slots, const int32_t *fds, unsigned nsend,
               const uint32_t *watch, unsigned nwatch, int64_t timeout_ns,
@@ -659,7 +668,10 @@ int urb_cycle(urb_ring *r, const char *blob, const uint32_t *lens,
     if (timeout_ns > 0)
         deadline = urb_now_ns() + timeout_ns;
     for (;;) {
-        ret = urb_submit_wait(r, r->nrep ? 0 : started + 1, r->nrep ? 0 : timeout_ns);
+        int64_t wait_ns = timeout_ns;
+        if (started && (wait_ns < 0 || wait_ns > URB_SEND_WAIT_CAP_NS))
+            wait_ns = URB_SEND_WAIT_CAP_NS;
+        ret = urb_submit_wait(r, r->nrep ? 0 : started + 1, r->nrep ? 0 : wait_ns);
         seen = 0;
         io_uring_for_each_cqe(&r->ring, head, cqe) {
             uint64_t u = cqe->user_data;

@@ -57,6 +57,9 @@ PAUSE: Final[int] = lib.URB_PAUSE
 RESUME: Final[int] = lib.URB_RESUME
 SEND_ERROR: Final[int] = lib.URB_SEND_ERROR
 POLLIN: Final = 0x001
+POLLOUT: Final = 0x004
+POLLERR: Final = 0x008
+POLLHUP: Final = 0x010
 
 # Tried in order until the kernel accepts one.  Without DEFER_TASKRUN or
 # COOP_TASKRUN, completions are posted by interrupting the task (task-work
@@ -292,6 +295,11 @@ class Ring:
     def prep_poll_multishot(self, fd: int, user_data: int) -> None:
         """Post a completion each time `fd` becomes readable."""
         self._queue(lib.urb_prep_poll_multishot, user_data, fd, POLLIN)
+
+    def prep_poll(self, fd: int, events: int, user_data: int) -> None:
+        """Complete once `fd` is ready for poll(2) `events` (at once if it is); res is
+        the ready mask (POLLIN, POLLOUT, POLLERR, POLLHUP) or -errno."""
+        self._queue(lib.urb_prep_poll, user_data, fd, events)
 
     # -- the batch ---------------------------------------------------------
 

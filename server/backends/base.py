@@ -16,6 +16,13 @@ costs 23 ns to build, a slotted dataclass 105 ns and a frozen one 272 ns
 - ``(CLOSED, conn_id, error)``: the connection is gone and its id will not
   appear again; ``error`` is an ``OSError`` or None.  Every accepted
   connection ends with exactly one CLOSED, whoever closed it.
+- ``(WRITE_PAUSED, conn_id, None)`` / ``(WRITE_RESUMED, conn_id, None)``: its
+  unsent output went above ``OUTPUT_HIGH_WATER_BYTES``, and later drained to
+  ``OUTPUT_LOW_WATER_BYTES`` (asyncio's ``pause_writing``/``resume_writing``).
+- ``(READY, fd, mask)``: a file descriptor the server does not own, watched
+  with ``watch()``, is ready (``mask``: ``selectors.EVENT_READ`` and/or
+  ``EVENT_WRITE``).  Readiness is level-triggered: an fd still ready at the
+  next ``wait()`` is reported again, as ``select()`` would.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ BackendName = Literal["epoll", "uring"]
 ACCEPTED: Final = 0
 RECEIVED: Final = 1
 CLOSED: Final = 2
+WRITE_PAUSED: Final = 3
+WRITE_RESUMED: Final = 4
+READY: Final = 5
 
 Event = tuple[int, int, Any]
 
@@ -100,6 +110,20 @@ class Backend(Protocol):
 
     def abort(self, conn_id: int) -> None:
         """Close now, dropping unsent output; CLOSED follows."""
+
+    def pause_reading(self, conn_id: int) -> None:
+        """Stop reading from the peer until `resume_reading` (the app is not keeping up)."""
+
+    def resume_reading(self, conn_id: int) -> None:
+        """Read again after `pause_reading` (unless output is still above its mark)."""
+
+    def peername(self, conn_id: int) -> tuple[str, int] | None:
+        """The peer's address (host, port), or None if unknown or gone."""
+        ...
+
+    def watch(self, fd: int, events: int) -> None:
+        """Report READY for `fd`, which the server does not own, while it is ready for
+        `events` (selectors.EVENT_READ | EVENT_WRITE); 0 stops watching it."""
 
     def shutdown(self) -> None:
         """Close every connection and release the mechanism's resources."""

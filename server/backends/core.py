@@ -9,7 +9,10 @@ listener accepts.  Everything else is policy and lives here once:
   cannot reach a newer connection), and the counters of `statistics()`;
 - backpressure: a connection whose unsent output exceeds
   ``OUTPUT_HIGH_WATER_BYTES`` stops being read until it drains below
-  ``OUTPUT_LOW_WATER_BYTES``;
+  ``OUTPUT_LOW_WATER_BYTES`` (and says so with WRITE_PAUSED/WRITE_RESUMED, so
+  an app can wait for the drain), and one whose app asks for it
+  (``pause_reading``) until the app asks again; PAUSED holds while either
+  reason does;
 - the lingering close: closing a socket with unread input makes the kernel
   send RST, which can destroy the response just sent (a 400 or 413 after a
   body the server did not read), so unless the peer already sent EOF, our
@@ -29,7 +32,8 @@ enters.  A pair not in the table is a bug and raises.
     any live state ──ABORT──▶ CLOSING ──RELEASED──▶ CLOSED
 
 - OPEN: reading and writing.
-- PAUSED: output above the high mark; not reading (writing goes on).
+- PAUSED: output above the high mark, or the app asked; not reading
+  (writing goes on).
 - DRAINING: a graceful close was asked; not reading, sending what is queued.
 - LINGERING: all output sent and our side shut down; input is read and
   discarded until the peer's EOF (entered with EOF already seen, it moves on
@@ -53,6 +57,8 @@ from server.backends.base import (
     CLOSED,
     OUTPUT_HIGH_WATER_BYTES,
     OUTPUT_LOW_WATER_BYTES,
+    WRITE_PAUSED,
+    WRITE_RESUMED,
     BackendName,
     BackendOptions,
     BackendStatistics,
@@ -87,6 +93,10 @@ CLOSING: Final = State.CLOSING
 CLOSED_STATE: Final = State.CLOSED
 SENDABLE: Final = PAUSED  # states up to this one take new output (send())
 
+# Why a connection is not read (Connection.paused_by): either keeps it PAUSED.
+PAUSE_OUTPUT: Final = 1  # unsent output above the high mark
+PAUSE_APP: Final = 2  # the app is not keeping up (pause_reading)
+
 # (state, cause) -> next state.  A cause that changes nothing in a state
 # where it can legitimately arrive maps to that same state (a second close,
 # an abort of a connection already closing, ...); any other pair raises.
@@ -112,12 +122,13 @@ TRANSITIONS: Final[dict[tuple[State, Cause], State]] = {
 class Connection:
     """One accepted connection's record; backends subclass it for their mechanism."""
 
-    __slots__ = ("cid", "eof", "error", "fd", "out_bytes", "state")
+    __slots__ = ("cid", "eof", "error", "fd", "out_bytes", "paused_by", "state")
 
     def __init__(self, cid: int, fd: int) -> None:
         self.cid = cid
         self.fd = fd
         self.state = OPEN
+        self.paused_by = 0  # PAUSE_OUTPUT | PAUSE_APP
         self.out_bytes = 0  # accepted by send() and not yet written to the socket
         self.eof = False  # the peer shut down its side
         self.error: OSError | None = None  # reported with CLOSED
@@ -231,14 +242,34 @@ class BackendCore(Generic[C]):
     def _queued(self, conn: C, n: int) -> None:
         """`n` more bytes await sending: pause reading above the high mark."""
         conn.out_bytes += n
-        if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES and conn.state is OPEN:
-            self.transition(conn, Cause.PAUSE)
+        if conn.out_bytes > OUTPUT_HIGH_WATER_BYTES:
+            self._pause(conn, PAUSE_OUTPUT)
 
     def _written(self, conn: C, n: int) -> None:
-        """`n` bytes reached the socket: resume reading below the low mark."""
+        """`n` bytes reached the socket: resume reading at the low mark."""
         conn.out_bytes -= n
         self._bytes_out += n
-        if conn.state is PAUSED and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
+        if conn.paused_by and conn.out_bytes <= OUTPUT_LOW_WATER_BYTES:
+            self._resume(conn, PAUSE_OUTPUT)
+
+    def _pause(self, conn: C, reason: int) -> None:
+        """Stop reading for `reason` (PAUSE_OUTPUT or PAUSE_APP)."""
+        if conn.paused_by & reason or conn.state > PAUSED:
+            return
+        conn.paused_by |= reason
+        if reason == PAUSE_OUTPUT:
+            self._ready.append((WRITE_PAUSED, conn.cid, None))
+        if conn.state is OPEN:
+            self.transition(conn, Cause.PAUSE)
+
+    def _resume(self, conn: C, reason: int) -> None:
+        """`reason` is gone; read again if no other reason holds."""
+        if not conn.paused_by & reason:
+            return
+        conn.paused_by &= ~reason
+        if reason == PAUSE_OUTPUT:
+            self._ready.append((WRITE_RESUMED, conn.cid, None))
+        if not conn.paused_by and conn.state is PAUSED:
             self.transition(conn, Cause.RESUME)
 
     def _fail(self, conn: C, exc: OSError) -> None:
@@ -272,6 +303,36 @@ class BackendCore(Generic[C]):
         conn = self._conns.get(conn_id)
         if conn is not None:
             self.transition(conn, Cause.ABORT)
+
+    def pause_reading(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._pause(conn, PAUSE_APP)
+
+    def resume_reading(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._resume(conn, PAUSE_APP)
+
+    def peername(self, conn_id: int) -> tuple[str, int] | None:
+        """The peer's address: one getpeername() on the fd (a socket object is made
+        around it for the call and detached, so the fd stays the backend's)."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state > PAUSED:
+            return None
+        try:
+            sock = socket.socket(fileno=conn.fd)
+        except OSError:
+            return None
+        try:
+            addr = sock.getpeername()
+        except OSError:
+            return None
+        finally:
+            sock.detach()
+        if isinstance(addr, tuple):
+            return addr[0], addr[1]
+        return None  # a Unix socket's peer has no address
 
     def wakeup_fileno(self) -> int:
         return self._wakeup_w.fileno()

@@ -15,6 +15,9 @@ Some facts about epoll that shape this module:
 - ``accept`` failing with EMFILE/ENFILE leaves the connection in the backlog
   and the listener readable, so the listener is unregistered for
   ``ACCEPT_RETRY_DELAY_S`` instead of spinning.
+- The app's own file descriptors (``watch()``: what asyncio's readers and
+  writers wait for) are registered in the same epoll, level-triggered, so
+  one ``epoll_wait`` serves them and the connections alike.
 
 The backend turns readiness into the completion-style events of ``base.py``;
 the connection lifecycle (states, backpressure, the lingering close) is
@@ -26,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import select
+import selectors
 import socket
 import time
 from typing import Final
 
 from server.backends.base import (
     ACCEPT_RETRY_DELAY_S,
+    READY,
     RECEIVED,
     BackendName,
     BackendOptions,
@@ -47,6 +52,8 @@ from server.backends.core import (
 )
 
 RECV_SIZE: Final = 65536
+EVENT_READ: Final = selectors.EVENT_READ
+EVENT_WRITE: Final = selectors.EVENT_WRITE
 EPOLLIN: Final = select.EPOLLIN
 EPOLLOUT: Final = select.EPOLLOUT
 _HANGUP: Final = select.EPOLLHUP | select.EPOLLERR
@@ -75,6 +82,7 @@ class EpollBackend(BackendCore[_Conn]):
         self._by_fd: dict[int, _Conn] = {}
         self._listener: socket.socket | None = None
         self._listen_fd = -1
+        self._watched: dict[int, int] = {}  # the app's fds -> selectors events
         self._listening = False
         self._accept_retry_at = 0.0
         self._ep.register(self._wakeup_fd, EPOLLIN)
@@ -116,6 +124,14 @@ class EpollBackend(BackendCore[_Conn]):
                 elif fd == self._wakeup_fd:
                     self._drain_wakeup()
                     self._syscalls += 1
+                else:
+                    wanted = self._watched.get(fd)
+                    if wanted:  # as selectors.EpollSelector reads a mask
+                        got = (EVENT_WRITE if mask & ~EPOLLIN else 0) | (
+                            EVENT_READ if mask & ~EPOLLOUT else 0
+                        )
+                        if got & wanted:
+                            events.append((READY, fd, got & wanted))
                 continue
             if mask & EPOLLOUT or (mask & ~EPOLLIN and conn.out):
                 self._flush(conn)
@@ -164,6 +180,22 @@ class EpollBackend(BackendCore[_Conn]):
 
     def describe(self) -> dict[str, object]:
         return {}
+
+    def watch(self, fd: int, events: int) -> None:
+        old = self._watched.get(fd)
+        if not events:
+            if old is not None:
+                del self._watched[fd]
+                with contextlib.suppress(OSError, ValueError):  # already closed
+                    self._ep.unregister(fd)
+            return
+        mask = (EPOLLIN if events & EVENT_READ else 0) | (EPOLLOUT if events & EVENT_WRITE else 0)
+        if old is None:
+            self._ep.register(fd, mask)
+        elif old != events:
+            self._ep.modify(fd, mask)
+        self._watched[fd] = events
+        self._syscalls += 1
 
     def _mechanism_statistics(self) -> tuple[int, int, int, int, int]:
         return 0, self._wait_calls, self._syscalls, 0, 0

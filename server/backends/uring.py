@@ -30,6 +30,14 @@ How this mechanism behaves, and what follows for this module:
   only when it runs, so after an early close it would hit the next
   connection given that number.  The record (and its send buffer) lives
   until the close completes.
+- The app's own file descriptors (``watch()``: what asyncio's readers and
+  writers wait for) get a one-shot ``IORING_OP_POLL_ADD`` each, re-armed from
+  its completion.  The re-arm is submitted with the next ``wait()``, after
+  asyncio ran the callbacks, and completes at once if the fd is still ready:
+  readiness is level-triggered, as ``select()``'s is (a multishot poll would
+  post only on new wakeups, and a reader that left bytes unread would hang).
+  They share the ring, so one ``io_uring_enter`` serves them and the
+  connections alike.
 - ``user_data`` carries the op in its top byte and the connection id below;
   connection ids are never reused, so a late CQE cannot hit a newer
   connection.
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import socket
 from collections import deque
 from enum import IntEnum
@@ -51,6 +60,7 @@ from server.backends.base import (
     ACCEPT_RETRY_DELAY_S,
     OUTPUT_HIGH_WATER_BYTES,
     OUTPUT_LOW_WATER_BYTES,
+    READY,
     RECEIVED,
     BackendName,
     BackendOptions,
@@ -62,6 +72,7 @@ from server.backends.core import (
     DRAINING,
     LINGERING,
     OPEN,
+    PAUSE_OUTPUT,
     PAUSED,
     SENDABLE,
     BackendCore,
@@ -69,13 +80,23 @@ from server.backends.core import (
     Connection,
 )
 from uring_backend import Ring, UringUnavailable
-from uring_backend.ring import F_MORE, IDLE, OWN_OPS, PAUSE, RESUME, SEND_ERROR
+from uring_backend.ring import (
+    F_MORE,
+    IDLE,
+    OWN_OPS,
+    PAUSE,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
+    RESUME,
+    SEND_ERROR,
+)
 
 CID_BITS: Final = 56
 CID_MASK: Final = (1 << CID_BITS) - 1
 LISTENER_CID: Final = 0
 SHUTDOWN_DRAIN_S: Final = 2.0
-SEND_WAIT_CAP_S: Final = 0.001
 
 
 class Op(IntEnum):
@@ -88,6 +109,8 @@ class Op(IntEnum):
     CANCEL_ACCEPT = 8
     SHUTDOWN = 9
     CANCEL_RECV = 10
+    POLL = 11  # an fd of the app's (the "connection id" bits hold the fd)
+    CANCEL_POLL = 12
 
 
 # user_data = op (8 bits) << 56 | connection id (56 bits).  Decoded in one
@@ -97,6 +120,8 @@ def encode(op: Op, cid: int) -> int:
     return (op << CID_BITS) | cid
 
 
+EVENT_READ: Final = selectors.EVENT_READ
+EVENT_WRITE: Final = selectors.EVENT_WRITE
 _RECV: Final = int(Op.RECV)
 _OWN_OPS: Final = OWN_OPS  # the ring's own: its send queues' reports
 _SLOT_MASK: Final = 0xFFFF_FFFF
@@ -155,7 +180,8 @@ class UringBackend(BackendCore[_Conn]):
         self._accepting = False
         self._shutting_down = False
         self._ring.prep_poll_multishot(self._wakeup_fd, _WAKEUP_UD)
-        self._sent = False  # sends were queued in this pass (see _poll)
+        self._watched: dict[int, int] = {}  # the app's fds -> selectors events
+        self._polling: dict[int, int] = {}  # fds with a poll in flight -> its events
         self._extra_syscalls = 0
 
     # -- the interface ---------------------------------------------------------
@@ -175,12 +201,6 @@ class UringBackend(BackendCore[_Conn]):
             os.close(self._parked.popleft())
 
     def _poll(self, timeout: float | None, events: list[Event]) -> None:
-        if timeout != 0 and self._sent:
-            # The ring waits for one completion beyond the sends it queues
-            # (those complete inline, during the enter): the short cap bounds
-            # what a send that blocks (a full socket buffer) can delay.
-            timeout = SEND_WAIT_CAP_S if timeout is None else min(timeout, SEND_WAIT_CAP_S)
-        self._sent = False
         data_uds, datas, others = self._ring.wait(timeout)
         conns = self._conns
         append = events.append
@@ -205,7 +225,7 @@ class UringBackend(BackendCore[_Conn]):
             elif op >= _OWN_OPS:
                 self._handle_report(op, ud & _SLOT_MASK, res)
             else:
-                self._handle_other(op, ud & cid_mask, res, flags)
+                self._handle_other(op, ud & cid_mask, res, flags, events)
 
     def send(self, conn_id: int, data: bytes) -> None:
         conn = self._conns.get(conn_id)
@@ -213,7 +233,6 @@ class UringBackend(BackendCore[_Conn]):
             return
         conn.out_idle = False
         self._ring.send(conn.slot, conn.fd, data)
-        self._sent = True
 
     def shutdown(self) -> None:
         """Abort everything, drain the completions, close the ring."""
@@ -222,6 +241,11 @@ class UringBackend(BackendCore[_Conn]):
         for conn in list(self._conns.values()):
             self.transition(conn, Cause.ABORT)
         self._ring.prep_cancel(_WAKEUP_UD, encode(Op.CANCEL, LISTENER_CID))
+        for fd in list(self._polling):
+            ud = encode(Op.CANCEL_POLL, fd)
+            if not self._ring.in_flight(ud):
+                self._ring.prep_cancel(encode(Op.POLL, fd), ud)
+        self._watched.clear()
         waited = 0.0
         while (self._conns or self._ring.statistics().ops_in_flight) and waited < SHUTDOWN_DRAIN_S:
             self.wait(0.05)
@@ -230,6 +254,22 @@ class UringBackend(BackendCore[_Conn]):
         self._close_listener()
         self._ring.close()
         self._close_wakeup()
+
+    def watch(self, fd: int, events: int) -> None:
+        if events:
+            self._watched[fd] = events
+        else:
+            self._watched.pop(fd, None)
+        armed = self._polling.get(fd)
+        if armed is None:
+            if events:
+                self._arm_poll(fd, events)
+        elif armed != events:
+            # A poll asks for fixed events: cancel it; its completion re-arms
+            # with what is wanted then (or nothing, once unwatched).
+            ud = encode(Op.CANCEL_POLL, fd)
+            if not self._ring.in_flight(ud):
+                self._ring.prep_cancel(encode(Op.POLL, fd), ud)
 
     def describe(self) -> dict[str, object]:
         ring = self._ring
@@ -336,18 +376,21 @@ class UringBackend(BackendCore[_Conn]):
             else:
                 self._close_when_idle(conn)
         elif kind == PAUSE:
-            if conn.state is OPEN:
-                self.transition(conn, Cause.PAUSE)
+            self._pause(conn, PAUSE_OUTPUT)
         elif kind == RESUME:
-            if conn.state is PAUSED:
-                self.transition(conn, Cause.RESUME)
+            self._resume(conn, PAUSE_OUTPUT)
         elif kind == SEND_ERROR:
             conn.out_idle = True  # the ring dropped the queue; nothing is in flight
             self._fail(conn, OSError(-res, os.strerror(-res)))
             self._close_when_idle(conn)
 
-    def _handle_other(self, op: int, cid: int, res: int, flags: int) -> None:
-        """Completions other than recv and send: few per connection, not per message."""
+    def _handle_other(self, op: int, cid: int, res: int, flags: int, events: list[Event]) -> None:
+        """Completions other than receives: few per connection, not per message."""
+        if op == Op.POLL:
+            self._handle_poll(cid, res, events)
+            return
+        if op == Op.CANCEL_POLL:
+            return  # the poll's own completion does the work
         if cid == LISTENER_CID:
             if op == Op.ACCEPT:
                 self._handle_accept(res, flags)
@@ -400,6 +443,29 @@ class UringBackend(BackendCore[_Conn]):
             return
         if self._accepting and not self._accept_armed and self._room():
             self._arm_accept()
+
+    def _handle_poll(self, fd: int, res: int, events: list[Event]) -> None:
+        """An fd of the app's is ready (as selectors.EpollSelector reads a mask), or
+        its poll was cancelled; either way it is re-armed if still watched."""
+        asked = self._polling.pop(fd, 0)
+        wanted = self._watched.get(fd, 0)
+        if res > 0 and wanted:
+            got = (EVENT_WRITE if res & (POLLOUT | POLLERR | POLLHUP) else 0) | (
+                EVENT_READ if res & (POLLIN | POLLERR | POLLHUP) else 0
+            )
+            if got & wanted & asked:
+                events.append((READY, fd, got & wanted & asked))
+        elif res < 0 and res != -errno.ECANCELED:
+            # EBADF: the app closed the fd without unwatching it first.
+            self._watched.pop(fd, None)
+            return
+        if wanted and not self._shutting_down:
+            self._arm_poll(fd, wanted)
+
+    def _arm_poll(self, fd: int, events: int) -> None:
+        mask = (POLLIN if events & EVENT_READ else 0) | (POLLOUT if events & EVENT_WRITE else 0)
+        self._polling[fd] = events
+        self._ring.prep_poll(fd, mask, encode(Op.POLL, fd))
 
     def _handle_wakeup(self, flags: int) -> None:
         self._drain_wakeup()

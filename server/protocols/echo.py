@@ -13,6 +13,8 @@ class EchoConnection:
     __slots__ = ("should_close",)
 
     busy = False  # every byte is answered as soon as it arrives
+    responding = False
+    needs_transport = False
 
     def __init__(self) -> None:
         self.should_close = False

@@ -47,7 +47,7 @@ def _healthy_and_empty(srv: Any) -> dict[str, Any]:
             sock.sendall(b"ping")
             assert sock.recv(16) == b"ping"
     wait_for(lambda: srv.stats()["open_connections"] == 0, what=lambda: str(srv.stats()))
-    assert srv.server.loop.internal_errors == 0  # exceptions caught at the dispatch boundary
+    assert srv.server.dispatcher.internal_errors == 0  # exceptions caught at the dispatch boundary
     stats: dict[str, Any] = srv.stats()
     return stats
 

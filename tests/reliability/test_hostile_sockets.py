@@ -76,7 +76,7 @@ def test_corpus_gets_responses_or_clean_closes(
         assert get_hello(srv.address) < 10
         wait_for(lambda: srv.stats()["open_connections"] == 0, what=lambda: str(srv.stats()))
         stats = srv.stats()
-        loop_exceptions = srv.server.loop.internal_errors
+        loop_exceptions = srv.server.dispatcher.internal_errors
     assert not failures, "\n".join(failures)
     assert loop_exceptions == 0
     assert not error_records(caplog), [r.getMessage() for r in error_records(caplog)]
@@ -106,5 +106,5 @@ def test_random_garbage_connections_leave_the_server_healthy(
             check_response_sequence(parse_all(got.data, head_flags(blob)), closed=True)
         assert get_hello(srv.address) < 10
         wait_for(lambda: srv.stats()["open_connections"] == 0, what=lambda: str(srv.stats()))
-        assert srv.server.loop.internal_errors == 0
+        assert srv.server.dispatcher.internal_errors == 0
     assert not error_records(caplog), [r.getMessage() for r in error_records(caplog)]

@@ -134,6 +134,9 @@ class FramedConnection:
         "should_close",
     )
 
+    responding = False  # a synchronous app has answered by the time receive_data returns
+    needs_transport = False
+
     def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
         self._app = app
         self._limits = limits
