@@ -5,13 +5,17 @@ Every run gets a fresh server with the same settings, pinned with
 others, and the server's own counters are read over exactly the window the
 generator measures (SIGUSR1 at its markers); repeats alternate the
 servers' order and report medians, so a slow spell of a shared host hits
-both backends alike.  ``--peers`` adds uvloop and uvicorn (HTTP) or uvloop
-and a C liburing server (echo) under the same load; for HTTP with wrk,
-`loadtest.h11_ceiling` runs on the server's CPU before and after the runs
-and each server's figure is reported as a share of it (a range: the host's
-speed drifts).  The README's "The compare command" tells what is written
-where.  Exit status: 0 done; 1 a server, generator or the machine failed
-(port in use, wrk missing, a server that does not start); 2 bad arguments.
+both backends alike.  ``--http`` runs our servers with each parser asked,
+``--baseline`` adds the servers of another checkout, ``--app`` picks the
+workload (`WORKLOADS`), and ``--peers`` adds uvloop, uvicorn and granian
+(HTTP) or uvloop and a C liburing server (echo) under the same load; for
+HTTP with wrk, `loadtest.h11_ceiling` runs on the server's CPU before and
+after the runs for each parser, and each server's figure is reported as a
+share of its parser's (a range: the host's speed drifts).  The README's
+"The compare command" tells what is written where.  Exit status: 0 done; 1 a
+server, generator or the machine failed (port in use, wrk missing, a server
+that does not start); 2 bad arguments (a --baseline that is not a built
+ringserve checkout too).
 Whatever happens, no server or generator is left running.
 """
 
@@ -41,30 +45,84 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from loadtest import non_negative_float, raise_fd_limit, results, servers, tools
+from loadtest import PROJECT_ROOT, non_negative_float, raise_fd_limit, results, servers, tools
 from loadtest.results import Metadata, Result
 from loadtest.servers import RunError, ServerProcess, ServerStartError
 from loadtest.tools import LoadTool
-from server.config import port_number, positive_int
+from server.config import Config, port_number, positive_int
+from server.protocols.http import HTTP_IMPLEMENTATIONS
 
 BACKENDS = ("uring", "epoll")
+PARSERS = tuple(HTTP_IMPLEMENTATIONS)  # h11 (the default), httptools
 TOOLS = ("locust", "saturation")
 DEFAULT_CONNECTIONS = (1, 10, 100, 1000)
 LARGE_POINT = 10_000
 FD_MARGIN = 128  # file descriptors a process needs beyond one per connection
 URING_ECHO_HOST = "127.0.0.1"  # where uring_echo.c binds, whatever --host says
 _AT = ["--host", "{host}", "--port", "{port}"]
-# Each peer's arguments after the interpreter (c-uring-echo: after its binary).
+_UVICORN = ["--loop", "uvloop", "--no-access-log", *_AT]
+# Like ours: one serving process (beside granian's supervisor), one Python thread running the
+# app (granian's WSGI default is backlog/2 threads taking turns at the GIL), HTTP/1 only, our
+# default listen() backlog.
+_GRANIAN = ["--workers", "1", "--runtime-threads", "1", "--blocking-threads", "1", "--http", "1",
+            "--backlog", str(Config().backlog), "--no-access-log", *_AT]  # fmt: skip
+# Each peer's arguments after the interpreter (c-uring-echo: after its binary); an HTTP
+# peer's app, from the workload, follows.
 PEERS = {
     "http": {
         "uvloop-h11": ["-m", "loadtest.peers.uvloop_h11", *_AT],
-        "uvicorn": ["-m", "uvicorn", "loadtest.peers.uvicorn_app:app", "--http", "h11",
-                    "--loop", "uvloop", "--no-access-log", *_AT],
+        "uvicorn": ["-m", "uvicorn", "--http", "h11", *_UVICORN],
+        "uvicorn-httptools": ["-m", "uvicorn", "--http", "httptools", *_UVICORN],
+        "granian-asgi": ["-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+                         *_GRANIAN],
+        "granian-wsgi": ["-m", "granian", "--interface", "wsgi", *_GRANIAN],
     },
     "echo": {"uvloop-echo": ["-m", "loadtest.peers.uvloop_echo", *_AT], "c-uring-echo": ["{port}"]},
 }  # fmt: skip
+# The parser each HTTP peer runs (granian: hyper, in Rust): its ratio base and its ceiling.
+PEER_HTTP = {"uvloop-h11": "h11", "uvicorn": "h11", "uvicorn-httptools": "httptools",
+             "granian-asgi": "hyper", "granian-wsgi": "hyper"}  # fmt: skip
+PEER_NEEDS = {"uvloop-h11": "uvloop", "uvicorn": "uvicorn", "uvicorn-httptools": "uvicorn",
+              "granian-asgi": "granian", "granian-wsgi": "granian",
+              "uvloop-echo": "uvloop"}  # fmt: skip
+# Our peer programs print the listening line; uvicorn and granian are waited for at their socket.
+ANNOUNCED = {"uvloop-h11", "uvloop-echo", "c-uring-echo"}
 # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-PEER_CLEAN_EXITS = {"uvicorn": (0, -signal.SIGTERM)}
+PEER_CLEAN_EXITS = {p: (0, -signal.SIGTERM) for p in ("uvicorn", "uvicorn-httptools")}
+ASGI_HELLO, WSGI_HELLO = "loadtest.peers.uvicorn_app:app", "loadtest.peers.wsgi_app:app"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What the HTTP servers serve (``--app``): our server's arguments (the ceiling's too)
+    and each peer's app arguments; a peer missing from `peers` cannot serve it.  Another
+    workload (an ASGI app, FastAPI) is another entry, once our server can run it."""
+
+    ours: tuple[str, ...]
+    peers: dict[str, tuple[str, ...]]
+
+
+# uvloop-h11 runs our HttpConnection and app(s) as ours do; granian-wsgi serves only WSGI.
+WORKLOADS = {
+    "builtin": Workload((), {
+        "uvloop-h11": (), "uvicorn": (ASGI_HELLO,), "uvicorn-httptools": (ASGI_HELLO,),
+        "granian-asgi": (ASGI_HELLO,), "granian-wsgi": (WSGI_HELLO,)}),
+    "wsgi": Workload(("--app", WSGI_HELLO), {
+        "uvloop-h11": ("--app", WSGI_HELLO), "granian-wsgi": (WSGI_HELLO,)}),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One server of the comparison: `program` is one of our backends or a peer's name."""
+
+    name: str  # in results, tables and logs
+    program: str
+    http: str | None  # its parser (None: echo)
+    baseline: bool = False  # ours, from the --baseline checkout
+    ours = property(lambda self: self.program in BACKENDS)
+
+
 PEER_START_TRIES = 3  # a peer's free port can be taken by someone else before it binds
 LOCUST = LoadTool("locust", tools.run_locust)
 DEBS = ("liburing2", "liburing-dev")
@@ -114,10 +172,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="echo saturation client: native (echo_bench.c; ping-pong only) or python")
     add("--host", default="127.0.0.1", help="address the servers bind (127.0.0.1)")
     add("--port", type=port_number, default=0, help="server port (0: a free one each run)")
-    add("--peers", nargs="?", const="all", metavar="NAMES", help="also run peer servers: http "
-        "uvloop-h11,uvicorn; echo uvloop-echo,c-uring-echo (bare --peers: both)")
+    add("--peers", nargs="?", const="all", metavar="NAMES", help="also run peer servers: "
+        + "; ".join(f"{k} {','.join(v)}" for k, v in PEERS.items()) + " (bare --peers: all)")
     add("--server-args", type=shlex.split, default=[], metavar="ARGS", help="more options for "
-        "both our backends, e.g. --server-args='--no-tcp-nodelay --cq-factor 32'")
+        "all our servers, e.g. --server-args='--no-tcp-nodelay --cq-factor 32'")
+    add("--http", type=_choices(PARSERS), default=PARSERS[:1], help="our servers' parsers: "
+        "h11 (default), httptools, or both (then named uring-h11, ..., uring-httptools, ...)")
+    add("--app", choices=tuple(WORKLOADS), default="builtin", help="workload: builtin (our "
+        "built-in app, peers a hello) or wsgi (a WSGI hello, ours and the peers that run WSGI)")
+    add("--baseline", type=Path, metavar="DIR", help="another ringserve checkout, extension "
+        "built in place: its servers run beside ours as uring@base, epoll@base")
     # fmt: on
     ns = p.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -128,6 +192,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     elif (need := max(ns.connections) + FD_MARGIN) > limit:
         p.error(f"--connections {max(ns.connections)} needs an open-file limit of at least "
                 f"{need}; the hard limit is {limit} (see ulimit -Hn)")  # fmt: skip
+    if ns.protocol == "echo" and (ns.http != PARSERS[:1] or ns.app != "builtin"):
+        p.error("--http and --app are for --protocol http")
     available = tuple(PEERS[ns.protocol])
     try:
         peers = ",".join(available) if ns.peers == "all" else ns.peers
@@ -137,12 +203,70 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if "c-uring-echo" in ns.peers and ns.host != URING_ECHO_HOST:
         p.error(f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
                 f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo")  # fmt: skip
-    owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers")
+    owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers", "--http",
+             "--app")  # fmt: skip
     if clash := [a for a in ns.server_args if a.split("=")[0] in owned]:
         p.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
+    if ns.baseline is not None:
+        ns.baseline = ns.baseline.resolve()
+        if why := baseline_problem(ns.baseline):
+            p.error(f"--baseline {ns.baseline}: {why}")
     ns.out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    ns.servers = (*ns.backends, *ns.peers)
+    # Peers that cannot serve the workload are left out (the header says so).
+    serves = WORKLOADS[ns.app].peers if ns.protocol == "http" else PEERS["echo"]
+    ns.skipped = tuple(x for x in ns.peers if x not in serves)
+    ns.peers = tuple(x for x in ns.peers if x in serves)
+    ns.lineup = lineup(ns)
+    ns.servers = tuple(ns.lineup)
     return ns
+
+
+def lineup(opts: argparse.Namespace) -> dict[str, Server]:
+    """Our servers, parser by parser (each beside its baseline twin), then the peers."""
+    parsers = opts.http if opts.protocol == "http" else (None,)
+    ours = []
+    for parser in parsers:
+        for backend in opts.backends:
+            name = f"{backend}-{parser}" if len(parsers) > 1 else backend
+            ours += [Server(name, backend, parser)]
+            ours += [Server(f"{name}@base", backend, parser, True)] if opts.baseline else []
+    peers = [Server(p, p, PEER_HTTP.get(p)) for p in opts.peers]
+    return {s.name: s for s in (*ours, *peers)}
+
+
+def ratio_pairs(servers: dict[str, Server]) -> list[tuple[str, str]]:
+    """The ratio columns: uring/epoll per parser, current/baseline, then each peer against our
+    uring of its parser (else our first uring, else our first server)."""
+    ours = [s for s in servers.values() if s.ours and not s.baseline]
+    uring = [s for s in ours if s.program == "uring"]
+
+    def mate(program: str, http: str | None) -> str | None:
+        return next((s.name for s in ours if s.program == program and s.http == http), None)
+
+    pairs = [(s.name, e) for s in uring if (e := mate("epoll", s.http))]
+    pairs += [(s.name, f"{s.name}@base") for s in ours if f"{s.name}@base" in servers]
+    first = (uring or ours)[0].name
+    peers = [s for s in servers.values() if not s.ours]
+    return pairs + [(mate("uring", s.http) or first, s.name) for s in peers]
+
+
+def baseline_env(path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(path)}
+
+
+def baseline_problem(path: Path) -> str | None:
+    """Why `path` cannot be the baseline (None: it can): not a ringserve checkout, or no
+    extension of its own, without which its uring would import the installed one's."""
+    if not ((path / "server" / "__main__.py").is_file() and (path / "uring_backend").is_dir()):
+        return "not a ringserve checkout (no server/__main__.py and uring_backend/)"
+    code = "import uring_backend._liburing as m; print(m.__file__)"
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        done = subprocess.run([sys.executable, "-c", code], cwd=path, env=baseline_env(path),
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        if done.returncode == 0 and Path(done.stdout.strip()).resolve().is_relative_to(path):
+            return None
+    return (f"its extension is not built there; build it in place: cd {path} && "
+            f"{sys.executable} setup.py build_ext --inplace")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,17 +348,35 @@ def build(program: tuple[str, str, str, tuple[str, ...], str], out: Path) -> str
     return argv[3]
 
 
-def our_argv(backend: str, opts: argparse.Namespace, prefix: Sequence[str] = ()) -> list[str]:
-    args = ["--log-level", "info", *opts.server_args]
-    return servers.server_argv(backend, opts.protocol, args, opts.host, opts.port, prefix)
+def our_argv(server: Server, opts: argparse.Namespace, prefix: Sequence[str] = ()) -> list[str]:
+    args = ["--log-level", "info"]
+    if opts.protocol == "http":
+        # h11 is every checkout's default, also one older than --http: a baseline is not told.
+        args += [] if server.baseline and server.http == "h11" else ["--http", str(server.http)]
+        args += WORKLOADS[opts.app].ours
+    args += opts.server_args
+    return servers.server_argv(server.program, opts.protocol, args, opts.host, opts.port, prefix)
 
 
-def peer_argv(name: str, opts: argparse.Namespace, port: int, prefix: Sequence[str]) -> list[str]:
-    """The command that runs peer `name` on `port` (pinned by `prefix`)."""
+def peer_argv(
+    name: str, opts: argparse.Namespace, port: int | str, prefix: Sequence[str]
+) -> list[str]:
+    """The command that runs peer `name` on `port` (pinned by `prefix`), serving the workload."""
     host, program = opts.host, sys.executable
     if name == "c-uring-echo":
         host, program = URING_ECHO_HOST, str((opts.out / URING_ECHO[2]).resolve())
-    return [*prefix, program, *(a.format(host=host, port=port) for a in PEERS[opts.protocol][name])]
+    app = WORKLOADS[opts.app].peers[name] if opts.protocol == "http" else ()
+    args = [a.format(host=host, port=port) for a in PEERS[opts.protocol][name]]
+    return [*prefix, program, *args, *app]
+
+
+def commit_of(path: Path) -> str:
+    """`path`'s git commit, and whether its tracked files differ from it."""
+    head = first_line("git", "-C", str(path), "rev-parse", "--short", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{4,40}", head):
+        return "no git commit"
+    changed = first_line("git", "-C", str(path), "status", "--porcelain", "--untracked-files=no")
+    return head + (" with uncommitted changes" if changed else "")
 
 
 def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None) -> Metadata:
@@ -250,12 +392,13 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
             return importlib.metadata.version(package)
         return "not installed"
 
+    parsers = "|".join(opts.http)
+    mine = Server("", "{uring|epoll}", f"{{{parsers}}}" if len(opts.http) > 1 else parsers)
     # The server also reads RINGSERVE_<OPTION> variables: record any that are set.
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
     peers = []
     for name in opts.peers:
-        argv = peer_argv(name, opts, 0, pinning.server_prefix)[:-1]
-        peers.append(f"{name}: {shown([*argv, '{port}'])}")
+        peers.append(f"{name}: {shown(peer_argv(name, opts, '{port}', pinning.server_prefix))}")
         if name == "c-uring-echo":
             cc = first_line("cc", "--version") or "cc not installed"
             peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
@@ -275,15 +418,20 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
         liburing=liburing or (f"liburing {pkgconfig}" if pkgconfig else "unknown"),
         h11=version("h11"), locust=version("locust"),
         wrk=wrk_version or ("unknown" if wrk else "not installed"), pinning=pinning.description,
-        server_command=shown([*env, *our_argv("{uring|epoll}", opts, pinning.server_prefix)]),
+        server_command=shown([*env, *our_argv(mine, opts, pinning.server_prefix)]),
         peers="; ".join(peers), uvloop=version("uvloop"), uvicorn=version("uvicorn"),
+        parsers=",".join(opts.http) if opts.protocol == "http" else "",
+        granian=version("granian"),
+        app=opts.app if opts.protocol == "http" else "", httptools=version("httptools"),
+        commit=commit_of(PROJECT_ROOT),
+        baseline_checkout=f"{opts.baseline} at {commit_of(opts.baseline)}" if opts.baseline else "",
     )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     tool: LoadTool
-    backend: str  # the server: one of our backends or a peer
+    backend: str  # the server's name (`Server.name`)
     connections: int
     run: int  # 1-based
 
@@ -304,15 +452,20 @@ def plan_jobs(opts: argparse.Namespace, tools: Sequence[LoadTool]) -> list[Job]:
 
 def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path) -> ServerProcess:
     """Start `job`'s server (ours or a peer) and return it listening; ServerStartError if not."""
-    if job.backend in BACKENDS:
-        server = ServerProcess(our_argv(job.backend, opts, pinning.server_prefix), log)
+    if (mine := opts.lineup[job.backend]).ours:
+        argv = our_argv(mine, opts, pinning.server_prefix)
+        server = ServerProcess(argv, log)
+        if mine.baseline:  # its own server/ and uring_backend/
+            env, cwd = baseline_env(opts.baseline), opts.baseline
+            server = servers.BaselineProcess(argv, log, env=env, cwd=cwd)
         server.start()
         return server
     host = URING_ECHO_HOST if job.backend == "c-uring-echo" else opts.host
     for attempt in range(1, 1 + (1 if opts.port else PEER_START_TRIES)):
         port = opts.port or free_port(host)
         argv = peer_argv(job.backend, opts, port, pinning.server_prefix)
-        peer = servers.PeerProcess(argv, log, (host, port), PEER_CLEAN_EXITS.get(job.backend, (0,)))
+        clean = PEER_CLEAN_EXITS.get(job.backend, (0,))
+        peer = servers.PeerProcess(argv, log, (host, port), clean, job.backend in ANNOUNCED)
         try:
             peer.start()
             return peer
@@ -335,9 +488,10 @@ def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) ->
             raise RunError(f"{job.tool.name} did not report a measurement window")
         peak_rss_kib = server.peak_rss_kib()
         status = server.stop()
+    mine = opts.lineup[job.backend]
     return results.result_from_run(opts.protocol, job.tool.name, job.backend, job.connections,
-                                   measured, window.before, window.after, peak_rss_kib,
-                                   status)  # fmt: skip
+                                   measured, window.before, window.after, peak_rss_kib, status,
+                                   http=mine.http, baseline=mine.baseline)  # fmt: skip
 
 
 def run_all(
@@ -359,7 +513,8 @@ def run_all(
         per = "-" if r.syscalls_per_request is None else f"{r.syscalls_per_request:.2f}"
         print(f"{label}: {r.requests_per_s:>10,.0f} req/s  p99 {r.p99_ms:6.2f} ms  {r.errors} "
               f"errors  {per} syscalls/req  server {r.cpu_s:.2f} CPU-s  client CPU "
-              f"{r.client_cpu_util * 100:.0f}%  [{time.monotonic() - started:.0f} s]",
+              f"{r.client_cpu_util * 100:.0f}%{' (client-bound)' * results.client_bound(r)}  "
+              f"[{time.monotonic() - started:.0f} s]",
               file=sys.stderr, flush=True)  # fmt: skip
         if r.server_exit_status != 0:
             warning = f"warning: the server exited with status {r.server_exit_status}"
@@ -368,31 +523,36 @@ def run_all(
 
 
 def measure_ceiling(
-    opts: argparse.Namespace, pinning: Pinning, logs: Path, meta: Metadata, *, end: bool = False
-) -> Metadata:
-    """`loadtest.h11_ceiling` on the server's CPU into `meta` (a failure only warns)."""
-    when = "after the runs" if end else "before the runs"
-    print(f"h11 ceiling (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
+    opts: argparse.Namespace, pinning: Pinning, logs: Path, meta: Metadata, parser: str,
+    *, end: bool = False,
+) -> Metadata:  # fmt: skip
+    """`loadtest.h11_ceiling` for `parser` and the workload, on the server's CPU, into `meta`
+    (a failure only warns)."""
+    when, name = "after the runs" if end else "before the runs", f"{parser} ceiling"
+    print(f"{name} (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "loadtest.h11_ceiling", "--json", "--duration",
-            str(opts.duration), "--warmup", str(min(opts.warmup, 2.0))]  # fmt: skip
+            str(opts.duration), "--warmup", str(min(opts.warmup, 2.0)), "--http", parser,
+            *WORKLOADS[opts.app].ours]  # fmt: skip
     if pinning.server_cpu is not None:
         argv += ["--cpu", str(pinning.server_cpu)]
     try:
         timeout = opts.duration + opts.warmup + tools.SLACK_S
-        status, out, err = tools.run_command("the h11 ceiling", argv, timeout)
-        (logs / f"h11_ceiling{'_end' if end else ''}.log").write_text(out + err)
+        status, out, err = tools.run_command(f"the {name}", argv, timeout)
+        (logs / f"{parser}_ceiling{'_end' if end else ''}.log").write_text(out + err)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if status != 0 or not lines:
-            raise RunError(f"the h11 ceiling exited with status {status}:\n{err.strip()}")
+            raise RunError(f"the {name} exited with status {status}:\n{err.strip()}")
         ceiling = json.loads(lines[-1])
     except (RunError, ValueError) as exc:
-        print(f"compare: warning: no h11 ceiling {when}: {exc}", file=sys.stderr)
+        print(f"compare: warning: no {name} {when}: {exc}", file=sys.stderr)
         return meta
     rps, us = float(ceiling["requests_per_s"]), float(ceiling["us_per_request"])
-    print(f"h11 ceiling: {rps:,.0f} req/s in memory, {us:.2f} us/request", file=sys.stderr)
+    print(f"{name}: {rps:,.0f} req/s in memory, {us:.2f} us/request", file=sys.stderr)
     if end:
-        return dataclasses.replace(meta, h11_ceiling_end_rps=rps)
-    return dataclasses.replace(meta, h11_ceiling_rps=rps, h11_ceiling_us_per_request=us)
+        return dataclasses.replace(meta, **{f"{parser}_ceiling_end_rps": rps})
+    return dataclasses.replace(
+        meta, **{f"{parser}_ceiling_rps": rps, f"{parser}_ceiling_us_per_request": us}
+    )
 
 
 def write_outputs(
@@ -432,8 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         generators = [saturation if t != "locust" else LOCUST for t in opts.tools]
         if opts.port != 0:
             free_port(opts.host, opts.port)
-        needed = {"uvloop": set(opts.peers) - {"c-uring-echo"}, "uvicorn": "uvicorn" in opts.peers}
-        if missing := [m for m, n in needed.items() if n and importlib.util.find_spec(m) is None]:
+        needed = dict.fromkeys(PEER_NEEDS[p] for p in opts.peers if p in PEER_NEEDS)
+        if missing := [m for m in needed if importlib.util.find_spec(m) is None]:
             raise SetupError(f"--peers needs {', '.join(missing)}, which is not installed: "
                              "pip install -e '.[loadtest]'")  # fmt: skip
         logs = opts.out / "logs"
@@ -449,13 +609,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     pinning = plan_pinning(sorted(os.sched_getaffinity(0)), shutil.which("taskset"))
     meta = collect_metadata(opts, pinning, wrk)
     peers = f", peers {', '.join(opts.peers)}" if opts.peers else ""
+    if opts.skipped:
+        peers += f" ({', '.join(opts.skipped)} skipped: they cannot serve --app {opts.app})"
+    if opts.protocol == "http":
+        peers = f", parsers {meta.parsers}, app {opts.app}{peers}"
+    if opts.baseline:
+        peers += f"\nbaseline: {meta.baseline_checkout} (@base); this checkout at {meta.commit}"
     print(
-        f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}{peers}, "
+        f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}{peers}\n"
         f"tools {', '.join(t.name for t in generators)}, connections "
         f"{', '.join(map(str, opts.connections))} (Locust: at most {opts.users} users), "
         f"{opts.duration} s per point after {opts.warmup:g} s warm-up, {opts.repeat} run(s) each"
         f"\nkernel {meta.kernel}; {meta.cpu_model} x{meta.cpu_count}; Python {meta.python}; "
-        f"{meta.liburing}; h11 {meta.h11}; locust {meta.locust}; {meta.wrk}"
+        f"{meta.liburing}; h11 {meta.h11}; httptools {meta.httptools}; locust {meta.locust}; "
+        f"{meta.wrk}"
         f"\npinning: {pinning.description}\noutput: {opts.out}",
         flush=True,
     )
@@ -463,11 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status, runs = 0, []
     try:
         ceiling = opts.protocol == "http" and "saturation" in opts.tools
-        if ceiling:
-            meta = measure_ceiling(opts, pinning, logs, meta)
+        for parser in opts.http if ceiling else ():
+            meta = measure_ceiling(opts, pinning, logs, meta, parser)
         runs, failure = run_all(plan_jobs(opts, generators), opts, pinning, logs)
-        if ceiling and runs and failure is None:
-            meta = measure_ceiling(opts, pinning, logs, meta, end=True)
+        for parser in opts.http if ceiling and runs and failure is None else ():
+            meta = measure_ceiling(opts, pinning, logs, meta, parser, end=True)
         if failure is not None:
             print(f"compare: error: {failure}\ncompare: the logs are in {logs}", file=sys.stderr)
             status = 1
@@ -480,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"compare: killed leftover processes {leftovers}", file=sys.stderr)
     if runs:
         medians, files = write_outputs(opts.out, runs, opts.servers, meta)
-        table = results.tables(medians, opts.servers, meta)
+        table = results.tables(medians, opts.servers, meta, ratio_pairs(opts.lineup))
         print(f"\n{table}\n\nwritten: {', '.join(map(str, files))}")
     return status
 

@@ -1,11 +1,12 @@
 """The h11 ceiling: ringserve's HTTP path with no I/O at all.
 
-``python -m loadtest.h11_ceiling [--http h11|httptools] [--duration 5] [--json]``
+``python -m loadtest.h11_ceiling [--http h11|httptools] [--app M:F] [--duration 5] [--json]``
 
 Feeds the connection class of ``--http`` (default `server.protocols.http.
 h11_impl.H11Connection`; ``httptools``: ``httptools_impl.HttptoolsConnection``)
 with the built-in app
-(`server.apps.builtin.BuiltinApp`) exactly the request wrk sends for
+(`server.apps.builtin.BuiltinApp`; ``--app``: a WSGI app in the server's
+adapter, as ``python -m server --app`` serves it) exactly the request wrk sends for
 ``GET /`` (``GET / HTTP/1.1``, ``Host: 127.0.0.1:PORT``, nothing else),
 round-robin over ``--connections`` keep-alive connection objects, in memory:
 no sockets, no event loop, no syscalls.  Each response is produced exactly
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import get_args
 
 from server.apps.builtin import HELLO, BuiltinApp
+from server.apps.wsgi import WsgiAdapter, load_app
 from server.protocols.http import HttpName, load_http
 from server.protocols.http.common import App, Counters, HttpLimits
 
@@ -142,15 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.5, help="seconds discarded first (0.5)")
     p.add_argument("--connections", type=int, default=100, help="connection objects (100)")
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (the first usable)")
+    p.add_argument("--app", help="a WSGI app 'module:callable' instead of the built-in app")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         p.error("--duration must be positive, --warmup not negative, --connections at least 1")
     cpu = pin(args.cpu)
-    result = measure(args.duration, args.connections, args.warmup, args.http)
+    app = None if args.app is None else WsgiAdapter(load_app(args.app), "127.0.0.1", DEFAULT_PORT)
+    result = measure(args.duration, args.connections, args.warmup, args.http, app)
     result = Ceiling(**{**asdict(result), "cpu": cpu})
     if args.json:
-        print(json.dumps(asdict(result)), flush=True)
+        print(json.dumps({**asdict(result), "http": args.http, "app": args.app}), flush=True)
     else:
         where = f"CPU {cpu}" if cpu is not None else "not pinned"
         print(

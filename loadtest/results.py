@@ -7,8 +7,10 @@ user time (the server's own code) and system time (the kernel inside its
 syscalls, for echo mostly loopback TCP, the same for every server), which
 shows what a faster server could still shrink.  A peer has no counters:
 those figures are None and its CPU per request is over the generator's
-count.  A table's ratio column divides the base server's figure (uring if
-it ran) by another's: ``u/e`` above 1 means uring's is higher.
+count.  A table's ratio column divides one server's figure by another's
+(``compare.ratio_pairs`` says which): ``u/e`` above 1 means uring's is
+higher.  A point where the load generator used more than `CLIENT_BOUND` of
+its CPU is client-bound: its throughput may be the generator's limit.
 """
 
 from __future__ import annotations
@@ -49,13 +51,26 @@ class Metadata:
     peers: str  # "name: command; ..." for the peer servers run (--peers), or ""
     uvloop: str
     uvicorn: str
-    # In-memory requests/s of HttpConnection + the built-in app on GET / (the
-    # request wrk sends), pinned like the server: `loadtest.h11_ceiling`;
-    # None when not measured (echo, or no saturation tool).
+    parsers: str  # our servers' HTTP parsers, "h11,httptools" ("": echo)
+    app: str  # the workload, "builtin" or "wsgi" ("": echo)
+    httptools: str
+    granian: str
+    commit: str  # of this checkout
+    baseline_checkout: str  # "DIR at COMMIT" of --baseline, or ""
+    # In-memory requests/s of each parser's HttpConnection + the workload's app
+    # on GET / (the request wrk sends), pinned like the server:
+    # `loadtest.h11_ceiling`; None when not measured (echo, no saturation tool,
+    # a parser not asked).
     h11_ceiling_rps: float | None = None
     h11_ceiling_us_per_request: float | None = None
     # The same, measured again after the last run (None: not measured).
     h11_ceiling_end_rps: float | None = None
+    httptools_ceiling_rps: float | None = None
+    httptools_ceiling_us_per_request: float | None = None
+    httptools_ceiling_end_rps: float | None = None
+
+
+CEILINGS = ("h11", "httptools")  # the parsers with <parser>_ceiling_* fields above
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +79,9 @@ class Result:
 
     protocol: str
     tool: str
-    backend: str  # the server: "uring", "epoll", or a peer's name
+    backend: str  # the server: "uring", "epoll", "uring-h11", "epoll@base"..., or a peer's name
+    http: str | None  # its HTTP parser (granian's: hyper; None: echo)
+    baseline: bool  # one of ours from the --baseline checkout
     connections: int
     runs: int
     requests_per_s: float
@@ -94,6 +111,7 @@ def _per(value: float, count: int) -> float | None:
 def result_from_run(
     protocol: str, tool: str, backend: str, connections: int, measured: ToolResult,
     before: ServerSnapshot, after: ServerSnapshot, peak_rss_kib: int, server_exit_status: int,
+    *, http: str | None = None, baseline: bool = False,
 ) -> Result:  # fmt: skip
     """The generator's figures and the server's counter deltas (None for a peer)."""
     count, server_requests, syscalls, waits = measured.requests, None, None, None
@@ -107,11 +125,11 @@ def result_from_run(
         syscalls, waits = _per(delta["syscalls"], count), _per(delta["wait_calls"], count)
     user, system = after.user_s - before.user_s, after.system_s - before.system_s
     return Result(
-        protocol, tool, backend, connections, 1, measured.requests_per_s, measured.avg_ms,
-        measured.p50_ms, measured.p90_ms, measured.p99_ms, measured.errors, measured.requests,
-        server_requests, syscalls, waits, user + system, _per((user + system) * 1e6, count),
-        _per(user * 1e6, count), _per(system * 1e6, count), peak_rss_kib,
-        measured.client_cpu_util, measured.window_s, server_exit_status,
+        protocol, tool, backend, http, baseline, connections, 1, measured.requests_per_s,
+        measured.avg_ms, measured.p50_ms, measured.p90_ms, measured.p99_ms, measured.errors,
+        measured.requests, server_requests, syscalls, waits, user + system,
+        _per((user + system) * 1e6, count), _per(user * 1e6, count), _per(system * 1e6, count),
+        peak_rss_kib, measured.client_cpu_util, measured.window_s, server_exit_status,
     )  # fmt: skip
 
 
@@ -122,7 +140,7 @@ def median_result(runs: Sequence[Result]) -> Result:
         "errors": sum(r.errors for r in runs),
         "server_exit_status": next((r.server_exit_status for r in runs if r.server_exit_status), 0),
     }
-    for f in fields(Result)[5:]:
+    for f in fields(Result)[7:]:
         present = [v for r in runs if (v := getattr(r, f.name)) is not None]
         if f.name not in changes:
             middle = statistics.median(present) if present else None
@@ -130,9 +148,18 @@ def median_result(runs: Sequence[Result]) -> Result:
     return replace(runs[0], **changes)
 
 
+CLIENT_BOUND = 0.9  # of the generator's CPU
+
+
+def client_bound(r: Result) -> bool:
+    """Whether the load generator was near its own limit (above ~100k req/s one wrk thread is)."""
+    return r.client_cpu_util > CLIENT_BOUND
+
+
 def records(results: Sequence[Result], meta: Metadata) -> list[dict[str, Any]]:
-    """Flat dicts: each result's fields, then the metadata's (``protocol`` is in both)."""
-    rows = [{**asdict(r), **asdict(meta)} for r in results]
+    """Flat dicts: each result's fields and `client_bound`, then the metadata's (``protocol``
+    is in both)."""
+    rows = [{**asdict(r), "client_bound": client_bound(r), **asdict(meta)} for r in results]
     return [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
@@ -151,11 +178,11 @@ def write_json(path: Path, value: Any) -> None:
 # -- tables ------------------------------------------------------------------------
 
 # (label, the Result field or a function of a Result, format, flags): "r" adds a
-# base/other ratio column per other server, "c" marks a figure from the server's
-# own counters (a peer has none).
+# ratio column per pair of servers, "c" marks a figure from the server's own
+# counters (a peer has none), "b" marks a client-bound point's figure with "*".
 Metric = tuple[str, str | Callable[[Result], float | None], str, str]
 THROUGHPUT: list[Metric] = [
-    ("req/s", "requests_per_s", "{:,.0f}", "r"), ("p50 ms", "p50_ms", "{:.2f}", ""),
+    ("req/s", "requests_per_s", "{:,.0f}", "rb"), ("p50 ms", "p50_ms", "{:.2f}", ""),
     ("p90 ms", "p90_ms", "{:.2f}", ""), ("p99 ms", "p99_ms", "{:.2f}", "r"),
     ("errors", "errors", "{:d}", ""),
 ]  # fmt: skip
@@ -169,23 +196,32 @@ COST: list[Metric] = [
     ("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, "{:.1f}", ""),
     ("client CPU %", lambda r: r.client_cpu_util * 100, "{:.0f}", ""),
 ]  # fmt: skip
-# Short names for column heads and ratio labels.
-SHORT = {"uring": "u", "epoll": "e", "uvloop-h11": "uv-h11", "uvloop-echo": "uv-echo",
-         "c-uring-echo": "c-echo"}  # fmt: skip
+# Short names for column heads and ratio labels; ours by word (uring-httptools@base: u-ht@base).
+SHORT = {"uring": "u", "epoll": "e", "httptools": "ht", "uvloop-h11": "uv-h11",
+         "uvloop-echo": "uv-echo", "c-uring-echo": "c-echo", "uvicorn-httptools": "uvi-ht",
+         "granian-asgi": "gr-asgi", "granian-wsgi": "gr-wsgi"}  # fmt: skip
+
+
+def short(name: str) -> str:
+    if name in SHORT:
+        return SHORT[name]
+    ours, at, base = name.partition("@")
+    return "-".join(SHORT.get(word, word) for word in ours.split("-")) + at + base
 
 
 def render_table(
-    title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric]
-) -> str:
+    title: str, results: Sequence[Result], servers: Sequence[str], metrics: Sequence[Metric],
+    pairs: Sequence[tuple[str, str]] = (),
+) -> str:  # fmt: skip
     """One row per connection count, a column group per metric with a column per server.
 
-    Ratio metrics add a base/other column per other server, unless one side
-    has no counters (a peer); with peers, heads are short names.
+    Ratio metrics add an a/b column per pair (a, b) of `pairs` that ran, unless one
+    side has no counters (a peer); beyond plain uring and epoll, heads are
+    short names.
     """
     by_key = {(r.connections, r.backend): r for r in results}
-    base = "uring" if "uring" in servers else servers[0]
     counted = {r.backend for r in results if r.syscalls_per_request is not None}
-    peers = not set(servers) <= {"uring", "epoll"}
+    shorten = not set(servers) <= {"uring", "epoll"}
 
     def value(figure: str | Callable[[Result], float | None], point: int, server: str) -> Any:
         if (r := by_key.get((point, server))) is None:
@@ -200,16 +236,20 @@ def render_table(
         [[str(p).rjust(first)] for p in points],
     )
     for label, figure, fmt, flags in metrics:
-        pairs = [(base, s) for s in servers if s != base and "r" in flags]
-        pairs = [(a, b) for a, b in pairs if "c" not in flags or {a, b} <= counted]
-        names = [SHORT.get(s, s) if peers else s for s in servers]
-        names += [f"{SHORT.get(a, a)}/{SHORT.get(b, b)}" for a, b in pairs]
+        ratios = [(a, b) for a, b in pairs if "r" in flags and {a, b} <= set(servers)]
+        ratios = [(a, b) for a, b in ratios if "c" not in flags or {a, b} <= counted]
+        names = [short(s) if shorten else s for s in servers]
+        names += [f"{short(a)}/{short(b)}" for a, b in ratios]
         rows = []
         for point in points:
             row = [
                 "-" if (v := value(figure, point, s)) is None else fmt.format(v) for s in servers
             ]
-            for a, b in pairs:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
+            if "b" in flags:
+                marked = [(r := by_key.get((point, s))) is not None and client_bound(r)
+                          for s in servers]  # fmt: skip
+                row = [c + "*" if m else c for c, m in zip(row, marked, strict=True)]
+            for a, b in ratios:  # a zero (e.g. Locust's whole-ms p99 on loopback) makes no ratio
                 x, y = value(figure, point, a), value(figure, point, b)
                 row.append(f"{x / y:.2f}" if x and y else "-")
             rows.append(row)
@@ -225,9 +265,10 @@ def render_table(
 
 
 def ceiling_lines(
-    results: Sequence[Result], servers: Sequence[str], ceiling: float, end: float | None = None
-) -> list[str]:
-    """Per point: each server's requests/s as a share of the in-memory h11 ceiling.
+    results: Sequence[Result], servers: Sequence[str], ceiling: float, end: float | None = None,
+    parser: str = "h11",
+) -> list[str]:  # fmt: skip
+    """Per point: each server's requests/s as a share of `parser`'s in-memory ceiling.
 
     With `end` (the ceiling measured again after the runs) a share is a range
     over the two, lower first, unless they round to the same percentage.
@@ -249,13 +290,17 @@ def ceiling_lines(
         ]
         if shares:
             (first, pct), rest = shares[0], shares[1:]
-            line = f"c={point}: {first} reaches {pct} of the h11 ceiling ({measured})"
+            line = f"c={point}: {first} reaches {pct} of the {parser} ceiling ({measured})"
             lines.append(line + ("; " + ", ".join(f"{s} {p}" for s, p in rest) if rest else ""))
     return lines
 
 
-def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) -> str:
-    """Both tables (throughput and latency; cost) per tool, and wrk's ceiling shares."""
+def tables(
+    results: Sequence[Result], servers: Sequence[str], meta: Metadata,
+    pairs: Sequence[tuple[str, str]] = (),
+) -> str:  # fmt: skip
+    """Both tables (throughput and latency; cost) per tool, and wrk's ceiling shares: each
+    current server's (and peer's) of its own parser's ceiling."""
     out = []
     for tool in dict.fromkeys(r.tool for r in results):
         mine = [r for r in results if r.tool == tool]
@@ -263,20 +308,32 @@ def tables(results: Sequence[Result], servers: Sequence[str], meta: Metadata) ->
             f"{meta.protocol} / {tool}: median of {max(r.runs for r in mine)} run(s), "
             f"{meta.duration_s} s per point after {meta.warmup_s:g} s warm-up"
         )
-        throughput = render_table(head + " -- throughput and latency", mine, servers, THROUGHPUT)
-        cost = render_table(head + " -- server cost", mine, servers, COST)
+        throughput = render_table(
+            head + " -- throughput and latency", mine, servers, THROUGHPUT, pairs
+        )
+        cost = render_table(head + " -- server cost", mine, servers, COST, pairs)
         if not set(servers) <= {"uring", "epoll"}:
-            names = ", ".join(f"{SHORT.get(s, s)} = {s}" for s in servers)
-            throughput += f"\nratio columns: base/other; {names}"
+            names = ", ".join(f"{short(s)} = {s}" for s in servers)
+            throughput += f"\nratio columns: x/y is x's figure over y's; {names}"
             cost += (
                 "\nsyscalls/req and waits/req come from our backends' counters (peers: -); "
                 "a peer's CPU us/req is over the generator's count"
             )
+        if any(client_bound(r) for r in mine):
+            throughput += (
+                f"\n* client-bound: the load generator used more than {CLIENT_BOUND:.0%} of its "
+                "CPU (client CPU % below), so this figure may be its limit, not the server's"
+            )
         out += [throughput, cost]
-        if tool == "wrk" and meta.h11_ceiling_rps:
-            order = sorted(servers, key=lambda s: s != "uring")  # uring first, the rest as given
-            shares = ceiling_lines(mine, order, meta.h11_ceiling_rps, meta.h11_ceiling_end_rps)
-            out.append("\n".join(shares))
+        shares = []
+        for parser in CEILINGS if tool == "wrk" else ():
+            if rps := getattr(meta, f"{parser}_ceiling_rps"):
+                of = {r.backend for r in mine if r.http == parser and not r.baseline}
+                # uring first, the rest as given
+                order = sorted((s for s in servers if s in of), key=lambda s: s[:5] != "uring")
+                end = getattr(meta, f"{parser}_ceiling_end_rps")
+                shares += ceiling_lines(mine, order, rps, end, parser)
+        out += ["\n".join(shares)] if shares else []
     return "\n\n".join(out)
 
 
@@ -299,10 +356,9 @@ def plot(
             if points:
                 ax_rps.plot(xs, [r.requests_per_s for r in points], marker="o", label=server)
                 ax_p99.plot(xs, [r.p99_ms for r in points], marker="o", label=server)
-        if tool == "wrk" and meta.h11_ceiling_rps:
-            ax_rps.axhline(
-                meta.h11_ceiling_rps, color="grey", ls="--", label="h11 ceiling (in memory)"
-            )
+        for parser, ls in zip(CEILINGS, ("--", ":"), strict=True):
+            if tool == "wrk" and (ceiling := getattr(meta, f"{parser}_ceiling_rps")):
+                ax_rps.axhline(ceiling, color="grey", ls=ls, label=f"{parser} ceiling (in memory)")
         connections = sorted({r.connections for r in mine})
         for ax, ylabel in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
             if connections[-1] >= 10 * connections[0]:

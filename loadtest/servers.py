@@ -6,8 +6,11 @@ nothing running.  `ServerProcess` reads ``python -m server`` through its
 JSON lines only: ready at ``{"event": "listening"}`` (printed once it
 accepts, its signal handlers installed), counters as ``{"event": "stats"}``
 on SIGUSR1, and ``{"event": "exit"}``; stderr is the log.  CPU, RSS and fds
-come from psutil.  A peer (`PeerProcess`) prints no such lines: it is ready
-once it owns a listening socket on its port, and has no counters.
+come from psutil, CPU and RSS over the process tree.  A peer (`PeerProcess`)
+has no counters: our peer programs announce themselves with the same
+listening line, uvicorn and granian are ready once their process tree owns
+a listening socket on the port.  `BaselineProcess` is our server from another checkout,
+which may be old enough to announce itself with its banner on stderr only.
 """
 
 from __future__ import annotations
@@ -48,12 +51,13 @@ class RunError(Exception):
 
 
 def spawn(
-    argv: Sequence[str], env: Mapping[str, str] | None = None, nofile: int | None = None
-) -> subprocess.Popen[str]:
-    """Start `argv` in the project root, in its own session, registered for `kill_all`."""
+    argv: Sequence[str], env: Mapping[str, str] | None = None, nofile: int | None = None,
+    cwd: Path = PROJECT_ROOT,
+) -> subprocess.Popen[str]:  # fmt: skip
+    """Start `argv` in `cwd`, in its own session, registered for `kill_all`."""
     limit = (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     proc = subprocess.Popen(
-        list(argv), cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
         preexec_fn=functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, limit)
         if nofile is not None else None,
@@ -99,6 +103,13 @@ def pump(stream: IO[str], sink: Callable[[str], None]) -> threading.Thread:
     return thread
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """`pid` and its live descendants (granian's worker, uvicorn's reloader...); [] if gone."""
+    with contextlib.suppress(psutil.Error):
+        return [proc := psutil.Process(pid), *proc.children(recursive=True)]
+    return []
+
+
 def process_tree_cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of `pid` and its live descendants ((0, 0) if gone).
 
@@ -106,18 +117,26 @@ def process_tree_cpu_times(pid: int) -> tuple[float, float]:
     uring, the socket work io_uring runs as task work inside ``io_uring_enter``.
     """
     user = system = 0.0
-    with contextlib.suppress(psutil.Error):
-        for p in [proc := psutil.Process(pid), *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = p.cpu_times()
-                user, system = user + times.user, system + times.system
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            user, system = user + times.user, system + times.system
     return user, system
+
+
+def process_tree_rss(pid: int) -> int:
+    """The summed RSS of `pid` and its live descendants, in bytes (0 if gone)."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += int(p.memory_info().rss)
+    return total
 
 
 def owns_listener(pid: int, port: int) -> bool:
     """True once `pid` or a child has a TCP socket listening on `port` (a stray server won't do)."""
     with contextlib.suppress(psutil.Error):
-        for p in [proc := psutil.Process(pid), *proc.children(recursive=True)]:
+        for p in process_tree(pid):
             for c in p.net_connections(kind="tcp"):
                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
                     return True
@@ -152,8 +171,10 @@ class ServerProcess:
     """
 
     def __init__(self, argv: Sequence[str], log_path: Path | None = None, nofile: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None,
+                 cwd: Path = PROJECT_ROOT) -> None:  # fmt: skip
         self.argv, self.log_path, self.nofile, self.env = list(argv), log_path, nofile, env
+        self.cwd = cwd
         self.proc: subprocess.Popen[str] | None = None
         self.address: tuple[str, int] = ("", 0)  # set once it listens
         self.events: dict[str, dict[str, Any]] = {}  # the last JSON line of each event
@@ -169,7 +190,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> tuple[str, int]:
         """Start it and wait until it is ready (ServerStartError if it exits or is late)."""
         self._log = None if self.log_path is None else self.log_path.open("w")
-        self.proc = proc = spawn(self.argv, self.env, self.nofile)
+        self.proc = proc = spawn(self.argv, self.env, self.nofile, self.cwd)
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [pump(proc.stdout, self._on_stdout), pump(proc.stderr, self._on_stderr)]
         deadline = time.monotonic() + timeout
@@ -274,10 +295,8 @@ class ServerProcess:
         return [line for line in self.stderr_lines if _ERROR_LINE.search(line)]
 
     def rss_kib(self) -> int:
-        """Its RSS now, in KiB (0 if it is gone)."""
-        with contextlib.suppress(psutil.Error):
-            return int(psutil.Process(self.pid).memory_info().rss) // 1024
-        return 0
+        """Its process tree's RSS now, in KiB (0 if it is gone)."""
+        return process_tree_rss(self.pid) // 1024
 
     def fds(self) -> int:
         """How many fds it has open (-1 if it is gone)."""
@@ -315,30 +334,33 @@ class ServerProcess:
             self._log.write(line)
 
     def _sample_rss(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(self.pid)
-            while not self._stopped.wait(0.1):
-                self._peak_rss = max(self._peak_rss, proc.memory_info().rss)
+        while not self._stopped.wait(0.1):
+            self._peak_rss = max(self._peak_rss, process_tree_rss(self.pid))
 
 
 class PeerProcess(ServerProcess):
-    """A peer server: ready once it listens on `address`'s port; no counters.
+    """A peer server: no counters; ready at its listening line if it `announces` one,
+    else once its process tree listens on `address`'s port.
 
     `clean`: exit statuses `stop` reports as 0 (uvicorn re-raises the SIGTERM
-    it handled, so it ends with -SIGTERM).
+    it handled, so it ends with -SIGTERM).  Its stdout goes to the log too.
     """
 
-    def __init__(self, argv: list[str], log: Path, address: tuple[str, int], clean: Sequence[int]):
+    def __init__(self, argv: list[str], log: Path, address: tuple[str, int], clean: Sequence[int],
+                 announces: bool = False) -> None:  # fmt: skip
         super().__init__(argv, log)
-        self.address, self.clean = address, tuple(clean)
+        self.address, self.clean, self.announces = address, tuple(clean), announces
 
     def _ready(self) -> bool:
-        return owns_listener(self.pid, self.address[1])
+        return super()._ready() if self.announces else owns_listener(self.pid, self.address[1])
 
     def _late(self, timeout: float) -> str:
+        if self.announces:
+            return super()._late(timeout)
         return f"did not listen on port {self.address[1]} within {timeout:.0f} s"
 
     def _on_stdout(self, line: str) -> None:
+        super()._on_stdout(line)
         self._on_stderr(line)
 
     def snapshot(self, timeout: float = 10.0) -> ServerSnapshot:
@@ -349,3 +371,20 @@ class PeerProcess(ServerProcess):
     def stop(self, timeout: float = 30.0) -> int:
         status = super().stop(timeout)
         return 0 if status in self.clean else status
+
+
+# An older server's banner on stderr: "... listening on http://HOST:PORT" (echo: "HOST:PORT").
+_BANNER = re.compile(r"listening on (?:http://)?\[?([^\s\]]+?)\]?:(\d+)\s*$")
+
+
+class BaselineProcess(ServerProcess):
+    """Our server from another checkout (``compare --baseline``): also ready at its banner.
+
+    A checkout older than the JSON listening line prints only the banner,
+    so the address is read from it when no JSON line came first.
+    """
+
+    def _on_stderr(self, line: str) -> None:
+        super()._on_stderr(line)
+        if not self.listening and (m := _BANNER.search(line)):
+            self.events["listening"] = {"event": "listening", "host": m[1], "port": int(m[2])}

@@ -9,8 +9,10 @@ and the compiled C echo server included).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -26,15 +28,23 @@ import pytest
 
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.results import ceiling_lines, result_from_run
+from loadtest.peers import uvicorn_app, wsgi_app
+from loadtest.results import Metadata, ceiling_lines, records, result_from_run, tables
 from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
+from server.apps.builtin import BuiltinApp
+from server.apps.wsgi import WsgiAdapter
+from server.protocols.http.common import Request
 from tests.support import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="cc is not installed")
+needs_granian = pytest.mark.skipif(
+    importlib.util.find_spec("granian") is None,
+    reason="granian is not installed (pip install -e '.[loadtest]')",
+)
 OURS = ("uring", "epoll")
 
 
@@ -141,6 +151,7 @@ def check_peer_outputs(out: Path, tool: str, peers: tuple[str, ...], stdout: str
 
 
 @needs_wrk
+@needs_granian
 def test_http_peers(tmp_path: Path) -> None:
     out = tmp_path / "http-peers"
     done = compare(
@@ -148,8 +159,10 @@ def test_http_peers(tmp_path: Path) -> None:
         "--connections", "4", "--duration", "1", "--warmup", "0", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    records = check_peer_outputs(out, "wrk", ("uvloop-h11", "uvicorn"), done.stdout)
-    assert "u/uv-h11" in done.stdout and "u/uvicorn" in done.stdout
+    peers = ("uvloop-h11", "uvicorn", "uvicorn-httptools", "granian-asgi", "granian-wsgi")
+    records = check_peer_outputs(out, "wrk", peers, done.stdout)
+    for ratio in ("u/uv-h11", "u/uvicorn", "u/uvi-ht", "u/gr-asgi", "u/gr-wsgi"):
+        assert ratio in done.stdout
     assert "c=4: uring reaches" in done.stdout and "uvicorn" in done.stdout.split("reaches")[1]
     assert all(r["h11_ceiling_rps"] > 0 and r["h11_ceiling_end_rps"] > 0 for r in records)
     assert "req/s in memory before the runs" in done.stdout
@@ -250,6 +263,14 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         (["--protocol", "echo", "--peers", "--host", "0.0.0.0"], "127.0.0.1 only"),
         (["--server-args=--port 9"], "--server-args: --port is set by the compare command"),
         (["--server-args=--backend=epoll"], "--backend=epoll is set by the compare command"),
+        (["--server-args=--http httptools"], "--http is set by the compare command"),
+        (["--server-args=--app=m:f"], "--app=m:f is set by the compare command"),
+        (["--http", "h2"], "unknown h2 (choose from h11, httptools)"),
+        (["--http", "h11,h11"], "repeats an item"),
+        (["--app", "fastapi"], "invalid choice: 'fastapi'"),
+        (["--protocol", "echo", "--http", "httptools"], "--http and --app are for --protocol http"),
+        (["--protocol", "echo", "--app", "wsgi"], "--http and --app are for --protocol http"),
+        (["--baseline", "/nonexistent"], "not a ringserve checkout"),
     ],
 )
 def test_bad_arguments(args: list[str], message: str) -> None:
@@ -264,7 +285,7 @@ def test_server_args_reach_both_backends_and_the_record(tmp_path: Path) -> None:
     )
     assert opts.server_args == ["--no-tcp-nodelay", "--cq-factor", "32"]
     for backend in ("uring", "epoll"):
-        argv = compare_module.our_argv(backend, opts, ("taskset", "-c", "0"))
+        argv = compare_module.our_argv(opts.lineup[backend], opts, ("taskset", "-c", "0"))
         assert argv[:6] == ["taskset", "-c", "0", sys.executable, "-m", "server"]
         assert argv[-3:] == ["--no-tcp-nodelay", "--cq-factor", "32"]
         assert argv[argv.index("--backend") + 1] == backend
@@ -400,3 +421,276 @@ def test_locust_percentile() -> None:
     assert locust_percentile(histogram, 0.99) == 1.0
     assert locust_percentile(histogram, 1.0) == 14.0
     assert locust_percentile({}, 0.5) == 0.0
+
+
+# -- the --http, --app, --peers and --baseline axes ----------------------------------
+
+WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "loadtest.peers.uvicorn_app:app"
+
+
+def copy_checkout(dest: Path, built: bool = True) -> Path:
+    """This checkout's server/ and uring_backend/ in `dest`, with its built extension or not."""
+    skip = shutil.ignore_patterns("__pycache__", "*.o", *(() if built else ("*.so",)))
+    for package in ("server", "uring_backend"):
+        shutil.copytree(ROOT / package, dest / package, ignore=skip)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("args", "names", "parsers"),
+    [
+        ([], ["uring", "epoll"], ["h11", "h11"]),
+        (["--http", "httptools"], ["uring", "epoll"], ["httptools", "httptools"]),
+        (["--http", "h11,httptools", "--backends", "epoll"], ["epoll-h11", "epoll-httptools"],
+         ["h11", "httptools"]),
+        (["--http", "httptools,h11"],
+         ["uring-httptools", "epoll-httptools", "uring-h11", "epoll-h11"],
+         ["httptools", "httptools", "h11", "h11"]),
+        (["--protocol", "echo"], ["uring", "epoll"], [None, None]),
+    ],
+)  # fmt: skip
+def test_our_servers_are_named_by_parser_only_when_two_are_asked(
+    args: list[str], names: list[str], parsers: list[str | None], tmp_path: Path
+) -> None:
+    opts = compare_module.parse_args([*args, "--out", str(tmp_path)])
+    assert list(opts.servers) == names
+    assert [opts.lineup[n].http for n in names] == parsers
+    for name, parser in zip(names, parsers, strict=True):
+        argv = compare_module.our_argv(opts.lineup[name], opts)
+        assert ("--http" in argv) == (parser is not None)
+        if parser is not None:
+            assert argv[argv.index("--http") + 1] == parser
+
+
+class _Tool:
+    name = "wrk"
+
+
+def test_baseline_servers_run_beside_ours_with_ratios(tmp_path: Path) -> None:
+    base = copy_checkout(tmp_path / "base")
+    opts = compare_module.parse_args([
+        "--http", "h11,httptools", "--baseline", str(base), "--peers",
+        "uvicorn-httptools,granian-asgi", "--repeat", "2", "--connections", "4,8",
+        "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert opts.servers == (
+        "uring-h11", "uring-h11@base", "epoll-h11", "epoll-h11@base", "uring-httptools",
+        "uring-httptools@base", "epoll-httptools", "epoll-httptools@base", "uvicorn-httptools",
+        "granian-asgi",
+    )  # fmt: skip
+    assert compare_module.ratio_pairs(opts.lineup) == [
+        ("uring-h11", "epoll-h11"), ("uring-httptools", "epoll-httptools"),
+        ("uring-h11", "uring-h11@base"), ("epoll-h11", "epoll-h11@base"),
+        ("uring-httptools", "uring-httptools@base"), ("epoll-httptools", "epoll-httptools@base"),
+        ("uring-httptools", "uvicorn-httptools"), ("uring-h11", "granian-asgi"),
+    ]  # fmt: skip
+    # h11 is every checkout's default, so a baseline older than --http is not told it.
+    assert "--http" not in compare_module.our_argv(opts.lineup["uring-h11@base"], opts)
+    argv = compare_module.our_argv(opts.lineup["epoll-httptools@base"], opts)
+    assert argv[argv.index("--http") + 1] == "httptools"
+    assert compare_module.baseline_env(base)["PYTHONPATH"] == str(base)
+    jobs = compare_module.plan_jobs(opts, [_Tool()])  # type: ignore[list-item]
+    assert len(jobs) == 2 * 2 * len(opts.servers)
+    for point in (4, 8):
+        order = {run: [j.backend for j in jobs if (j.connections, j.run) == (point, run)]
+                 for run in (1, 2)}  # fmt: skip
+        assert order[1] == list(opts.servers) and order[2] == order[1][::-1]
+        for name in order[1]:  # each baseline server runs next to its current twin
+            if name.endswith("@base"):
+                at = order[1].index(name)
+                assert order[1][at - 1] == name.removesuffix("@base")
+
+
+def test_ratio_base_without_uring(tmp_path: Path) -> None:
+    opts = compare_module.parse_args(
+        ["--backends", "epoll", "--peers", "uvicorn,granian-wsgi", "--out", str(tmp_path)]
+    )
+    assert compare_module.ratio_pairs(opts.lineup) == [
+        ("epoll", "uvicorn"), ("epoll", "granian-wsgi")
+    ]  # fmt: skip
+
+
+def test_baseline_must_be_a_checkout_with_its_own_extension(tmp_path: Path) -> None:
+    assert "not a ringserve checkout" in str(compare_module.baseline_problem(tmp_path))
+    unbuilt = copy_checkout(tmp_path / "unbuilt", built=False)
+    # Without its own build it would import the installed checkout's extension.
+    assert "its extension is not built there" in str(compare_module.baseline_problem(unbuilt))
+    assert compare_module.baseline_problem(copy_checkout(tmp_path / "built")) is None
+    done = compare("--baseline", str(unbuilt), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert f"cd {unbuilt} && " in done.stderr and "setup.py build_ext --inplace" in done.stderr
+
+
+def test_peer_commands(tmp_path: Path) -> None:
+    opts = compare_module.parse_args(["--peers", "--out", str(tmp_path)])
+    argv = {n: compare_module.peer_argv(n, opts, 8000, ("taskset", "-c", "0")) for n in opts.peers}
+    like_ours = (
+        f"--workers 1 --runtime-threads 1 --blocking-threads 1 --http 1 --backlog "
+        f"{compare_module.Config().backlog} --no-access-log --host 127.0.0.1 --port 8000"
+    )
+    for name, interface, app in (("granian-asgi", "asgi", ASGI_HELLO),
+                                 ("granian-wsgi", "wsgi", WSGI_HELLO)):  # fmt: skip
+        assert argv[name][:6] == ["taskset", "-c", "0", sys.executable, "-m", "granian"]
+        assert argv[name][argv[name].index("--interface") + 1] == interface
+        assert like_ours in " ".join(argv[name]) and argv[name][-1] == app
+    assert "--loop uvloop --no-ws" in " ".join(argv["granian-asgi"])
+    assert argv["uvicorn-httptools"][3:] == [
+        sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
+        "--no-access-log", "--host", "127.0.0.1", "--port", "8000", ASGI_HELLO,
+    ]  # fmt: skip
+    assert argv["uvloop-h11"][-4:] == ["--host", "127.0.0.1", "--port", "8000"]
+    # The WSGI workload: ours and the peers that run WSGI serve the WSGI hello.
+    wsgi = compare_module.parse_args(["--peers", "--app", "wsgi", "--out", str(tmp_path)])
+    assert wsgi.peers == ("uvloop-h11", "granian-wsgi")
+    assert wsgi.skipped == ("uvicorn", "uvicorn-httptools", "granian-asgi")
+    assert wsgi.servers == ("uring", "epoll", "uvloop-h11", "granian-wsgi")
+    assert compare_module.peer_argv("uvloop-h11", wsgi, 8000, ())[-2:] == ["--app", WSGI_HELLO]
+    assert compare_module.peer_argv("granian-wsgi", wsgi, 8000, ())[-1] == WSGI_HELLO
+    assert compare_module.our_argv(wsgi.lineup["uring"], wsgi)[-2:] == ["--app", WSGI_HELLO]
+
+
+def _asgi(method: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    asyncio.run(uvicorn_app.app(scope, receive, send))
+    start, end = sent
+    return start["status"], list(start["headers"]), end["body"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("GET", "/", b""), ("HEAD", "/", b""), ("POST", "/echo", b"abc"), ("GET", "/echo", b""),
+     ("GET", "/nowhere", b"")],
+)  # fmt: skip
+def test_peer_apps_answer_as_the_builtin_app(method: str, path: str, body: bytes) -> None:
+    """The ASGI and WSGI hellos the peers serve: same status, headers and body as ours."""
+    headers = [(b"content-type", b"application/octet-stream")] if body else []
+    request = Request(method.encode(), path.encode(), headers, b"1.1", body)
+    want = BuiltinApp(dict)(request)
+    wsgi = WsgiAdapter(wsgi_app.app, "127.0.0.1", 8080)(request)
+    assert (wsgi.status, wsgi.headers, wsgi.body) == (want.status, want.headers, want.body)
+    assert _asgi(method, path, body, headers) == (want.status, want.headers, want.body)
+
+
+CALLS = [0]
+
+
+def _counting_hello(environ: dict[str, Any], start_response: Any) -> Any:
+    CALLS[0] += 1
+    return wsgi_app.app(environ, start_response)
+
+
+def test_h11_ceiling_serves_the_app_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    before, cpus = CALLS[0], os.sched_getaffinity(0)
+    app = "tests.test_compare:_counting_hello"
+    try:
+        argv = ["--app", app, "--http", "httptools", "--duration", "0.2", "--warmup", "0"]
+        assert h11_ceiling.main([*argv, "--json"]) == 0
+    finally:
+        os.sched_setaffinity(0, cpus)  # it pins the process it runs in
+    got = json.loads(capsys.readouterr().out)
+    assert got["requests"] > 0 and CALLS[0] - before > got["requests"]  # + the first check
+    assert (got["app"], got["http"]) == (app, "httptools")
+
+
+META = Metadata(**{
+    f.name: f.default if f.default is not dataclasses.MISSING else "" for f in
+    dataclasses.fields(Metadata)
+} | {"protocol": "http", "duration_s": 1, "warmup_s": 0.0, "repeat": 1})  # fmt: skip
+
+
+def test_client_bound_points_are_marked() -> None:
+    bound = dataclasses.replace(_wrk_result("uring", 150_000.0), client_cpu_util=0.95)
+    free = dataclasses.replace(_wrk_result("epoll", 90_000.0), client_cpu_util=0.9)
+    text = tables([bound, free], ["uring", "epoll"], META, [("uring", "epoll")])
+    assert "150,000*" in text and "90,000*" not in text and "90,000" in text
+    assert "* client-bound: the load generator used more than 90% of its CPU" in text
+    assert [r["client_bound"] for r in records([bound, free], META)] == [True, False]
+    assert "client-bound" not in tables([free], ["epoll"], META)
+
+
+def test_each_server_shares_its_own_parsers_ceiling() -> None:
+    rs = [
+        dataclasses.replace(_wrk_result(name, rps), http=parser, baseline=name.endswith("@base"))
+        for name, rps, parser in [
+            ("epoll-h11", 6_000.0, "h11"), ("uring-h11", 8_000.0, "h11"),
+            ("uring-h11@base", 7_000.0, "h11"), ("uring-httptools", 40_000.0, "httptools"),
+            ("epoll-httptools", 30_000.0, "httptools"), ("granian-asgi", 50_000.0, "hyper"),
+        ]
+    ]  # fmt: skip
+    meta = dataclasses.replace(META, h11_ceiling_rps=10_000.0, httptools_ceiling_rps=50_000.0)
+    text = tables(rs, [r.backend for r in rs], meta)
+    assert [line for line in text.splitlines() if line.startswith("c=")] == [
+        "c=100: uring-h11 reaches 80% of the h11 ceiling (10,000 req/s in memory); epoll-h11 60%",
+        "c=100: uring-httptools reaches 80% of the httptools ceiling "
+        "(50,000 req/s in memory); epoll-httptools 60%",
+    ]
+
+
+@needs_wrk
+def test_http_both_parsers_beside_a_baseline_that_prints_only_its_banner(tmp_path: Path) -> None:
+    """A baseline checkout as old as the servers without the JSON listening line, marked so
+    its logs tell it ran its own code."""
+    base = copy_checkout(tmp_path / "base")
+    lifecycle = base / "server" / "lifecycle.py"
+    code = lifecycle.read_text()
+    for old, new in [("_print_line(json.dumps(self.listening()))", "pass"),
+                     ("listening on {url}", "(baseline copy) listening on {url}")]:  # fmt: skip
+        assert old in code
+        code = code.replace(old, new)
+    lifecycle.write_text(code)
+    out = tmp_path / "out"
+    done = compare(
+        "--http", "h11,httptools", "--baseline", str(base), "--tools", "saturation",
+        "--connections", "2", "--duration", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    names = {f"{b}-{p}{at}" for b in OURS for p in ("h11", "httptools") for at in ("", "@base")}
+    assert {r["backend"] for r in records} == names
+    for r in records:
+        name = r["backend"]
+        assert r["http"] == name.split("-")[1].removesuffix("@base"), name
+        assert r["baseline"] == name.endswith("@base"), name
+        assert r["requests"] > 0 and r["server_requests"] > 0 and r["errors"] == 0, name
+        assert r["parsers"] == "h11,httptools" and r["baseline_checkout"].startswith(f"{base} at ")
+        assert r["h11_ceiling_rps"] > 0 and r["httptools_ceiling_end_rps"] > 0
+        (log,) = (out / "logs").glob(f"*-{name}-r1.server.log")
+        assert ("(baseline copy) listening on" in log.read_text()) == r["baseline"], name
+    for ratio in ("u-h11/e-h11", "u-ht/e-ht", "u-h11/u-h11@base", "e-ht/e-ht@base"):
+        assert ratio in done.stdout
+    shares = [line for line in done.stdout.splitlines() if line.startswith("c=2:")]
+    reaching = [line.split(" reaches")[0] for line in shares]
+    assert reaching == ["c=2: uring-h11", "c=2: uring-httptools"]
+    assert "@base" not in "".join(shares) and "of the httptools ceiling" in shares[1]
+
+
+@needs_wrk
+@needs_granian
+def test_http_wsgi_workload(tmp_path: Path) -> None:
+    out = tmp_path / "wsgi"
+    done = compare(
+        "--app", "wsgi", "--peers", "--backends", "epoll", "--tools", "saturation",
+        "--connections", "2", "--duration", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(uvicorn, uvicorn-httptools, granian-asgi skipped: they cannot serve --app wsgi)" in (
+        done.stdout
+    )
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    assert {r["backend"] for r in records} == {"epoll", "uvloop-h11", "granian-wsgi"}
+    for r in records:
+        assert r["app"] == "wsgi" and r["requests"] > 0 and r["errors"] == 0, r["backend"]
+        assert f"--app {WSGI_HELLO}" in r["server_command"]
+        uvloop, granian = r["peers"].split("; granian-wsgi: ")
+        assert uvloop.startswith("uvloop-h11: ") and uvloop.endswith(f"--app {WSGI_HELLO}")
+        assert "--interface wsgi" in granian and granian.endswith(WSGI_HELLO)
+    for log in ("h11_ceiling.log", "h11_ceiling_end.log"):
+        assert f'"app": "{WSGI_HELLO}"' in (out / "logs" / log).read_text()

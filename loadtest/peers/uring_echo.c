@@ -188,8 +188,10 @@ int main(int argc, char **argv)
                               io_uring_buf_ring_mask(BUF_COUNT), i);
     io_uring_buf_ring_advance(br, BUF_COUNT);
     arm_accept(lfd);
-    printf("uring_echo listening on 127.0.0.1:%s%s%s\n", argv[1],
-           fixed_files ? " (fixed files)" : "", send_zc ? " (send_zc)" : "");
+    /* Announced as `python -m server` does: compare waits for this line. */
+    printf("{\"event\": \"listening\", \"host\": \"127.0.0.1\", \"port\": %d, "
+           "\"fixed_files\": %s, \"send_zc\": %s}\n", atoi(argv[1]),
+           fixed_files ? "true" : "false", send_zc ? "true" : "false");
     fflush(stdout);
 
     while (!stop) {

@@ -1,7 +1,8 @@
 """The built-in app's ``GET /`` and ``POST /echo`` as a minimal ASGI app, for uvicorn.
 
 Run: ``uvicorn loadtest.peers.uvicorn_app:app --http h11 --loop uvloop
---no-access-log --port 8080``.
+--no-access-log --port 8080`` (or ``--http httptools``, or ``granian
+--interface asgi``: ``compare`` says how).
 
 Same answers as `server.apps.builtin` for what the load generators send:
 ``GET /`` (and HEAD) the hello, ``POST /echo`` the body back with the

@@ -26,7 +26,7 @@ class EchoProtocol(asyncio.Protocol):
 
 
 def main() -> None:
-    run(EchoProtocol, "uvloop echo listening on {host}:{port}", default_port=9000)
+    run(lambda args: EchoProtocol, "uvloop-echo", default_port=9000)
 
 
 if __name__ == "__main__":

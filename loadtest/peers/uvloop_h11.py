@@ -1,20 +1,23 @@
 """ringserve's own h11 protocol object and built-in app, served by uvloop.
 
-Run: ``python -m loadtest.peers.uvloop_h11 --port 8080``.  Same responses,
-same limits, same per-connection object as ``python -m server``; only the
+Run: ``python -m loadtest.peers.uvloop_h11 --port 8080 [--app module:callable]``.
+Same responses, same limits, same per-connection object as ``python -m
+server`` (with ``--app``, the same WSGI adapter around that app); only the
 event loop differs, which is the point of the comparison.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 from typing import Any, cast
 
-from loadtest.peers._serve import run
+from loadtest.peers._serve import Factory, run
 from server.apps.builtin import BuiltinApp
-from server.protocols.http.common import Counters, HttpLimits
+from server.apps.wsgi import WsgiAdapter, load_app
+from server.protocols.http.common import App, Counters, HttpLimits
 from server.protocols.http.h11_impl import H11Connection as HttpConnection
 
 COUNTERS = Counters()
@@ -25,12 +28,9 @@ def _stats() -> dict[str, Any]:
     return {"backend": "uvloop", "requests": COUNTERS.requests, "pid": os.getpid()}
 
 
-APP = BuiltinApp(_stats)
-
-
 class H11Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.conn = HttpConnection(APP, LIMITS, COUNTERS)
+    def __init__(self, app: App) -> None:
+        self.conn = HttpConnection(app, LIMITS, COUNTERS)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -50,16 +50,25 @@ class H11Protocol(asyncio.Protocol):
         return False
 
 
+def _factory(args: argparse.Namespace) -> Factory:
+    """One app for every connection, as the server has: built-in, or ``--app`` in the adapter."""
+    app: App = BuiltinApp(_stats)
+    if args.app is not None:
+        app = WsgiAdapter(load_app(args.app), args.host, args.port)
+    return lambda: H11Protocol(app)
+
+
 def _print_exit_stats() -> None:
     print(json.dumps({"event": "exit", **_stats()}), flush=True)
 
 
 def main() -> None:
     run(
-        H11Protocol,
-        "uvloop+h11 listening on http://{host}:{port}",
+        _factory,
+        "uvloop-h11",
         default_port=8080,
         on_exit=_print_exit_stats,
+        options=lambda p: p.add_argument("--app", help="a WSGI app 'module:callable'"),
     )
 
 
