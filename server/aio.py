@@ -172,6 +172,42 @@ class RingEventLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._clock()
 
+    # -- eager tasks ------------------------------------------------------------------
+    # A Task's constructor schedules its first step with call_soon.  Python
+    # 3.12 can run that step at once instead (eager_task_factory); this does
+    # the same on 3.11: while `_eager` is set, call_soon runs the callback it
+    # is given instead of scheduling it.  A coroutine that finishes without
+    # suspending (most request handlers) thus never waits for a loop
+    # iteration and costs no Handle; one that suspends is an ordinary Task
+    # from then on.  It still is a real Task from its first line, so
+    # asyncio.current_task(), asyncio.timeout(), sniffio and anyio work
+    # (stepping the coroutine without one breaks them: granian's --opt does).
+
+    _eager = False
+
+    # The override returns None in the eager case (no Handle was made), which
+    # asyncio's own signature does not allow: Task's constructor is the only
+    # caller while _eager is set, and it discards the result.
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle | None:
+        if self._eager:
+            self._eager = False
+            if context is None:
+                callback(*args)
+            else:
+                context.run(callback, *args)
+            return None  # the Task constructor ignores what call_soon returns
+        return super().call_soon(callback, *args, context=context)
+
+    def run_eagerly(self, coro: Any) -> asyncio.Task[Any]:
+        """A Task for `coro` whose first step has already run (in the Task's own context)."""
+        self._eager = True
+        try:
+            return asyncio.Task(coro, loop=self)
+        finally:
+            self._eager = False
+
 
 def new_event_loop(backend: BackendName | None = None) -> RingEventLoop:
     """An asyncio event loop on a new backend (``RINGSERVE_BACKEND``, default uring).

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from server.backends.base import Backend
 
 ProtocolName = Literal["http", "echo"]
+InterfaceName = Literal["auto", "asgi", "wsgi"]
+LifespanMode = Literal["auto", "on", "off"]
 
 # Imported lazily, so `--backend epoll` runs where the extension is missing.
 BACKENDS: dict[BackendName, str] = {
@@ -76,6 +78,10 @@ class Config:
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024
     app: str | None = None
+    interface: InterfaceName = "auto"
+    factory: bool = False
+    lifespan: LifespanMode = "auto"
+    root_path: str = ""
     log_level: str = "info"
     workers: int = 1
 
@@ -234,9 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
         )
     add("--max-header-bytes", positive_int, "largest request head; larger gets 431")
     add("--max-body-bytes", positive_int, "largest request body; larger gets 413")
-    add("--app", str, "serve a WSGI application 'module:callable' instead of the built-in app")
+    add(
+        "--app",
+        str,
+        "serve an ASGI or WSGI application 'module:attribute' instead of the built-in app",
+    )
+    add(
+        "--interface",
+        str,
+        "how to call --app: asgi, wsgi, or auto (ASGI if it is a coroutine function)",
+        choices=list(get_args(InterfaceName)),
+    )
+    add(
+        "--lifespan",
+        str,
+        "ASGI lifespan: on, off, or auto (on unless the app raises before taking part)",
+        choices=list(get_args(LifespanMode)),
+    )
+    add("--root-path", str, "the ASGI root_path (the mount point in front of the app)")
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
     add("--workers", positive_int, "processes sharing the port with SO_REUSEPORT")
+    p.add_argument(
+        "--factory",
+        action="store_true",
+        default=False,
+        help=f"--app names a factory to call (no arguments) for the app (env {ENV_PREFIX}FACTORY)",
+    )
     p.add_argument(
         "--sqpoll",
         action="store_true",
@@ -292,7 +321,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             continue
         value = getattr(ns, name)
         env_name = ENV_PREFIX + name.upper()
-        if name == "sqpoll":
+        if name in ("sqpoll", "factory"):
             # A store_true flag: present means on; otherwise the environment.
             value = True if value else _env_boolean(parser, env_name)
         elif name == "tcp_nodelay" and value is None:

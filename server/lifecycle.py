@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from server.aio import BackendSelector, RingEventLoop
+from server.apps.asgi import AsgiApp, Lifespan, is_asgi
 from server.backends.base import Backend, BackendUnavailable
 from server.config import Config, load_backend
 from server.loop import Dispatcher
@@ -75,6 +76,8 @@ class Server:
         self.backend: Backend | None = None
         self._shut_down = False
         self.dispatcher: Dispatcher | None = None
+        self.asgi: AsgiApp | None = None
+        self.lifespan: Lifespan | None = None
         self.aio: RingEventLoop | None = None  # the asyncio loop the server runs on
         self._stop = asyncio.Event()  # set by the first SIGTERM/SIGINT (or request_stop)
         self._hurry = asyncio.Event()  # set by the second: stop waiting for requests
@@ -113,7 +116,10 @@ class Server:
         selector = BackendSelector(self.backend, owns_backend=False)
         self.aio = RingEventLoop(selector)
         self.dispatcher.attach(selector)
-        self.backend.listen(listener)
+        if self.lifespan is not None and not self._start_lifespan():
+            listener.close()
+            raise StartupError(f"the app's lifespan startup failed: {self.lifespan.error}")
+        self.backend.listen(listener)  # only now: the app is ready
 
     def serve(self) -> None:
         """Run the asyncio loop until a stop is asked for and in-flight requests finish."""
@@ -125,6 +131,10 @@ class Server:
                     self._stop, self._hurry, self.config.timeout_graceful_shutdown
                 )
             )
+            if self.lifespan is not None and not self.aio.run_until_complete(
+                self.lifespan.shutdown()
+            ):
+                logger.error("the app's lifespan shutdown failed: %s", self.lifespan.error)
         finally:
             _finish_tasks(self.aio)
             asyncio.set_event_loop(None)
@@ -139,6 +149,7 @@ class Server:
     def shutdown(self) -> None:
         """Release everything; safe to call more than once."""
         if self.aio is not None and not self.aio.is_closed():
+            _finish_tasks(self.aio)  # e.g. a lifespan that failed at startup
             self.aio.close()  # its selector stops watching the app's fds
         if self.backend is not None and not self._shut_down:
             self._shut_down = True
@@ -219,7 +230,7 @@ class Server:
             return EchoConnection
         app = self._load_app()
         try:
-            connection_class = load_http(config.http)
+            connection_class = load_http(config.http, asgi=self.asgi is not None)
         except ImportError as exc:
             raise StartupError(f"--http {config.http} is not installed ({exc})") from exc
         limits = HttpLimits(config.max_header_bytes, config.max_body_bytes)
@@ -230,19 +241,31 @@ class Server:
 
         return make
 
-    def _load_app(self) -> App:
-        if self.config.app is None:
+    def _load_app(self) -> App | AsgiApp:
+        config = self.config
+        if config.app is None:
             from server.apps.builtin import BuiltinApp
 
             return BuiltinApp(self.statistics)
         from server.apps.wsgi import WsgiAdapter, load_app
 
         try:
-            wsgi_app = load_app(self.config.app)
+            obj: Any = load_app(config.app)
+            if config.factory:
+                obj = obj()
         except (ImportError, ValueError) as exc:
-            raise StartupError(f"cannot load --app {self.config.app}: {exc}") from exc
+            raise StartupError(f"cannot load --app {config.app}: {exc}") from exc
+        except Exception as exc:
+            raise StartupError(f"--factory {config.app} raised {exc!r}") from exc
+        interface = config.interface
+        if interface == "auto":
+            interface = "asgi" if is_asgi(obj) else "wsgi"
+        if interface == "asgi":
+            self.asgi = AsgiApp(obj, config.root_path, self.address)
+            self.lifespan = Lifespan(self.asgi, config.lifespan)
+            return self.asgi
         host, port = self.address  # the bound port, also when --port 0
-        return WsgiAdapter(wsgi_app, host, port, self.config.workers > 1)
+        return WsgiAdapter(obj, host, port, config.workers > 1)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -273,6 +296,14 @@ class Server:
         finally:
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(s)
+
+    def _start_lifespan(self) -> bool:
+        assert self.aio is not None and self.lifespan is not None
+        asyncio.set_event_loop(self.aio)
+        try:
+            return self.aio.run_until_complete(self.lifespan.startup())
+        finally:
+            asyncio.set_event_loop(None)
 
     def _print_stats(self) -> None:
         _print_line(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True))

@@ -12,10 +12,10 @@ still imported only when ``--http`` chooses it.
 from __future__ import annotations
 
 import importlib
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from server.protocols import ServerProtocol
-from server.protocols.http.common import App, Counters, HttpLimits
+from server.protocols.http.common import Counters, HttpLimits
 
 HttpName = Literal["h11", "httptools"]
 
@@ -24,20 +24,26 @@ HTTP_IMPLEMENTATIONS: dict[HttpName, str] = {
     "h11": "server.protocols.http.h11_impl:H11Connection",
     "httptools": "server.protocols.http.httptools_impl:HttptoolsConnection",
 }
+# The same parsers for an app that answers later (ASGI): framing.AsyncMode.
+ASGI_IMPLEMENTATIONS: dict[HttpName, str] = {
+    "h11": "server.protocols.http.h11_impl:H11AsgiConnection",
+    "httptools": "server.protocols.http.httptools_impl:HttptoolsAsgiConnection",
+}
 
 
 class HttpConnectionClass(Protocol):
     """What a parser module's connection class is called with."""
 
-    def __call__(self, app: App, limits: HttpLimits, counters: Counters) -> ServerProtocol: ...
+    def __call__(self, app: Any, limits: HttpLimits, counters: Counters) -> ServerProtocol: ...
 
 
-def load_http(name: HttpName) -> HttpConnectionClass:
-    """The connection class of parser `name`.
+def load_http(name: HttpName, asgi: bool = False) -> HttpConnectionClass:
+    """The connection class of parser `name` (for an ASGI app if `asgi`).
 
     Raises:
         ImportError: the parser's library is not installed.
     """
-    module_name, _, cls_name = HTTP_IMPLEMENTATIONS[name].partition(":")
+    table = ASGI_IMPLEMENTATIONS if asgi else HTTP_IMPLEMENTATIONS
+    module_name, _, cls_name = table[name].partition(":")
     cls: HttpConnectionClass = getattr(importlib.import_module(module_name), cls_name)
     return cls

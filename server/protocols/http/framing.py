@@ -34,8 +34,10 @@ response is written (`_parse`, `_raw`, `_send`, `_error`, `_continue`,
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from typing import Final
+from typing import Any, Final
 
 import h11
 
@@ -51,6 +53,8 @@ from server.protocols.http.common import (
     Response,
     error_response,
 )
+
+logger = logging.getLogger("server.asgi")
 
 BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 # h11's chunk header (``_abnf.chunk_header``); llhttp is asked too (chunk_size).
@@ -116,6 +120,7 @@ class FramedConnection:
         "_body",
         "_body_bytes",
         "_buf",
+        "_conn",
         "_counters",
         "_expect",
         "_footer",
@@ -136,6 +141,7 @@ class FramedConnection:
 
     responding = False  # a synchronous app has answered by the time receive_data returns
     needs_transport = False
+    _hold = False  # AsyncMode: the bytes after a request wait for its response
 
     def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
         self._app = app
@@ -205,7 +211,7 @@ class FramedConnection:
         n = len(data)
         pos = 0
         limit = self._limits.max_header_bytes
-        while pos < n:
+        while pos < n and not self._hold:
             state = self._state
             if state == HEAD:
                 if data[pos] < 0x21:
@@ -390,6 +396,10 @@ class FramedConnection:
             return False
         data, close = sent
         out.append(data)
+        return self._answered(close)
+
+    def _answered(self, close: bool) -> bool:
+        """The response is out: read the next head, or close; False if closing."""
         self._state = HEAD
         if close:
             self.should_close = True
@@ -433,3 +443,340 @@ class FramedConnection:
     def _next_cycle(self) -> None:
         """A request was answered and the connection goes on: drop what the parser
         holds for it."""
+
+
+# -- answering later: ASGI -----------------------------------------------------------
+
+
+class AsyncMode(FramedConnection):
+    """What an HTTP connection adds when its app answers later (ASGI).
+
+    A parser's connection class becomes an ASGI one by putting this first
+    among its bases (``class X(AsyncMode, H11Connection)``; the parser
+    classes add no slots of their own, so the two layouts combine).  The
+    framing and the limits stay the parser's; what changes is when the app
+    hears of a request and when the response goes:
+
+    - a request with a body starts its `server.apps.asgi.RequestCycle` once
+      its head is complete, and the body goes to it piece by piece; one
+      without a body starts it when it is complete;
+    - a response that is whole when the app's first step returns goes out
+      with the other output of that ``receive_data`` call; one that comes
+      later is written through the transport;
+    - while a response is not complete, the bytes after its request are
+      held (``_hold``), unframed, so pipelined requests are answered in
+      order; the response's end frames them.
+    """
+
+    __slots__ = (
+        "_client",
+        "_close_after",
+        "_continue_owed",
+        "_cycle",
+        "_head_written",
+        "_hold",
+        "_out",
+        "_peer_eof",
+        "_reading_paused",
+        "_request_done",
+        "_streamed",
+        "_streaming",
+        "_transport",
+        "responding",
+    )
+
+    needs_transport = True
+
+    _app: Any  # server.apps.asgi.AsgiApp
+
+    def _init_async(self) -> None:
+        self._transport: Any = None
+        self._cycle: Any = None  # server.apps.asgi.RequestCycle
+        self._out: list[bytes] | None = None  # output of the framing call in progress
+        self._client: Any = None
+        self._reading_paused = False
+        self._continue_owed = False
+        self._request_done = False
+        self._head_written = False
+        self._close_after = False
+        self._peer_eof = False
+        self._hold = False
+        self.responding = False
+        self._streaming: Any = None  # a parser's state for a streamed response
+        self._streamed = 0  # body bytes of it sent
+
+    # -- the loop's side ----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def connection_lost(self, exc: OSError | None) -> None:
+        cycle = self._cycle
+        if cycle is not None:
+            cycle.disconnect()
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        if self._cycle is not None:
+            self._cycle.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._cycle is not None:
+            self._cycle.resume_writing()
+
+    def receive_data(self, data: bytes) -> bytes:
+        if self._hold:  # a response is pending: keep the bytes for after it
+            if not data:
+                self._peer_eof = True
+            elif self._buf:
+                self._buf += data
+            else:
+                self._buf = bytearray(data)
+            return b""
+        out = super().receive_data(data)
+        if self._cycle is not None:
+            self.busy = not self.should_close
+        return out
+
+    def pending_head(self) -> int:
+        return 0 if self._hold else super().pending_head()
+
+    def timed_out(self) -> bytes:
+        cycle = self._cycle
+        if cycle is not None:
+            cycle.disconnect()
+            if self._head_written:  # too late for a 408
+                self.should_close = True
+                return b""
+        return super().timed_out()
+
+    # -- the framing's hooks ------------------------------------------------------------------
+
+    def _start(self, head: bytes, out: list[bytes]) -> bool:
+        if not super()._start(head, out):
+            return False
+        if self._cycle is None and self._state != HEAD:  # a body follows: start now
+            self._continue_owed = self._expect
+            self._expect = False  # 100 Continue waits for the app's receive()
+            self._begin(out)
+        return True
+
+    def _data(self, piece: bytes, out: list[bytes]) -> bool:
+        if not super()._data(piece, out):
+            return False
+        self._body.pop()  # it goes to the app instead
+        cycle = self._cycle
+        if cycle is not None and not cycle.complete:
+            self._out = out
+            cycle.feed(piece)
+            self._out = None
+        return True
+
+    def _complete(self, out: list[bytes]) -> bool:
+        self._expect = False
+        self._body = _NO_BODY
+        self._request_done = True
+        cycle = self._cycle
+        if cycle is None:
+            cycle = self._begin(out)
+        elif not cycle.complete:
+            self._out = out
+            cycle.body_done()
+            self._out = None
+        if cycle.complete and self._cycle is cycle:
+            return self._end_cycle()
+        if self._cycle is None:  # ended (a refused response) and closing
+            return not self.should_close
+        self._hold = True
+        self.responding = True
+        return True
+
+    # -- the cycle's side -----------------------------------------------------------------
+
+    def _begin(self, out: list[bytes]) -> Any:
+        """Make the request's cycle and run the app's first step."""
+        from server.apps.asgi import RequestCycle, build_scope
+
+        cycle = RequestCycle(self)
+        self._cycle = cycle
+        self._head_written = False
+        self._close_after = False
+        if self._client is None and self._transport is not None:
+            self._client = self._transport.get_extra_info("peername") or ()
+        app = self._app
+        scope = build_scope(
+            app, self._method, self._target, self._headers, self._version, self._client or None
+        )
+        loop = asyncio.get_running_loop()
+        start = getattr(loop, "run_eagerly", loop.create_task)
+        self._out = out
+        try:
+            cycle.task = task = start(app.app(scope, cycle.receive, cycle.send))
+            if task.done():  # the common case: answered in its first step
+                self._app_done(task)
+            else:
+                task.add_done_callback(self._app_done)
+        finally:
+            self._out = None
+        return cycle
+
+    def _app_done(self, task: Any) -> None:
+        cycle = self._cycle
+        if cycle is None or cycle.task is not task:
+            return  # that request's response was finished already
+        if task.cancelled():
+            exc: BaseException | None = None
+            failed = True
+        else:
+            exc = task.exception()
+            failed = exc is not None
+        if not failed and cycle.complete:
+            return
+        if exc is not None and not isinstance(exc, OSError):
+            logger.error("Exception in ASGI application", exc_info=exc)
+        if failed or not cycle.complete:
+            self._counters.app_errors += 1
+        if not self._head_written and not self._closing():
+            # Nothing of the response went out: a 500, then close.
+            cycle.complete = True
+            self._keepalive = False
+            self.write_response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
+        else:
+            cycle.complete = True
+            cycle.disconnect()
+            self._cycle = None
+            self.responding = False
+            self.should_close = True
+            self._abandon()
+
+    def _closing(self) -> bool:
+        return self._transport is None or (self._cycle is not None and self._cycle.closed)
+
+    def _write(self, data: bytes) -> None:
+        out = self._out
+        if out is not None:
+            out.append(data)
+        elif self._transport is not None:
+            self._transport.write(data)
+
+    def write_response(self, status: int, headers: Any, body: bytes) -> None:
+        """A whole response, written at once (cached head, as the synchronous path)."""
+        resp = Response(status, headers if type(headers) is list else list(headers), body)
+        sent = self._send(resp)
+        if sent is None:
+            self._counters.app_errors += 1
+            self._write(error_response(500))
+            self._head_written = True
+            self._response_done(True)
+            return
+        data, close = sent
+        self._head_written = True
+        self._write(data)
+        self._response_done(close)
+
+    def write_head(self, status: int, headers: Any) -> bool:
+        data = self._stream_head(status, headers)
+        if data is None:
+            return False
+        self._head_written = True
+        self._write(data)
+        return True
+
+    def write_body(self, chunk: bytes) -> bool:
+        data = self._stream_body(chunk)
+        if data is None:
+            return False
+        if data:
+            self._write(data)
+        return True
+
+    def write_end(self) -> None:
+        ended = self._stream_end()
+        if ended is None:  # shorter than its content-length: the peer cannot frame it
+            self._counters.app_errors += 1
+            self._response_done(True)
+            return
+        data, close = ended
+        if data:
+            self._write(data)
+        self._response_done(close)
+
+    def send_continue(self) -> None:
+        if self._continue_owed:
+            self._continue_owed = False
+            if not self._head_written:
+                self._write(self._continue())
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _response_done(self, close: bool) -> None:
+        """The response is complete (or refused)."""
+        self._counters.requests += 1
+        self._close_after = close or not self._request_done
+        cycle = self._cycle
+        if cycle is not None:
+            cycle.complete = True
+        if self._out is not None:
+            return  # inside a framing call: _complete takes it from here
+        if not self._request_done:
+            # Answered before its body was read: close (the rest is discarded
+            # by the lingering close) rather than frame it.
+            self._cycle = None
+            self.responding = False
+            self.should_close = True
+            self._abandon()
+            return
+        self._resume()
+
+    def _end_cycle(self) -> bool:
+        self._cycle = None
+        self._hold = False
+        self.responding = False
+        if self._reading_paused:
+            self.resume_reading()
+        return self._answered(self._close_after)
+
+    def _resume(self) -> None:
+        """The response ended outside a framing call: frame what was held."""
+        out: list[bytes] = []
+        if self._end_cycle() and (self._buf or self._peer_eof):
+            self._out = out
+            try:
+                if self._buf:
+                    self._frame(self._buf, out)
+                if self._peer_eof and not self._hold and not self.should_close:
+                    if self._state != HEAD or self._buf:
+                        self._fail(400, out)  # the peer closed mid-request
+                    self.should_close = True
+            finally:
+                self._out = None
+        self.busy = not self.should_close and (
+            self._cycle is not None or self._state != HEAD or bool(self._buf)
+        )
+        if out:
+            self._write(b"".join(out))
+        if self.should_close and self._transport is not None and not self._hold:
+            self._transport.close()
+
+    def _abandon(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- what the parser module adds for streamed responses -------------------------------
+
+    def _stream_head(self, status: int, headers: Any) -> bytes | None:
+        raise NotImplementedError
+
+    def _stream_body(self, chunk: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def _stream_end(self) -> tuple[bytes, bool] | None:
+        raise NotImplementedError

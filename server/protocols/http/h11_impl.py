@@ -24,6 +24,8 @@ Limits, each answered with a response and then a close:
 
 from __future__ import annotations
 
+from typing import Any
+
 import h11
 
 from server.protocols.http import llhttp
@@ -40,7 +42,7 @@ from server.protocols.http.common import (
     error_headers,
     error_response,
 )
-from server.protocols.http.framing import FramedConnection
+from server.protocols.http.framing import AsyncMode, FramedConnection
 
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 _EOM = h11.EndOfMessage()  # h11's events are frozen: one serves every response
@@ -98,11 +100,12 @@ class H11Connection(FramedConnection):
         counters: totals shared by all connections.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ()  # its h11.Connection is FramedConnection's _conn slot
+    _conn: h11.Connection | None
 
     def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
         super().__init__(app, limits, counters)
-        self._conn: h11.Connection | None = None  # taken from the pool for a request
+        self._conn = None  # taken from the pool for a request
 
     # receive_data, pending_head, timed_out, stop_keepalive: FramedConnection's.
 
@@ -188,3 +191,41 @@ class H11Connection(FramedConnection):
         self._conn = None
         conn.start_next_cycle()
         _give_h11(conn, self._limits.max_header_bytes)
+
+
+class H11AsgiConnection(AsyncMode, H11Connection):
+    """H11Connection for an ASGI app (`framing.AsyncMode`): streamed bodies both ways."""
+
+    __slots__ = ()
+
+    def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
+        super().__init__(app, limits, counters)
+        self._init_async()
+
+    def _stream_head(self, status: int, headers: Any) -> bytes | None:
+        conn = self._conn
+        assert conn is not None  # held while a request is in progress
+        try:
+            response = _responses.get(status, REASONS.get(status, b""), headers, self._keepalive)
+            return conn.send(response)
+        except Exception:  # h11.LocalProtocolError, or headers that are not bytes pairs
+            return None
+
+    def _stream_body(self, chunk: bytes) -> bytes | None:
+        conn = self._conn
+        assert conn is not None
+        if self._method == b"HEAD":
+            return b""  # h11 frames a HEAD response as having no body
+        try:
+            return conn.send(h11.Data(data=chunk))
+        except Exception:  # longer than its content-length, a body on a 204...
+            return None
+
+    def _stream_end(self) -> tuple[bytes, bool] | None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            data = conn.send(_EOM)
+        except h11.LocalProtocolError:  # shorter than its content-length
+            return None
+        return data, conn.our_state is not h11.DONE or conn.their_state is not h11.DONE

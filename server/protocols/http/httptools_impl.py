@@ -27,13 +27,16 @@ heads h11 surely accepts; for any other, h11 itself is asked (a rare path).
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 import h11
 
 from server.protocols.http import llhttp
 from server.protocols.http.common import (
+    CHUNKED,
+    EMPTY,
     KEEPALIVE,
+    LENGTH,
     PEER_HTTP11,
     PEER_KEEPALIVE,
     REASONS,
@@ -49,7 +52,7 @@ from server.protocols.http.common import (
     frame_body,
     serialize_head,
 )
-from server.protocols.http.framing import FramedConnection
+from server.protocols.http.framing import AsyncMode, FramedConnection
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -193,13 +196,16 @@ class HttptoolsConnection(FramedConnection):
         self._version = version
         return 0
 
-    def _send(self, resp: Response) -> tuple[bytes, bool] | None:
-        reason = resp.reason if resp.reason is not None else REASONS.get(resp.status, b"")
-        variant = (
+    def _variant(self) -> int:
+        return (
             (KEEPALIVE if self._keepalive else 0)
             | (PEER_KEEPALIVE if self._peer_keepalive else 0)
             | (PEER_HTTP11 if self._version == b"1.1" else 0)
         )
+
+    def _send(self, resp: Response) -> tuple[bytes, bool] | None:
+        reason = resp.reason if resp.reason is not None else REASONS.get(resp.status, b"")
+        variant = self._variant()
         try:
             head = _responses.get(resp.status, reason, resp.headers, variant)
             body = frame_body(head, resp.body, self._method)
@@ -214,3 +220,51 @@ class HttptoolsConnection(FramedConnection):
 
     def _continue(self) -> bytes:
         return CONTINUE
+
+
+class HttptoolsAsgiConnection(AsyncMode, HttptoolsConnection):
+    """HttptoolsConnection for an ASGI app (`framing.AsyncMode`): streamed bodies both ways."""
+
+    __slots__ = ()
+
+    def __init__(self, app: App, limits: HttpLimits, counters: Counters) -> None:
+        super().__init__(app, limits, counters)
+        self._init_async()
+
+    def _stream_head(self, status: int, headers: Any) -> bytes | None:
+        if self._method == b"CONNECT" and 200 <= status < 300:
+            return None  # h11's rule: a 2xx to CONNECT switches protocols
+        try:
+            head = _responses.get(status, REASONS.get(status, b""), headers, self._variant())
+        except Exception:  # common.Refused, or headers that are not bytes pairs
+            return None
+        self._streaming = head
+        self._streamed = 0
+        return head.head
+
+    def _stream_body(self, chunk: bytes) -> bytes | None:
+        head: ResponseHead | None = self._streaming
+        assert head is not None
+        if self._method == b"HEAD":
+            return b""
+        framing = head.framing
+        if framing == LENGTH:
+            if self._streamed + len(chunk) > head.length:
+                return None
+            self._streamed += len(chunk)
+            return chunk
+        if framing == EMPTY:
+            return None if chunk else b""
+        if framing == CHUNKED:
+            return b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunk else b""
+        return chunk  # UNTIL_CLOSE
+
+    def _stream_end(self) -> tuple[bytes, bool] | None:
+        head: ResponseHead | None = self._streaming
+        assert head is not None
+        self._streaming = None
+        if self._method == b"HEAD":
+            return b"", head.close
+        if head.framing == LENGTH and self._streamed != head.length:
+            return None
+        return (b"0\r\n\r\n" if head.framing == CHUNKED else b""), head.close
