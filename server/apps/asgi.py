@@ -95,6 +95,7 @@ class RequestCycle:
         "closed",
         "complete",
         "headers",
+        "reason",
         "started",
         "status",
         "streaming",
@@ -114,6 +115,7 @@ class RequestCycle:
         self.complete = False
         self.status = 0
         self.headers: Any = ()
+        self.reason: bytes | None = None  # only from ringserve's own adapters
         self.task: asyncio.Task[None] | None = None
 
     # -- what the connection tells the cycle --------------------------------------
@@ -190,6 +192,7 @@ class RequestCycle:
             self.started = True
             self.status = message["status"]
             self.headers = message.get("headers", ())
+            self.reason = message.get("reason")
             return
         if kind != "http.response.body":
             raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
@@ -200,7 +203,7 @@ class RequestCycle:
         conn = self._conn
         if not self.streaming and not more:
             self.complete = True
-            conn.write_response(self.status, self.headers, body)
+            conn.write_response(self.status, self.headers, body, self.reason)
             return
         if not self.streaming:
             self.streaming = True

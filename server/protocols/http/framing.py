@@ -383,6 +383,7 @@ class FramedConnection:
         try:
             resp = self._app(request)
         except Exception:
+            logger.exception("Exception in the application")
             self._counters.app_errors += 1
             resp = Response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
         self._counters.requests += 1
@@ -577,8 +578,8 @@ class AsyncMode(FramedConnection):
         self._body = _NO_BODY
         self._request_done = True
         cycle = self._cycle
-        if cycle is None:
-            cycle = self._begin(out)
+        if cycle is None:  # no body: the request is whole before the app starts
+            cycle = self._begin(out, whole=True)
         elif not cycle.complete:
             self._out = out
             cycle.body_done()
@@ -593,11 +594,14 @@ class AsyncMode(FramedConnection):
 
     # -- the cycle's side -----------------------------------------------------------------
 
-    def _begin(self, out: list[bytes]) -> Any:
-        """Make the request's cycle and run the app's first step."""
+    def _begin(self, out: list[bytes], whole: bool = False) -> Any:
+        """Make the request's cycle and run the app's first step (`whole`: the
+        request has no body, so receive() has it all at once)."""
         from server.apps.asgi import RequestCycle, build_scope
 
         cycle = RequestCycle(self)
+        if whole:
+            cycle.body_done()
         self._cycle = cycle
         self._head_written = False
         self._close_after = False
@@ -659,9 +663,11 @@ class AsyncMode(FramedConnection):
         elif self._transport is not None:
             self._transport.write(data)
 
-    def write_response(self, status: int, headers: Any, body: bytes) -> None:
+    def write_response(
+        self, status: int, headers: Any, body: bytes, reason: bytes | None = None
+    ) -> None:
         """A whole response, written at once (cached head, as the synchronous path)."""
-        resp = Response(status, headers if type(headers) is list else list(headers), body)
+        resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
         if sent is None:
             self._counters.app_errors += 1
@@ -734,7 +740,9 @@ class AsyncMode(FramedConnection):
             self.should_close = True
             self._abandon()
             return
-        self._resume()
+        # Not from here: this runs inside the app's Task (its send()), and the
+        # next held request's Task cannot start eagerly inside another one.
+        asyncio.get_running_loop().call_soon(self._resume)
 
     def _end_cycle(self) -> bool:
         self._cycle = None
@@ -746,6 +754,8 @@ class AsyncMode(FramedConnection):
 
     def _resume(self) -> None:
         """The response ended outside a framing call: frame what was held."""
+        if self._transport is None:
+            return  # the connection went meanwhile
         out: list[bytes] = []
         if self._end_cycle() and (self._buf or self._peer_eof):
             self._out = out
