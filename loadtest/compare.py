@@ -89,7 +89,7 @@ PEER_NEEDS = {"uvloop-h11": "uvloop", "uvicorn": "uvicorn", "uvicorn-httptools":
 ANNOUNCED = {"uvloop-h11", "uvloop-echo", "c-uring-echo"}
 # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
 PEER_CLEAN_EXITS = {p: (0, -signal.SIGTERM) for p in ("uvicorn", "uvicorn-httptools")}
-ASGI_HELLO, WSGI_HELLO = "loadtest.peers.uvicorn_app:app", "loadtest.peers.wsgi_app:app"
+ASGI_HELLO, WSGI_HELLO = "examples.asgi_hello:app", "loadtest.peers.wsgi_app:app"
 
 
 @dataclass(frozen=True, slots=True)

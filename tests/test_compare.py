@@ -26,9 +26,10 @@ from typing import Any
 import psutil
 import pytest
 
+from examples import asgi_hello
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.peers import uvicorn_app, wsgi_app
+from loadtest.peers import wsgi_app
 from loadtest.results import Metadata, ceiling_lines, records, result_from_run, tables
 from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
@@ -425,7 +426,7 @@ def test_locust_percentile() -> None:
 
 # -- the --http, --app, --peers and --baseline axes ----------------------------------
 
-WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "loadtest.peers.uvicorn_app:app"
+WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "examples.asgi_hello:app"
 
 
 def copy_checkout(dest: Path, built: bool = True) -> Path:
@@ -559,7 +560,7 @@ def _asgi(method: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
-    asyncio.run(uvicorn_app.app(scope, receive, send))
+    asyncio.run(asgi_hello.app(scope, receive, send))
     start, end = sent
     return start["status"], list(start["headers"]), end["body"]
 
