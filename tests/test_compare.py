@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -33,8 +34,9 @@ from loadtest.peers import wsgi_app
 from loadtest.results import Metadata, ceiling_lines, records, result_from_run, tables
 from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
+from server.apps.asgi import AsgiApp
 from server.apps.builtin import BuiltinApp
-from server.apps.wsgi import WsgiAdapter
+from server.apps.wsgi import WsgiAdapter, load_app
 from server.protocols.http.common import Request
 from tests.support import open_fds
 
@@ -225,14 +227,15 @@ def test_h11_ceiling() -> None:
 
 
 @needs_wrk
-def test_h11_ceiling_sends_what_wrk_sends() -> None:
+@pytest.mark.parametrize("path", ["/", "/items/42?q=hello"])
+def test_h11_ceiling_sends_what_wrk_sends(path: str) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.settimeout(10)
         port = listener.getsockname()[1]
         wrk = subprocess.Popen(
-            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
+            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -248,7 +251,7 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         finally:
             wrk.kill()
             wrk.wait()
-    assert data == h11_ceiling.wrk_request(port=port)
+    assert data == h11_ceiling.wrk_request(port=port, path=path)
 
 
 @pytest.mark.parametrize(
@@ -427,6 +430,11 @@ def test_locust_percentile() -> None:
 # -- the --http, --app, --peers and --baseline axes ----------------------------------
 
 WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "examples.asgi_hello:app"
+FASTAPI_APP = "examples.fastapi_app:app"
+needs_fastapi = pytest.mark.skipif(
+    importlib.util.find_spec("fastapi") is None,
+    reason="FastAPI is not installed (pip install -e '.[fastapi]')",
+)
 
 
 def copy_checkout(dest: Path, built: bool = True) -> Path:
@@ -695,3 +703,36 @@ def test_http_wsgi_workload(tmp_path: Path) -> None:
         assert "--interface wsgi" in granian and granian.endswith(WSGI_HELLO)
     for log in ("h11_ceiling.log", "h11_ceiling_end.log"):
         assert f'"app": "{WSGI_HELLO}"' in (out / "logs" / log).read_text()
+
+
+# -- the ceiling of an ASGI app ------------------------------------------------------
+
+
+@needs_fastapi
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_ceiling_drives_an_asgi_app_on_the_loop(http: str) -> None:
+    app = AsgiApp(load_app(FASTAPI_APP), "", ("127.0.0.1", 8080))
+    got = h11_ceiling.measure(0.3, 10, 0.0, http, app, "/items/42?q=hello")  # type: ignore[arg-type]
+    assert got.requests > 0 and got.us_per_request > 0
+    with pytest.raises(RuntimeError, match=re.escape("unexpected response: b'HTTP/1.1 404 ")):
+        h11_ceiling.measure(0.1, 10, 0.0, http, app, "/nowhere")  # type: ignore[arg-type]
+
+
+async def _late_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The hello, answered a loop iteration after the request (its first step suspends)."""
+    if scope["type"] == "http":
+        CALLS[0] += 1
+        await asyncio.sleep(0)
+    await asgi_hello.app(scope, receive, send)
+
+
+def test_ceiling_waits_for_an_asgi_app_that_suspends(capsys: pytest.CaptureFixture[str]) -> None:
+    before, cpus = CALLS[0], os.sched_getaffinity(0)
+    try:
+        argv = ["--app", "tests.test_compare:_late_hello", "--connections", "4", "--json"]
+        assert h11_ceiling.main([*argv, "--duration", "0.2", "--warmup", "0"]) == 0
+    finally:
+        os.sched_setaffinity(0, cpus)
+    got = json.loads(capsys.readouterr().out)
+    assert got["requests"] > 0 and CALLS[0] - before == got["requests"] + 1  # + the first check
+    assert got["path"] == "/"
