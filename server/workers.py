@@ -1,9 +1,11 @@
-"""``--workers N``: N single-threaded server processes sharing one port.
+"""``--workers N``: N single-threaded server processes serving sockets the parent opened.
 
-Each worker binds its own listening socket with ``SO_REUSEPORT`` (the kernel
-spreads new connections across them) and builds its own backend, so each
-has its own ring.  The parent only forwards SIGINT/SIGTERM, and SIGUSR1
-(so ``kill -USR1 <parent>`` makes every worker print its statistics line
+The parent opens the listening sockets and forks the workers, which inherit
+them: for TCP one ``SO_REUSEPORT`` socket per worker (the kernel spreads new
+connections across them), for ``--uds``, ``--fd`` and systemd's socket the
+one socket they all serve.  Each worker builds its own backend, so each has
+its own ring.  The parent only forwards SIGINT/SIGTERM, and SIGUSR1 (so
+``kill -USR1 <parent>`` makes every worker print its statistics line
 instead of killing the parent), and waits; it exits 0 when every worker did.
 """
 
@@ -22,28 +24,31 @@ logger = logging.getLogger("server.workers")
 
 def run_workers(config: Config) -> int:
     """Fork `config.workers` servers and wait for them; returns the exit code."""
-    from server.lifecycle import Server, StartupError, make_listener
+    from server.lifecycle import Server
+    from server.listeners import ListenerError, open_listeners
 
-    if config.port == 0:
-        print("ringserve: error: --workers needs a fixed --port", file=sys.stderr)
-        return 1
-    try:  # bind once in the parent first, so a busy port fails before forking
-        probe = make_listener(config, reuse_port=True)
-    except StartupError as exc:
+    try:  # opened in the parent, so a busy port fails before forking
+        listeners = open_listeners(config, config.workers)
+    except ListenerError as exc:
         print(f"ringserve: error: {exc}", file=sys.stderr)
         return 1
     pids: list[int] = []
-    for _ in range(config.workers):
+    for i in range(config.workers):
+        sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            probe.close()
+            mine = listeners[i % len(listeners)]
+            for other in listeners:
+                if other is not mine:
+                    other.sock.close()
             code = 1
             try:
-                code = Server(config).run()
+                code = Server(config, mine.for_child()).run()
             finally:
                 os._exit(code)
         pids.append(pid)
-    probe.close()
+    for listener in listeners:  # the workers have theirs
+        listener.sock.close()
 
     def forward(signum: int, frame: object) -> None:
         for pid in pids:
@@ -56,4 +61,6 @@ def run_workers(config: Config) -> int:
     for pid in pids:
         _, status = os.waitpid(pid, 0)
         worst = max(worst, os.waitstatus_to_exitcode(status))
+    for listener in listeners:
+        listener.remove_file()
     return worst

@@ -369,10 +369,15 @@ def test_bad_app_exits_1(backend: str, app: str, message: str) -> None:
     assert proc.stdout == ""
 
 
-def test_workers_need_a_fixed_port() -> None:
-    proc = run_cli("--backend", "epoll", "--port", "0", "--workers", "2")
-    assert proc.returncode == 1
-    assert proc.stderr == "ringserve: error: --workers needs a fixed --port\n"
+def test_workers_take_port_0_too(spawn) -> None:
+    """The parent binds the port, so --port 0 gives every worker the same one."""
+    srv = spawn("--backend", "epoll", "--port", "0", "--workers", "2").start()
+    wait_for(lambda: len(srv.json_lines("listening")) == 2, what="both workers listening")
+    ports = {line["port"] for line in srv.json_lines("listening")}
+    assert ports == {srv.address[1]} and srv.address[1] != 0, ports
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
 
 
 # -- options in a running server ---------------------------------------------------

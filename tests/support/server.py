@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,18 @@ class ServerProcess(servers.ServerProcess):
         """Start it and wait for its listening line; returns itself."""
         super().start(timeout)
         return self
+
+    def _ready(self) -> bool:
+        if self.listening.get("uds") is not None:  # no TCP address: see `uds`
+            return True
+        return super()._ready()
+
+    @property
+    def uds(self) -> str:
+        """The path of the Unix socket it listens on."""
+        path = self.listening["uds"]
+        assert isinstance(path, str), self.listening
+        return path
 
     def output(self) -> str:
         return f"stdout:\n{''.join(self.stdout_lines)}stderr:\n{''.join(self.stderr_lines)}"
@@ -78,10 +91,21 @@ class ServerProcess(servers.ServerProcess):
             raise AssertionError(f"server did not exit in {timeout} s\n{self.output()}") from None
 
     def fetch(self, data: bytes) -> HttpResponse:
-        """One request on a fresh connection; its response."""
+        """One request on a fresh connection (to its Unix socket, if that is what it serves)."""
+        if self.listening.get("uds") is not None:
+            return unix_fetch(self.uds, data)
         with connect(self.address) as sock:
             sock.sendall(data)
             return HttpReader(sock).read_response()
+
+
+def unix_fetch(path: str, data: bytes, timeout: float = 10.0) -> HttpResponse:
+    """One request on a fresh connection to the Unix socket at `path`; its response."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        return HttpReader(sock).read_response()
 
 
 def local_server(
