@@ -79,6 +79,8 @@ class Config:
     app: str | None = None
     log_level: str = "info"
     workers: int = 1
+    max_requests: int = 0  # 0: workers are never recycled
+    max_requests_jitter: int = 0
     uds: str | None = None
     uds_mode: int = 0o666
     fd: int | None = None
@@ -275,7 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-body-bytes", positive_int, "largest request body; larger gets 413")
     add("--app", str, "serve a WSGI application 'module:callable' instead of the built-in app")
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
-    add("--workers", positive_int, "processes serving the listening socket (or one each)")
+    add(
+        "--workers",
+        positive_int,
+        "worker processes serving one listening socket, supervised: restarted if they die, "
+        "replaced one by one on SIGHUP",
+    )
+    add(
+        "--max-requests",
+        non_negative_int,
+        "replace a worker after it has served this many requests, plus --max-requests-jitter; "
+        "its replacement starts first (0: never; HTTP; also with --workers 1)",
+        shown_default="0, never",
+        metavar="N",
+    )
+    add(
+        "--max-requests-jitter",
+        non_negative_int,
+        "add a random 0..J to each worker's --max-requests, so they are not replaced together",
+        metavar="J",
+    )
     add(
         "--uds",
         socket_path,
@@ -397,3 +418,7 @@ def _check_combinations(
             parser.error(f"--{name} is for TCP; it cannot be combined with {other}")
     if "uds_mode" in given and config.uds is None:
         parser.error("--uds-mode needs --uds")
+    if config.max_requests_jitter and not config.max_requests:
+        parser.error("--max-requests-jitter needs --max-requests")
+    if config.max_requests and config.protocol != "http":
+        parser.error("--max-requests counts HTTP requests; it cannot be used with --protocol echo")

@@ -184,21 +184,27 @@ def test_http_parser_choice(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     )
 
 
-# -- the listening socket ----------------------------------------------------------
+# -- the listening socket and the workers ---------------------------------------------
 
 
-def test_socket_options_from_flags_then_environment(
+def test_socket_and_worker_options_from_flags_then_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = parse_config([])
     assert (config.uds, config.uds_mode, config.fd) == (None, 0o666, None)
+    assert (config.max_requests, config.max_requests_jitter) == (0, 0)
     config = parse_config(["--uds", "/run/r.sock", "--uds-mode", "660"])
     assert (config.uds, config.uds_mode) == ("/run/r.sock", 0o660)
     assert parse_config(["--fd", "3"]).fd == 3
+    config = parse_config(["--max-requests", "1000", "--max-requests-jitter", "50"])
+    assert (config.max_requests, config.max_requests_jitter) == (1000, 50)
     monkeypatch.setenv("RINGSERVE_UDS", "/run/env.sock")
     monkeypatch.setenv("RINGSERVE_UDS_MODE", "0o600")
+    monkeypatch.setenv("RINGSERVE_MAX_REQUESTS", "7")
+    monkeypatch.setenv("RINGSERVE_MAX_REQUESTS_JITTER", "3")
     config = parse_config([])
-    assert (config.uds, config.uds_mode) == ("/run/env.sock", 0o600)
+    assert (config.uds, config.uds_mode, config.max_requests) == ("/run/env.sock", 0o600, 7)
+    assert config.max_requests_jitter == 3
     assert parse_config(["--uds", "/run/cli.sock"]).uds == "/run/cli.sock"  # the command line wins
 
 
@@ -212,15 +218,23 @@ def test_socket_options_from_flags_then_environment(
         (["--uds", "/" + "x" * 107], {}, "the path is 108 bytes; a Unix socket path has at most"),
         (["--fd", "-1"], {}, "argument --fd: -1 must be 0 or more"),
         ([], {"RINGSERVE_FD": "three"}, "RINGSERVE_FD: invalid literal for int()"),
+        (["--max-requests", "-5"], {}, "argument --max-requests: -5 must be 0 or more"),
+        ([], {"RINGSERVE_MAX_REQUESTS_JITTER": "-1"}, "RINGSERVE_MAX_REQUESTS_JITTER: -1 must be"),
         (["--uds", "/r.sock", "--fd", "3"], {}, "--uds and --fd both name the socket to serve"),
         (["--uds", "/r.sock", "--port", "80"], {}, "--port is for TCP; it cannot be "
                                                    "combined with --uds"),
         (["--fd", "3"], {"RINGSERVE_HOST": "::1"}, "--host is for TCP; it cannot be "
                                                    "combined with --fd"),
         (["--uds-mode", "600"], {}, "--uds-mode needs --uds"),
+        (["--max-requests-jitter", "5"], {}, "--max-requests-jitter needs --max-requests"),
+        (
+            ["--max-requests", "5", "--protocol", "echo"],
+            {},
+            "--max-requests counts HTTP requests; it cannot be used with --protocol echo",
+        ),
     ],
 )  # fmt: skip
-def test_socket_options_are_validated(
+def test_socket_and_worker_options_are_validated(
     argv: list[str],
     env: dict[str, str],
     message: str,

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from loadtest.servers import ServerStartError
@@ -51,12 +50,7 @@ def spawn() -> Iterator[Callable[..., ServerProcess]]:
 
     yield factory
     for p in procs:
-        children = []
-        if p.proc is not None and p.proc.poll() is None:
-            children = psutil.Process(p.pid).children()
-        p.kill()
-        for child in children:
-            child.kill()
+        p.kill_all()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ given, so a variable set where the tests run cannot change what they test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import psutil
 
 from loadtest import servers
 from tests.backends.client import HttpReader, HttpResponse, connect
@@ -89,6 +92,16 @@ class ServerProcess(servers.ServerProcess):
             return super().wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"server did not exit in {timeout} s\n{self.output()}") from None
+
+    def kill_all(self) -> None:
+        """Kill it and its workers (they lead process groups of their own: `kill` misses them)."""
+        children: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error, AssertionError):
+            children = psutil.Process(self.pid).children()
+        self.kill()
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
     def fetch(self, data: bytes) -> HttpResponse:
         """One request on a fresh connection (to its Unix socket, if that is what it serves)."""
