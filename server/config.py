@@ -280,14 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--workers",
         positive_int,
-        "worker processes serving one listening socket, supervised: restarted if they die, "
-        "replaced one by one on SIGHUP",
+        "worker processes; above 1 (or with --max-requests) a parent supervises them: it "
+        "restarts one that dies, and replaces them on SIGHUP, each new one ready before the "
+        "old one finishes its requests",
     )
     add(
         "--max-requests",
         non_negative_int,
-        "replace a worker after it has served this many requests, plus --max-requests-jitter; "
-        "its replacement starts first (0: never; HTTP; also with --workers 1)",
+        "a worker that has served this many HTTP requests (plus --max-requests-jitter) "
+        "finishes them and is replaced; a supervising parent runs even with --workers 1",
         shown_default="0, never",
         metavar="N",
     )

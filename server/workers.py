@@ -566,21 +566,28 @@ class WorkerServer(Server):
         with contextlib.suppress(BrokenPipeError):
             os.write(self._pipe, message)
 
+    # What the drain needs of the loop, in three methods: a loop rework
+    # (asyncio's call_soon, its stop event) changes these and nothing else.
+
+    def _soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` at the end of the loop's pass (safe from a signal handler)."""
+        assert self.loop is not None
+        self.loop.on_pass.append(callback)
+
+    def _stop_requested(self) -> bool:
+        assert self.loop is not None
+        return self.loop.stop_requested
+
+    def _connections(self) -> dict[int, ServerProtocol]:
+        assert self.loop is not None
+        return self.loop.protocols
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """The server's handlers, plus RETIRE_SIGNAL (drain) and SIGALRM (drain's clock)."""
+        """The server's handlers, plus RETIRE_SIGNAL (drain) and SIGALRM (the drain's clock)."""
         with super().capture_signals():
-            loop = self.loop
-            assert loop is not None
-
-            def retire(signum: int, frame: object) -> None:
-                loop.on_pass.append(self._begin_drain)
-
-            def tick(signum: int, frame: object) -> None:
-                loop.on_pass.append(self._check_drained)
-
-            old_retire = signal.signal(RETIRE_SIGNAL, retire)
-            old_alarm = signal.signal(signal.SIGALRM, tick)
+            old_retire = signal.signal(RETIRE_SIGNAL, lambda s, f: self._soon(self._begin_drain))
+            old_alarm = signal.signal(signal.SIGALRM, lambda s, f: self._soon(self._check_drained))
             try:
                 yield
             finally:
@@ -595,29 +602,30 @@ class WorkerServer(Server):
         SIGTERM does once no connection is left or the keep-alive timeout
         has passed.
         """
-        loop, backend = self.loop, self.backend
-        assert loop is not None and backend is not None
-        if self._draining or loop.stop_requested:
+        backend = self.backend
+        assert backend is not None
+        if self._draining or self._stop_requested():
             return
         self._draining = True
         self._drain_deadline = time.monotonic() + self.config.timeout_keep_alive
         backend.stop_accepting()
-        for cid, proto in list(loop.protocols.items()):
+        connections = self._connections()
+        for cid, proto in list(connections.items()):
             proto.drain()
             if proto.should_close:
                 backend.close(cid)
-        open_now = len(loop.protocols)
+        open_now = len(connections)
         logger.info("worker %d retiring: finishing %d connections", os.getpid(), open_now)
         signal.setitimer(signal.ITIMER_REAL, DRAIN_POLL_S, DRAIN_POLL_S)
 
     def _check_drained(self) -> None:
-        loop, backend = self.loop, self.backend
-        assert loop is not None and backend is not None
+        backend = self.backend
+        assert backend is not None
         # An accept still in flight may yet bring a connection (io_uring).
-        done = not loop.protocols and not backend.accepting()
-        if loop.stop_requested or done or time.monotonic() >= self._drain_deadline:
+        done = not self._connections() and not backend.accepting()
+        if self._stop_requested() or done or time.monotonic() >= self._drain_deadline:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            loop.stop_requested = True
+            self.request_stop()
 
     def _protocol_factory(self) -> Callable[[], ServerProtocol]:
         make = super()._protocol_factory()
