@@ -235,6 +235,19 @@ def test_sigterm_and_sigint_stop_every_worker_gracefully(spawn, signum: int) -> 
     assert all(line["open_connections"] == 0 for line in exits), exits
 
 
+def test_workers_stop_when_the_parent_is_killed(spawn) -> None:
+    """They lead their own process groups, so only PR_SET_PDEATHSIG stops them then."""
+    srv = spawn("--backend", "epoll", "--port", "0", "--workers", "2")
+    workers = start_workers(srv, 2)
+    procs = [psutil.Process(pid) for pid in workers]
+    os.kill(srv.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for orphan in alive:  # out of the fixture's reach now that the parent is gone
+        orphan.kill()
+    assert alive == [], f"workers outlived their parent: {alive}"
+    assert exited_pids(srv) == workers  # stopped as on SIGTERM: their exit lines
+
+
 # -- reloads -------------------------------------------------------------------
 
 
