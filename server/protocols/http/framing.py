@@ -204,6 +204,11 @@ class FramedConnection:
         if not self.busy:
             self.should_close = True
 
+    def drain(self) -> None:
+        # The next response says "Connection: close" and the loop closes
+        # after it; an idle connection waits for it (or its keep-alive timeout).
+        self._keepalive = False
+
     # -- framing -------------------------------------------------------------
 
     def _frame(self, data: bytes | bytearray, out: list[bytes]) -> None:
