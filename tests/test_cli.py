@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from tests.backends.client import (
     wait_for,
 )
 from tests.support import BACKENDS, URING_SKIP
-from tests.support.server import ServerProcess, clean_env
+from tests.support.server import clean_env
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -38,20 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GET = request("GET", "/")
 GET_CLOSE = request("GET", "/", headers=[("Connection", "close")])
 GET_STATS = request("GET", "/stats", headers=[("Connection", "close")])
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for servers on 127.0.0.1 (not started); every one is killed at the end."""
-    procs: list[ServerProcess] = []
-
-    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        procs.append(ServerProcess("--host", "127.0.0.1", *args, env=env))
-        return procs[-1]
-
-    yield factory
-    for p in procs:
-        p.kill()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

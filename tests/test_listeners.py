@@ -16,7 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,6 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 GET_CLOSE = request("GET", "/", headers=[("Connection", "close")])
 WHOAMI = ("--app", "tests.support.apps:whoami")
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for servers (not started); each is killed at the end, its workers too."""
-    procs: list[ServerProcess] = []
-
-    def factory(
-        *args: str, env: dict[str, str] | None = None, argv: list[str] | None = None
-    ) -> ServerProcess:
-        srv = ServerProcess(*args, env=env)
-        if argv is not None:
-            srv.argv = argv
-        procs.append(srv)
-        return srv
-
-    yield factory
-    for p in procs:
-        p.kill_all()
 
 
 @pytest.fixture
@@ -84,8 +65,10 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is no
 
 @needs_curl
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_uds_serves_curl_and_removes_its_file_at_exit(spawn, backend: str, sock_path: str) -> None:
-    srv = spawn("--backend", backend, "--uds", sock_path).start()
+def test_uds_serves_curl_and_removes_its_file_at_exit(
+    spawn_bare, backend: str, sock_path: str
+) -> None:
+    srv = spawn_bare("--backend", backend, "--uds", sock_path).start()
     info = srv.listening
     assert (info["uds"], info["host"], info["port"]) == (sock_path, None, None), info
     assert stat.S_ISSOCK(os.stat(sock_path).st_mode)
@@ -98,17 +81,17 @@ def test_uds_serves_curl_and_removes_its_file_at_exit(spawn, backend: str, sock_
 
 
 @pytest.mark.parametrize("mode", ["600", "0o660"])
-def test_uds_mode_is_applied(spawn, sock_path: str, mode: str) -> None:
-    srv = spawn("--backend", "epoll", "--uds", sock_path, "--uds-mode", mode).start()
+def test_uds_mode_is_applied(spawn_bare, sock_path: str, mode: str) -> None:
+    srv = spawn_bare("--backend", "epoll", "--uds", sock_path, "--uds-mode", mode).start()
     assert stat.S_IMODE(os.stat(sock_path).st_mode) == int(mode, 8)
     assert srv.fetch(GET_CLOSE).body == HELLO
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
 
 
-def test_uds_mode_comes_from_the_environment_too(spawn, sock_path: str) -> None:
+def test_uds_mode_comes_from_the_environment_too(spawn_bare, sock_path: str) -> None:
     env = clean_env(RINGSERVE_UDS=sock_path, RINGSERVE_UDS_MODE="640")
-    srv = spawn("--backend", "epoll", env=env).start()
+    srv = spawn_bare("--backend", "epoll", env=env).start()
     assert srv.listening["uds"] == sock_path
     assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o640
     srv.signal(signal.SIGTERM)
@@ -116,7 +99,7 @@ def test_uds_mode_comes_from_the_environment_too(spawn, sock_path: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stale_socket_file_is_replaced(spawn, backend: str, sock_path: str) -> None:
+def test_a_stale_socket_file_is_replaced(spawn_bare, backend: str, sock_path: str) -> None:
     """What a server killed with SIGKILL leaves: a socket file nobody listens on."""
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(sock_path)
@@ -124,14 +107,14 @@ def test_a_stale_socket_file_is_replaced(spawn, backend: str, sock_path: str) ->
     dead.close()  # the file stays
     with pytest.raises(ConnectionRefusedError):
         unix_fetch(sock_path, GET_CLOSE)
-    srv = spawn("--backend", backend, "--uds", sock_path).start()
+    srv = spawn_bare("--backend", backend, "--uds", sock_path).start()
     assert srv.fetch(GET_CLOSE).body == HELLO
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.output()
 
 
-def test_a_live_socket_is_refused_and_left_alone(spawn, sock_path: str) -> None:
-    first = spawn("--backend", "epoll", "--uds", sock_path).start()
+def test_a_live_socket_is_refused_and_left_alone(spawn_bare, sock_path: str) -> None:
+    first = spawn_bare("--backend", "epoll", "--uds", sock_path).start()
     done = run_server("--backend", "epoll", "--uds", sock_path)
     assert done.returncode == 1
     assert (
@@ -164,9 +147,9 @@ def test_a_uds_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_workers_share_the_uds_and_the_parent_removes_it(
-    spawn, backend: str, sock_path: str
+    spawn_bare, backend: str, sock_path: str
 ) -> None:
-    srv = spawn("--backend", backend, "--uds", sock_path, "--workers", "2", *WHOAMI).start()
+    srv = spawn_bare("--backend", backend, "--uds", sock_path, "--workers", "2", *WHOAMI).start()
     wait_for(lambda: len(srv.json_lines("listening")) == 2, timeout=20, what="both workers")
     workers = {line["pid"] for line in srv.json_lines("listening")}
     assert {line["uds"] for line in srv.json_lines("listening")} == {sock_path}
@@ -217,10 +200,10 @@ def listening_unix(path: str) -> socket.socket:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fd_serves_an_inherited_tcp_socket(spawn, backend: str) -> None:
+def test_fd_serves_an_inherited_tcp_socket(spawn_bare, backend: str) -> None:
     with listening_tcp() as listener:
         fd = listener.fileno()
-        srv = spawn("--backend", backend, "--fd", str(fd))
+        srv = spawn_bare("--backend", backend, "--fd", str(fd))
         with passing(listener):
             srv.start()
         info = srv.listening
@@ -231,10 +214,10 @@ def test_fd_serves_an_inherited_tcp_socket(spawn, backend: str) -> None:
         assert srv.wait() == 0, srv.output()
 
 
-def test_fd_serves_an_inherited_unix_socket_with_workers(spawn, sock_path: str) -> None:
+def test_fd_serves_an_inherited_unix_socket_with_workers(spawn_bare, sock_path: str) -> None:
     with listening_unix(sock_path) as listener:
         fd = listener.fileno()
-        srv = spawn("--backend", "epoll", "--fd", str(fd), "--workers", "2")
+        srv = spawn_bare("--backend", "epoll", "--fd", str(fd), "--workers", "2")
         with passing(listener):
             srv.start()
         wait_for(lambda: len(srv.json_lines("listening")) == 2, timeout=20, what="both workers")
@@ -294,17 +277,22 @@ os.execv(sys.executable, [sys.executable, "-m", "server", *sys.argv[5:]])
 
 
 def activated(
-    spawn, sock: socket.socket, *args: str, fds: str = "1", names: str = "web", pid: str = "self"
+    spawn_bare,
+    sock: socket.socket,
+    *args: str,
+    fds: str = "1",
+    names: str = "web",
+    pid: str = "self",
 ) -> ServerProcess:
     """The server started the way systemd starts a socket-activated service (not started)."""
     wrapper = [sys.executable, "-c", SYSTEMD, str(sock.fileno()), pid, fds, names]
-    return spawn(argv=[*wrapper, *args])
+    return spawn_bare(argv=[*wrapper, *args])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_socket_activation_serves_the_socket_systemd_passed(spawn, backend: str) -> None:
+def test_socket_activation_serves_the_socket_systemd_passed(spawn_bare, backend: str) -> None:
     with listening_tcp() as listener:
-        srv = activated(spawn, listener, "--backend", backend, *WHOAMI)
+        srv = activated(spawn_bare, listener, "--backend", backend, *WHOAMI)
         with passing(listener):
             srv.start()
         info = srv.listening
@@ -319,9 +307,9 @@ def test_socket_activation_serves_the_socket_systemd_passed(spawn, backend: str)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_socket_activation_with_workers(spawn, backend: str, sock_path: str) -> None:
+def test_socket_activation_with_workers(spawn_bare, backend: str, sock_path: str) -> None:
     with listening_unix(sock_path) as listener:
-        srv = activated(spawn, listener, "--backend", backend, "--workers", "2", *WHOAMI)
+        srv = activated(spawn_bare, listener, "--backend", backend, "--workers", "2", *WHOAMI)
         with passing(listener):
             srv.start()
         wait_for(lambda: len(srv.json_lines("listening")) == 2, timeout=20, what="both workers")
@@ -334,11 +322,11 @@ def test_socket_activation_with_workers(spawn, backend: str, sock_path: str) -> 
         assert srv.wait() == 0, srv.output()
 
 
-def test_socket_activation_for_another_process_is_not_used(spawn) -> None:
+def test_socket_activation_for_another_process_is_not_used(spawn_bare) -> None:
     """LISTEN_PID names someone else (an inherited environment): the server opens its own port."""
     with listening_tcp() as listener:
         args = ("--backend", "epoll", "--host", "127.0.0.1", "--port", "0", *WHOAMI)
-        srv = activated(spawn, listener, *args, pid="1")
+        srv = activated(spawn_bare, listener, *args, pid="1")
         with passing(listener):
             srv.start()
         info = srv.listening
@@ -361,9 +349,9 @@ def test_socket_activation_for_another_process_is_not_used(spawn) -> None:
     ],
     ids=["two-sockets", "not-a-number", "and-fd"],
 )  # fmt: skip
-def test_socket_activation_errors_are_clear(spawn, args, fds: str, says: str) -> None:
+def test_socket_activation_errors_are_clear(spawn_bare, args, fds: str, says: str) -> None:
     with listening_tcp() as listener:
-        srv = activated(spawn, listener, "--backend", "epoll", *args, fds=fds)
+        srv = activated(spawn_bare, listener, "--backend", "epoll", *args, fds=fds)
         with passing(listener), pytest.raises(ServerStartError, match="exited with status 1"):
             srv.start()
         assert f"ringserve: error: {says}\n" in srv.stderr_lines, srv.output()

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -41,20 +40,6 @@ pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parent.parent
 GET_STATS = request("GET", "/stats", headers=[("Connection", "close")])
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for servers on 127.0.0.1 (not started); every one is killed at the end."""
-    procs: list[ServerProcess] = []
-
-    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        procs.append(ServerProcess("--host", "127.0.0.1", *args, env=env))
-        return procs[-1]
-
-    yield factory
-    for p in procs:
-        p.kill_all()
 
 
 def live_workers(srv: ServerProcess) -> set[int]:
