@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.aio import BackendSelector, RingEventLoop
 from server.apps.asgi import AsgiApp, Lifespan, is_asgi
@@ -26,6 +26,9 @@ from server.protocols import ServerProtocol
 from server.protocols.echo import EchoConnection
 from server.protocols.http import load_http
 from server.protocols.http.common import App, Counters, HttpLimits
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger("server")
 
@@ -245,20 +248,7 @@ class Server:
         from server.protocols import tls
 
         http = config.protocol == "http"
-        assert config.ssl_certfile is not None
-        try:
-            context = tls.make_context(
-                config.ssl_certfile,
-                config.ssl_keyfile,
-                config.ssl_keyfile_password,
-                config.ssl_ca_certs,
-                config.ssl_cert_reqs,
-                config.ssl_ciphers,
-                config.ssl_version,
-                alpn=["http/1.1"] if http else None,
-            )
-        except tls.TlsSetupError as exc:
-            raise StartupError(str(exc)) from exc
+        context = tls_context(config)
         return tls.tls_factory(make, context, self.counters, tls.PLAIN_HTTP_REPLY if http else None)
 
     def _plain_factory(self) -> Callable[[], ServerProtocol]:
@@ -353,6 +343,30 @@ class Server:
 
     def _print_stats(self) -> None:
         _print_line(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True))
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The SSLContext of a TLS run (``--ssl-certfile`` set), from its ``--ssl-*`` options.
+
+    Raises:
+        StartupError: a file is unusable; the message names the option, the file and why.
+    """
+    from server.protocols import tls
+
+    assert config.ssl_certfile is not None
+    try:
+        return tls.make_context(
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            config.ssl_keyfile_password,
+            config.ssl_ca_certs,
+            config.ssl_cert_reqs,
+            config.ssl_ciphers,
+            config.ssl_version,
+            alpn=["http/1.1"] if config.protocol == "http" else None,
+        )
+    except tls.TlsSetupError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def _scheme(config: Config) -> str:

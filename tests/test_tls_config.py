@@ -204,3 +204,45 @@ def test_listening_line_says_tls(pki: Pki) -> None:
     ).start() as proc:  # fmt: skip
         assert proc.listening["tls"] is True
         assert "listening on https://127.0.0.1:" in proc.banner
+
+
+def test_workers_check_the_files_once_in_the_parent(pki: Pki) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--backend", "epoll", "--port", "0", "--workers", "2",
+         "--ssl-certfile", "/nonexistent.pem"],
+        cwd=ROOT,
+        env=clean_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc
+    assert proc.stderr == (
+        "ringserve: error: --ssl-certfile /nonexistent.pem: cannot read it "
+        "(No such file or directory)\n"
+    )
+
+
+def test_workers_serve_tls(pki: Pki) -> None:
+    import socket
+
+    from tests.support.server import ServerProcess
+
+    with ServerProcess(
+        "--backend", "epoll", "--port", "0", "--workers", "2",
+        "--ssl-certfile", str(pki.server_cert), "--ssl-keyfile", str(pki.server_key),
+        env=clean_env(PYTHONPATH=str(ROOT)),
+    ).start() as proc:  # fmt: skip
+        port = proc.listening["port"]
+        for _ in range(4):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock,
+            ):
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(
+                    b"Hello from ringserve\n"
+                ), data
