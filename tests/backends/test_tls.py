@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 
 from server.protocols.tls import PLAIN_HTTP_REPLY
 from tests.backends.client import HELLO, HttpReader, connect, recv_until_eof, wait_for
-from tests.support.tls import Pki, make_pki
+from tests.support.tls import Pki, make_pki, poll_plaintext
 
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -285,29 +285,21 @@ def test_slowloris_inside_tls_gets_408(tls_server: Any, pki: Pki) -> None:
     at a time gets 408, then the close."""
     with tls_server(timeout_header=1.0, timeout_read=30.0, timeout_keep_alive=30.0) as srv:
         with TlsClient(srv.address, pki.client_context()) as sock:
-            stop = threading.Event()
-
-            def trickle() -> None:
-                head = b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: " + b"a" * 1000
-                for byte in head:
-                    if stop.wait(0.1):
-                        return
-                    try:
-                        sock.send(bytes([byte]))
-                    except OSError:
-                        return
-
-            t = threading.Thread(target=trickle, daemon=True)
+            # One thread: send a byte (a record), wait 0.1 s for an answer, again.
+            head = b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: " + b"a" * 1000
             t0 = time.monotonic()
-            t.start()
-            try:
-                resp = HttpReader(sock).read_response(timeout=10)  # type: ignore[arg-type]
-                elapsed = time.monotonic() - t0
-            finally:
-                stop.set()
-                t.join(10)
+            sent = 0
+            got: bytes | None = None
+            while sent < len(head) and (got := poll_plaintext(sock, 0.1)) is None:
+                sock.send(head[sent : sent + 1])
+                sent += 1
+            elapsed = time.monotonic() - t0
+            reader = HttpReader(sock)  # type: ignore[arg-type]
+            reader.buf = got or b""
+            resp = reader.read_response(timeout=10)
             assert (resp.status, resp.closes) == (408, True)
             assert 1.0 <= elapsed < 3.0, elapsed
+            assert sent >= 8  # it kept sending all along
         assert srv.stats()["timeouts"] == 1
 
 
@@ -335,13 +327,20 @@ def test_echo_over_tls(make_server: Callable[..., Any], pki: Pki) -> None:
     ):
         assert sock.selected_alpn_protocol() is None  # ALPN is offered for HTTP only
         data = os.urandom(200_000)
-        sender = threading.Thread(target=sock.sendall, args=(data,))
-        sender.start()
         got = b""
-        while len(got) < len(data):
-            got += sock.recv(65536)
-        sender.join(10)
+        for i in range(0, len(data), 20_000):  # one thread: an SSLSocket is not shared
+            sock.sendall(data[i : i + 20_000])
+            while len(got) < min(len(data), i + 20_000):
+                got += sock.recv(65536)
         assert got == data
+        # A TCP EOF without close_notify (SSLSocket.shutdown drops the TLS layer): the
+        # server's answer is its close_notify, one TLS 1.3 record (5 + 2 + 1 + 16 bytes,
+        # read raw now), then its close.
+        sock.shutdown(socket.SHUT_WR)
+        rest = b""
+        while chunk := sock.recv(100):
+            rest += chunk
+        assert rest[:3] == b"\x17\x03\x03" and len(rest) == 24, rest
 
 
 def test_asgi_over_tls_scheme_and_body(

@@ -8,6 +8,7 @@ encrypted with `PASSWORD`.
 
 from __future__ import annotations
 
+import select
 import shutil
 import ssl
 import subprocess
@@ -99,3 +100,22 @@ def make_pki(d: Path) -> Pki:
         stranger_cert=d / "stranger.pem",
         stranger_key=d / "stranger.key",
     )
+
+
+def poll_plaintext(sock: ssl.SSLSocket, timeout: float) -> bytes | None:
+    """Application data that arrives within `timeout`, b"" for the server's close, None if
+    neither came; it does not block past `timeout`.
+
+    The socket being readable is not enough: TLS 1.3 session tickets arrive after the
+    handshake and carry no data.
+    """
+    if not select.select([sock], [], [], timeout)[0]:
+        return None
+    old = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return None
+    finally:
+        sock.settimeout(old)
