@@ -215,6 +215,9 @@ class TlsConnection:
             last = inner.receive_data(b"")
             if last:
                 out = out + last if out else last
+        if self._state != OPEN:
+            # The inner protocol closed its transport meanwhile (close_notify sent).
+            return self._outgoing.read()
         if out:
             sslobj.write(out)
         if inner.should_close:
