@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # System packages: liburing headers to build the binding; wrk, curl and ab
-# are real clients the tests and the load test drive.
-APT_PACKAGES := liburing-dev wrk curl apache2-utils
+# are real clients the tests and the load test drive; openssl makes the TLS
+# tests' certificates (and is their s_client).
+APT_PACKAGES := liburing-dev wrk curl apache2-utils openssl
 BACKEND ?= uring
 PROTOCOL ?= http
 ARGS ?=
@@ -22,6 +23,7 @@ system-deps:
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v ab >/dev/null || missing="$$missing apache2-utils"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

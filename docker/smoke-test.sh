@@ -9,11 +9,14 @@
 #       default differs): exits non-zero naming seccomp and the profile path;
 #       and under podman's default profile: exits non-zero (ENOSYS);
 #   (c) --backend epoll under Docker's default profile: serves GET /;
+#   (d) TLS (--ssl-certfile/--ssl-keyfile, a certificate made here with
+#       openssl and mounted read-only): curl --cacert gets GET / over https,
+#       plain http gets the 400, the HEALTHCHECK probes over TLS;
 # plus --privileged (no seccomp filter at all): uring serves.
 # Containers run the image's own command, published on 127.0.0.1 only.
 #
-# Run as root (`make docker-test`).  Installs podman, runc, mmdebstrap and
-# curl with apt when missing.  Everything podman needs goes through a
+# Run as root (`make docker-test`).  Installs podman, runc, mmdebstrap,
+# curl and openssl with apt when missing.  Everything podman needs goes through a
 # CONTAINERS_CONF in a temporary directory; nothing under /etc is changed.
 # The base image debian:bookworm-slim is made locally with mmdebstrap when
 # podman's storage does not have it (no registry is needed).  The host's pip
@@ -53,7 +56,7 @@ elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv
 
 # -- tools -------------------------------------------------------------------
 missing=""
-for tool in podman runc mmdebstrap curl; do # each is also its package's name
+for tool in podman runc mmdebstrap curl openssl; do # each is also its package's name
     command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then
@@ -404,6 +407,49 @@ port=$(free_port)
 label="(c) --backend epoll, Docker's default seccomp profile"
 if start "$name" "$port" --security-opt "seccomp=$tmp/docker-default.json" -- --backend epoll; then
     check_serving "$name" "$port" epoll "$label"
+else
+    fail "$label: could not start the container: $(tail -3 "$tmp/podman.err")"
+fi
+
+# (d) TLS, on epoll under Docker's default profile (TLS adds no syscall).
+# The key is a throwaway one, readable by the image's user through the mount.
+name=ringserve-smoke-d-$suffix
+port=$(free_port)
+label="(d) TLS, --backend epoll"
+mkdir -m 755 "$tmp/tls"
+if ! timeout 60 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$tmp/tls/server.key" -out "$tmp/tls/server.pem" >"$tmp/openssl.log" 2>&1; then
+    fail "$label: openssl could not make a certificate: $(tail -3 "$tmp/openssl.log")"
+elif chmod 644 "$tmp/tls/server.key" &&
+    start "$name" "$port" --security-opt "seccomp=$tmp/docker-default.json" \
+        -v "$tmp/tls:/tls:ro" -- --backend epoll \
+        --ssl-certfile /tls/server.pem --ssl-keyfile /tls/server.key; then
+    https=(curl -fsS -m 3 --cacert "$tmp/tls/server.pem" --resolve "localhost:$port:127.0.0.1")
+    deadline=$((SECONDS + START_TIMEOUT))
+    body=""
+    while [ $SECONDS -lt $deadline ]; do
+        body=$("${https[@]}" "https://localhost:$port/" 2>/dev/null) && break
+        [ "$(podman inspect "$name" --format '{{.State.Running}}' 2>/dev/null)" = true ] || break
+        sleep 0.2
+    done
+    if [ "$body" = "Hello from ringserve" ]; then
+        pass "$label: curl --cacert https://localhost:$port/ -> $body"
+    else
+        fail "$label: GET / over TLS -> '$body'; container output:"
+        timeout 30 podman logs "$name" 2>&1 | sed 's/^/    /' | tail -20
+    fi
+    plain=$(curl -sS -m 3 "http://127.0.0.1:$port/" 2>&1 || true)
+    if [ "$plain" = "The plain HTTP request was sent to HTTPS port" ]; then
+        pass "$label: plain http -> 400 \"$plain\""
+    else
+        fail "$label: plain http -> '$plain'"
+    fi
+    if out=$(timeout 30 podman healthcheck run "$name" 2>&1); then
+        pass "$label: HEALTHCHECK healthy (over TLS)"
+    else
+        fail "$label: HEALTHCHECK: $out"
+    fi
 else
     fail "$label: could not start the container: $(tail -3 "$tmp/podman.err")"
 fi

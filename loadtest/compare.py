@@ -17,7 +17,8 @@ share of its parser's (a range: the host's speed drifts).  The README's
 "The compare command" tells what is written where.  Exit status: 0 done; 1 a
 server, generator or the machine failed (port in use, wrk missing, a server
 that does not start); 2 bad arguments (a --baseline that is not a built
-ringserve checkout too).
+ringserve checkout too).  ``--tls`` serves HTTPS (a self-signed certificate
+made with openssl in the output directory): ours and the uvicorn peers.
 Whatever happens, no server or generator is left running.
 """
 
@@ -39,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -95,6 +97,8 @@ PEER_NEEDS = {"uvloop-h11": "uvloop", "uvicorn": "uvicorn", "uvicorn-httptools":
               "uvicorn-ringloop": "uvicorn", "granian-asgi": "granian", "granian-wsgi": "granian",
               "uvloop-echo": "uvloop"}  # fmt: skip
 # A peer's environment beyond ours (which it inherits, RINGSERVE_* included).
+# The peers that take uvicorn's --ssl-certfile/--ssl-keyfile (--tls).
+TLS_PEERS = ("uvicorn", "uvicorn-httptools", "uvicorn-ringloop")
 PEER_ENV = {"uvicorn-ringloop": {"RINGSERVE_BACKEND": "uring"}}
 # Our peer programs print the listening line; uvicorn and granian are waited for at their socket.
 ANNOUNCED = {"uvloop-h11", "uvloop-echo", "c-uring-echo"}
@@ -211,6 +215,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{WORKLOADS['fastapi'].path}): ours and the ASGI peers")
     add("--baseline", type=Path, metavar="DIR", help="another ringserve checkout, extension "
         "built in place: its servers run beside ours as uring@base, epoll@base")
+    add("--tls", action="store_true", help="HTTPS: a self-signed certificate made in --out "
+        f"(openssl), given to ours and to the {', '.join(TLS_PEERS)} peers; wrk and Locust "
+        "ask https:// (the others peers are left out)")
     # fmt: on
     ns = p.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -221,6 +228,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     elif (need := max(ns.connections) + FD_MARGIN) > limit:
         p.error(f"--connections {max(ns.connections)} needs an open-file limit of at least "
                 f"{need}; the hard limit is {limit} (see ulimit -Hn)")  # fmt: skip
+    if ns.tls and ns.protocol != "http":
+        p.error("--tls is for --protocol http")
     if ns.protocol == "echo" and (ns.http != PARSERS[:1] or ns.app != "builtin"):
         p.error("--http and --app are for --protocol http")
     available = tuple(PEERS[ns.protocol])
@@ -233,7 +242,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--peers: c-uring-echo listens on {URING_ECHO_HOST} only, so the load would "
                 f"differ; use --host {URING_ECHO_HOST} or --peers uvloop-echo")  # fmt: skip
     owned = ("--backend", "--protocol", "--host", "--port", "--log-level", "--workers", "--http",
-             "--app")  # fmt: skip
+             "--app", "--ssl-certfile", "--ssl-keyfile")  # fmt: skip
     if clash := [a for a in ns.server_args if a.split("=")[0] in owned]:
         p.error(f"--server-args: {', '.join(clash)} is set by the compare command itself")
     if ns.baseline is not None:
@@ -243,8 +252,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ns.out = ns.out or Path("results") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # Peers that cannot serve the workload are left out (the header says so).
     serves = WORKLOADS[ns.app].peers if ns.protocol == "http" else PEERS["echo"]
-    ns.skipped = tuple(x for x in ns.peers if x not in serves)
-    ns.peers = tuple(x for x in ns.peers if x in serves)
+    ns.skipped = tuple(x for x in ns.peers if x not in serves or (ns.tls and x not in TLS_PEERS))
+    ns.peers = tuple(x for x in ns.peers if x not in ns.skipped)
+    ns.tls_files = (ns.out / "tls" / "cert.pem", ns.out / "tls" / "key.pem") if ns.tls else None
     ns.lineup = lineup(ns)
     ns.servers = tuple(ns.lineup)
     return ns
@@ -386,6 +396,8 @@ def our_argv(server: Server, opts: argparse.Namespace, prefix: Sequence[str] = (
         args += [] if server.baseline and server.http == "h11" else ["--http", str(server.http)]
         args += WORKLOADS[opts.app].ours
     args += opts.server_args
+    if opts.tls_files is not None:
+        args += ["--ssl-certfile", str(opts.tls_files[0]), "--ssl-keyfile", str(opts.tls_files[1])]
     return servers.server_argv(server.program, opts.protocol, args, opts.host, opts.port, prefix)
 
 
@@ -398,6 +410,8 @@ def peer_argv(
         host, program = URING_ECHO_HOST, str((opts.out / URING_ECHO[2]).resolve())
     app = WORKLOADS[opts.app].peers[name] if opts.protocol == "http" else ()
     args = [a.format(host=host, port=port) for a in PEERS[opts.protocol][name]]
+    if opts.tls_files is not None:  # uvicorn's flags (TLS_PEERS)
+        args += ["--ssl-certfile", str(opts.tls_files[0]), "--ssl-keyfile", str(opts.tls_files[1])]
     return [*prefix, program, *args, *app]
 
 
@@ -516,13 +530,14 @@ def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) ->
     workload = WORKLOADS[opts.app] if opts.protocol == "http" else None
     with start_server(job, opts, pinning, logs / f"{stem}.server.log") as server:
         if workload is not None:
-            check_answer(server.address, workload.path, workload.body)
+            check_answer(server.address, workload.path, workload.body, tls=opts.tls)
         window = tools.Window(server.snapshot)
         spec = tools.LoadSpec(opts.protocol, *server.address, job.connections, opts.duration,
                               opts.warmup, pinning.generator_prefix, pinning.generator_cpus,
                               logs / stem)  # fmt: skip
         if workload is not None:
-            spec = dataclasses.replace(spec, path=workload.path, locust_user=workload.locust_user)
+            spec = dataclasses.replace(spec, path=workload.path, locust_user=workload.locust_user,
+                                       scheme="https" if opts.tls else "http")  # fmt: skip
         measured = job.tool.run(spec, window)
         if window.before is None or window.after is None:
             raise RunError(f"{job.tool.name} did not report a measurement window")
@@ -534,11 +549,36 @@ def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) ->
                                    http=mine.http, baseline=mine.baseline)  # fmt: skip
 
 
-def check_answer(address: tuple[str, int], path: str, body: bytes, timeout: float = 10.0) -> None:
+def make_tls_files(cert: Path, key: Path) -> None:
+    """A self-signed certificate for --tls (RSA 2048, CN localhost); SetupError if it
+    cannot be made."""
+    if shutil.which("openssl") is None:
+        raise SetupError("--tls makes its certificate with openssl, which is not installed")
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert)]  # fmt: skip
+    try:
+        status, stdout, stderr = tools.run_command("openssl", argv, 60)
+    except RunError as exc:
+        raise SetupError(str(exc)) from None
+    if status != 0:
+        raise SetupError(f"--tls: {shlex.join(argv)} failed:\n{(stdout + stderr).strip()}")
+
+
+def check_answer(
+    address: tuple[str, int], path: str, body: bytes, timeout: float = 10.0, tls: bool = False
+) -> None:
     """One ``GET path`` on a fresh connection: RunError unless it is a 200 with exactly
-    `body`, so a broken app (a 404, a 500, another answer) cannot benchmark as fast."""
+    `body`, so a broken app (a 404, a 500, another answer) cannot benchmark as fast.
+    With `tls`, over HTTPS (the certificate is our own self-signed one: not checked)."""
     host, port = address
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn: http.client.HTTPConnection = http.client.HTTPConnection(host, port, timeout=timeout)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -657,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (need := WORKLOADS[opts.app].needs) and importlib.util.find_spec(need) is None:
             raise SetupError(f"--app {opts.app} needs {need}, which is not installed: "
                              f"pip install -e '.[{need}]'")  # fmt: skip
+        if opts.tls_files is not None:
+            make_tls_files(*opts.tls_files)
         logs = opts.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if "c-uring-echo" in opts.peers:
@@ -671,9 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = collect_metadata(opts, pinning, wrk)
     peers = f", peers {', '.join(opts.peers)}" if opts.peers else ""
     if opts.skipped:
-        peers += f" ({', '.join(opts.skipped)} skipped: they cannot serve --app {opts.app})"
+        why = f"--app {opts.app}" + (" over --tls" if opts.tls else "")
+        peers += f" ({', '.join(opts.skipped)} skipped: they cannot serve {why})"
     if opts.protocol == "http":
-        peers = f", parsers {meta.parsers}, app {opts.app}{peers}"
+        tls = ", over TLS (https)" if opts.tls else ""
+        peers = f", parsers {meta.parsers}, app {opts.app}{tls}{peers}"
     if opts.baseline:
         peers += f"\nbaseline: {meta.baseline_checkout} (@base); this checkout at {meta.commit}"
     framework = ""

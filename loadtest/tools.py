@@ -47,6 +47,7 @@ class LoadSpec:
     log_prefix: Path  # files of this run: <prefix>.wrk.log, Locust's CSV, ...
     path: str = "/"  # what wrk requests (HTTP)
     locust_user: str = ""  # the Locust user class ("": HttpAppUser, or EchoUser for echo)
+    scheme: str = "http"  # "https" with --tls (wrk and Locust do not check the certificate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ def run_locust(spec: LoadSpec, window: Window) -> ToolResult:
     users, prefix = str(spec.connections), f"{spec.log_prefix}.locust"
     url, user = f"tcp://{spec.host}:{spec.port}", spec.locust_user or "EchoUser"
     if spec.protocol == "http":
-        url, user = f"http://{spec.host}:{spec.port}", spec.locust_user or "HttpAppUser"
+        url, user = f"{spec.scheme}://{spec.host}:{spec.port}", spec.locust_user or "HttpAppUser"
     # Locust's -t takes whole seconds: round the warm-up up, so the
     # window after it is exactly the duration.
     warmup = math.ceil(spec.warmup_s)
@@ -218,7 +219,7 @@ def run_wrk(wrk: str, spec: LoadSpec, window: Window) -> ToolResult:
     def argv(seconds: int) -> list[str]:
         return [
             *spec.cpu_prefix, wrk, f"-t{threads}", f"-c{spec.connections}", f"-d{seconds}s",
-            "--timeout", "10s", "--latency", f"http://{spec.host}:{spec.port}{spec.path}",
+            "--timeout", "10s", "--latency", f"{spec.scheme}://{spec.host}:{spec.port}{spec.path}",
         ]  # fmt: skip
 
     if spec.warmup_s > 0:  # wrk takes whole seconds

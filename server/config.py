@@ -31,6 +31,15 @@ MAX_RING_ENTRIES = 8192
 MAX_CQ_ENTRIES = 65536  # IORING_MAX_CQ_ENTRIES; uring_backend.ring has it too (not imported: epoll)
 MAX_RECV_BUFFERS = 32768
 MAX_UDS_PATH_BYTES = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
+# ssl.PROTOCOL_TLS_SERVER, uvicorn's --ssl-version default (ssl is imported
+# only when TLS is used); see server.protocols.tls.SSL_VERSIONS.
+SSL_PROTOCOL_TLS_SERVER = 17
+SSL_CERT_REQS = {0: "CERT_NONE", 1: "CERT_OPTIONAL", 2: "CERT_REQUIRED"}
+SSL_VERSION_NAMES = {
+    17: "PROTOCOL_TLS_SERVER: TLS 1.2 or 1.3",
+    2: "PROTOCOL_TLS: the same",
+    5: "PROTOCOL_TLSv1_2: TLS 1.2 only",
+}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -57,6 +66,10 @@ class Config:
             gets 408, however steadily it trickles in (HTTP).
         timeout_graceful_shutdown: on SIGTERM/SIGINT, how long requests
             in flight may take to finish.
+    And with TLS, timeout_handshake: how long a TLS handshake may take in all.
+
+    TLS is on when ``ssl_certfile`` is set (uvicorn's ``--ssl-*`` options;
+    ``server/protocols/tls.py``).
     """
 
     backend: BackendName = "uring"
@@ -91,6 +104,18 @@ class Config:
     uds: str | None = None
     uds_mode: int = 0o666
     fd: int | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int = 0  # ssl.CERT_NONE
+    ssl_ciphers: str | None = None  # the ssl module's default list
+    ssl_version: int = SSL_PROTOCOL_TLS_SERVER
+    timeout_handshake: float = 10.0
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
@@ -176,6 +201,40 @@ def socket_path(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"the path is {size} bytes; a Unix socket path has at most {MAX_UDS_PATH_BYTES}"
         )
+    return text
+
+
+def cert_reqs(text: str) -> int:
+    """--ssl-cert-reqs: 0, 1 or 2 (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)."""
+    value = int(text)
+    if value not in SSL_CERT_REQS:
+        choices = ", ".join(f"{k} ({v})" for k, v in SSL_CERT_REQS.items())
+        raise argparse.ArgumentTypeError(f"{value} is not one of {choices}")
+    return value
+
+
+def ssl_version(text: str) -> int:
+    """--ssl-version: one of the ssl module's PROTOCOL_* numbers a server can use."""
+    value = int(text)
+    if value in (3, 4):
+        raise argparse.ArgumentTypeError(
+            f"{value} is TLS {'1.0' if value == 3 else '1.1'}, which is not offered "
+            "(the ssl module refuses versions below 1.2 by default)"
+        )
+    if value not in SSL_VERSION_NAMES:
+        choices = ", ".join(f"{k} ({v})" for k, v in SSL_VERSION_NAMES.items())
+        raise argparse.ArgumentTypeError(f"{value} is not one of {choices}")
+    return value
+
+
+def cipher_list(text: str) -> str:
+    """--ssl-ciphers: an OpenSSL cipher string that selects at least one cipher."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
+    except ssl.SSLError:
+        raise argparse.ArgumentTypeError(f"no cipher matches {text!r}") from None
     return text
 
 
@@ -351,6 +410,60 @@ def build_parser() -> argparse.ArgumentParser:
         shown_default="none",
         metavar="N",
     )
+    add(
+        "--ssl-certfile",
+        str,
+        "serve TLS with this PEM certificate chain (the key too, unless --ssl-keyfile)",
+        shown_default="none, no TLS",
+        metavar="PATH",
+    )
+    add(
+        "--ssl-keyfile",
+        str,
+        "PEM private key of --ssl-certfile",
+        shown_default="none",
+        metavar="PATH",
+    )
+    add(
+        "--ssl-keyfile-password",
+        str,
+        "password of an encrypted --ssl-keyfile (the environment variable keeps it out of ps)",
+        shown_default="none",
+        metavar="PASSWORD",
+    )
+    add(
+        "--ssl-ca-certs",
+        str,
+        "PEM CA certificates that client certificates are checked against (--ssl-cert-reqs)",
+        shown_default="none",
+        metavar="PATH",
+    )
+    add(
+        "--ssl-cert-reqs",
+        cert_reqs,
+        "client certificates: 0 not asked for, 1 checked if given, 2 required "
+        "(ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)",
+        metavar="0|1|2",
+    )
+    add(
+        "--ssl-ciphers",
+        cipher_list,
+        "OpenSSL cipher string for TLS 1.2 (TLS 1.3's suites are OpenSSL's)",
+        shown_default="the ssl module's",
+        metavar="CIPHERS",
+    )
+    add(
+        "--ssl-version",
+        ssl_version,
+        "the ssl module's PROTOCOL_* number: 17 or 2 negotiate TLS 1.2 or 1.3, 5 is TLS 1.2 only",
+        metavar="N",
+    )
+    add(
+        "--timeout-handshake",
+        positive_float,
+        "seconds a TLS handshake may take in all, then the connection is closed "
+        "(ringserve's own; uvicorn has none)",
+    )
     p.add_argument(
         "--factory",
         action="store_true",
@@ -457,5 +570,16 @@ def _check_combinations(
         parser.error("--uds-mode needs --uds")
     if config.max_requests_jitter and not config.max_requests:
         parser.error("--max-requests-jitter needs --max-requests")
+    if not config.tls:
+        for name in given:
+            if name.startswith("ssl_") or name == "timeout_handshake":
+                parser.error(f"--{name.replace('_', '-')} is for TLS: it needs --ssl-certfile")
+    if config.ssl_cert_reqs and config.ssl_ca_certs is None:
+        parser.error(
+            f"--ssl-cert-reqs {config.ssl_cert_reqs} checks client certificates against "
+            "--ssl-ca-certs: give it"
+        )
+    if config.ssl_ca_certs is not None and not config.ssl_cert_reqs:
+        parser.error("--ssl-ca-certs is for client certificates: it needs --ssl-cert-reqs 1 or 2")
     if config.max_requests and config.protocol != "http":
         parser.error("--max-requests counts HTTP requests; it cannot be used with --protocol echo")

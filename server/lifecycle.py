@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.aio import BackendSelector, RingEventLoop
 from server.apps.asgi import AsgiApp, Lifespan, is_asgi
@@ -26,6 +26,9 @@ from server.protocols import ServerProtocol
 from server.protocols.echo import EchoConnection
 from server.protocols.http import load_http
 from server.protocols.http.common import App, Counters, HttpLimits
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger("server")
 
@@ -106,6 +109,7 @@ class Server:
             idle_timeout=config.timeout_keep_alive if http else config.timeout_read,
             read_timeout=config.timeout_read,
             header_timeout=config.timeout_header if http else None,
+            handshake_timeout=config.timeout_handshake if config.tls else None,
             sockname=self.address,
         )
         selector = BackendSelector(self.backend, owns_backend=False)
@@ -194,6 +198,7 @@ class Server:
             "backend": config.backend,
             "protocol": config.protocol,
             "http": config.http if config.protocol == "http" else None,
+            "tls": config.tls,
             "app": config.app,
             "pid": os.getpid(),
             "kernel": platform.release(),
@@ -206,7 +211,9 @@ class Server:
         assert self.backend is not None and self.listener is not None
         facts = ", ".join(f"{k}={v}" for k, v in self.backend.describe().items())
         what = f"http ({config.http})" if config.protocol == "http" else "echo"
-        url = self.listener.where("http" if config.protocol == "http" else None)
+        url = self.listener.where(_scheme(config) if config.protocol == "http" else None)
+        if config.tls and config.protocol != "http":
+            url += " (TLS)"
         return (
             f"ringserve {what} on {config.backend}{f' ({facts})' if facts else ''}, "
             f"kernel {platform.release()}, pid {os.getpid()}, listening on {url}"
@@ -228,6 +235,23 @@ class Server:
         return out
 
     def _protocol_factory(self) -> Callable[[], ServerProtocol]:
+        """What makes each connection's protocol object: with TLS, the plain one's
+        objects each wrapped in a `server.protocols.tls.TlsConnection`.
+
+        Raises:
+            StartupError: the app, the parser or a TLS file is unusable.
+        """
+        make = self._plain_factory()
+        config = self.config
+        if not config.tls:
+            return make  # nothing of TLS on the path
+        from server.protocols import tls
+
+        http = config.protocol == "http"
+        context = tls_context(config)
+        return tls.tls_factory(make, context, self.counters, tls.PLAIN_HTTP_REPLY if http else None)
+
+    def _plain_factory(self) -> Callable[[], ServerProtocol]:
         config = self.config
         if config.protocol == "echo":
             return EchoConnection
@@ -264,16 +288,18 @@ class Server:
         if interface == "auto":
             interface = "asgi" if is_asgi(obj) else "wsgi"
         if interface == "asgi":
-            self.asgi = AsgiApp(obj, config.root_path, self.address)
+            self.asgi = AsgiApp(obj, config.root_path, self.address, _scheme(config))
             self.lifespan = Lifespan(self.asgi, config.lifespan)
             return self.asgi
         host, port = self.address  # the bound port, also when --port 0
-        adapter = WsgiAdapter(obj, host, port, config.workers > 1, config.wsgi_threads > 1)
+        adapter = WsgiAdapter(
+            obj, host, port, config.workers > 1, config.wsgi_threads > 1, _scheme(config)
+        )
         if config.wsgi_threads:
             from server.apps.wsgi import ThreadedWsgi
 
             self._threaded = ThreadedWsgi(adapter, config.wsgi_threads, self.counters)
-            self.asgi = AsgiApp(self._threaded, config.root_path, self.address)
+            self.asgi = AsgiApp(self._threaded, config.root_path, self.address, _scheme(config))
             return self.asgi
         return adapter
 
@@ -317,6 +343,35 @@ class Server:
 
     def _print_stats(self) -> None:
         _print_line(json.dumps({"event": "stats", **self.statistics()}, sort_keys=True))
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The SSLContext of a TLS run (``--ssl-certfile`` set), from its ``--ssl-*`` options.
+
+    Raises:
+        StartupError: a file is unusable; the message names the option, the file and why.
+    """
+    from server.protocols import tls
+
+    assert config.ssl_certfile is not None
+    try:
+        return tls.make_context(
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            config.ssl_keyfile_password,
+            config.ssl_ca_certs,
+            config.ssl_cert_reqs,
+            config.ssl_ciphers,
+            config.ssl_version,
+            alpn=["http/1.1"] if config.protocol == "http" else None,
+        )
+    except tls.TlsSetupError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def _scheme(config: Config) -> str:
+    """The URL scheme the apps see (ASGI ``scope["scheme"]``, ``wsgi.url_scheme``)."""
+    return "https" if config.tls else "http"
 
 
 def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:

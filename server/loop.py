@@ -37,7 +37,7 @@ from server.backends.base import (
     Backend,
     Event,
 )
-from server.protocols import AsyncServerProtocol, ServerProtocol
+from server.protocols import HANDSHAKE_HEAD, AsyncServerProtocol, ServerProtocol
 
 logger = logging.getLogger("server.loop")
 
@@ -98,6 +98,9 @@ class Dispatcher:
             at each sweep, so a head is cut between `header_timeout` and
             `header_timeout` + `sweep_interval` after the sweep that first
             saw it.
+        handshake_timeout: the same bound for a TLS handshake (a protocol
+            object whose ``pending_head()`` is ``HANDSHAKE_HEAD``); None: TLS
+            is off.
         clock: monotonic seconds (tests pass a fake one).
         sockname: the listener's address, for the transports' get_extra_info.
     """
@@ -109,6 +112,7 @@ class Dispatcher:
         idle_timeout: float,
         read_timeout: float,
         header_timeout: float | None = None,
+        handshake_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sockname: Any = None,
     ) -> None:
@@ -117,11 +121,14 @@ class Dispatcher:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.header_timeout = header_timeout
+        self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.sockname = sockname
         limits = [MAX_SWEEP_INTERVAL_S, idle_timeout / 4, read_timeout / 4]
         if header_timeout is not None:
             limits.append(header_timeout / 4)
+        if handshake_timeout is not None:
+            limits.append(handshake_timeout / 4)
         self.sweep_interval = min(limits)
         self.protocols: dict[int, ServerProtocol] = {}
         self.last_seen: dict[int, float] = {}
@@ -210,6 +217,8 @@ class Dispatcher:
         protocols = self.protocols
         heads_seen = self.heads_seen
         header_timeout = self.header_timeout
+        handshake_timeout = self.handshake_timeout
+        check_heads = header_timeout is not None or handshake_timeout is not None
         expired = []
         for cid, seen in self.last_seen.items():
             proto = protocols[cid]
@@ -221,7 +230,7 @@ class Dispatcher:
                 continue
             if seen < read_cutoff:
                 expired.append(cid)
-            elif header_timeout is not None:
+            elif check_heads:
                 head = proto.pending_head()
                 first = heads_seen.get(cid)
                 if not head:
@@ -229,8 +238,10 @@ class Dispatcher:
                         del heads_seen[cid]
                 elif first is None or first[1] != head:
                     heads_seen[cid] = (now, head)
-                elif now - first[0] >= header_timeout:
-                    expired.append(cid)
+                else:
+                    limit = handshake_timeout if head == HANDSHAKE_HEAD else header_timeout
+                    if limit is not None and now - first[0] >= limit:
+                        expired.append(cid)
         for cid in expired:
             heads_seen.pop(cid, None)
             proto = self.protocols[cid]

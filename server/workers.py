@@ -111,7 +111,7 @@ from typing import Final
 
 from server.apps.asgi import AsgiApp, Receive, Scope, Send
 from server.config import Config
-from server.lifecycle import Server
+from server.lifecycle import Server, StartupError, tls_context
 from server.listeners import Listener, ListenerError, open_listeners
 from server.protocols import ServerProtocol
 from server.protocols.http.common import App, Request, Response
@@ -133,6 +133,13 @@ _FORWARDED: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR
 
 def run_workers(config: Config) -> int:
     """Open the socket, run the workers until SIGTERM/SIGINT; returns the exit code."""
+    if config.tls:
+        # Once here, so a bad file is one clear error, not workers dying in a row.
+        try:
+            tls_context(config)
+        except StartupError as exc:
+            print(f"ringserve: error: {exc}", file=sys.stderr)
+            return 1
     try:
         listeners = open_listeners(config, config.workers)
     except ListenerError as exc:

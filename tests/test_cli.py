@@ -30,6 +30,7 @@ from tests.backends.client import (
 )
 from tests.support import BACKENDS, URING_SKIP
 from tests.support.server import clean_env
+from tests.support.tls import make_pki
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -434,11 +435,13 @@ def check():
     return [done.returncode, done.stdout + done.stderr]
 
 port = int(sys.argv[1])
+tls = ["--ssl-certfile", sys.argv[2], "--ssl-keyfile", sys.argv[3]]
 results = {}
 for protocol in ("http", "echo"):
-    args = ["--backend", "epoll", "--protocol", protocol, "--port", str(port)]
-    with ServerProcess(*args, env={"RINGSERVE_HOST": "127.0.0.1"}) as server:
-        results[protocol] = check()
+    for extra, name in (([], protocol), (tls, protocol + "+tls")):
+        args = ["--backend", "epoll", "--protocol", protocol, "--port", str(port), *extra]
+        with ServerProcess(*args, env={"RINGSERVE_HOST": "127.0.0.1"}) as server:
+            results[name] = check()
 # A `python -m server --port P` process that does not listen: a dead port.
 idle = ["-c", "import time; time.sleep(60)", "-m", "server", "--port", str(port)]
 with subprocess.Popen([sys.executable, *idle]) as fake:
@@ -449,11 +452,13 @@ print(json.dumps(results))
 
 
 def test_docker_healthcheck(tmp_path: Path) -> None:
-    """docker/healthcheck.py: 0 for a live server on either protocol, non-zero for a dead port."""
+    """docker/healthcheck.py: 0 for a live server on either protocol, with or without TLS,
+    non-zero for a dead port."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
     argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c"]
-    argv += [HEALTHCHECK_DRIVER, str(free_port())]
+    pki = make_pki(tmp_path)
+    argv += [HEALTHCHECK_DRIVER, str(free_port()), str(pki.server_cert), str(pki.server_key)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
     if done.returncode != 0 and done.stderr.startswith("unshare:"):
         pytest.skip(f"no new PID namespace here: {done.stderr.strip()}")
@@ -461,6 +466,8 @@ def test_docker_healthcheck(tmp_path: Path) -> None:
     results = json.loads(done.stdout.splitlines()[-1])
     assert results["http"][0] == 0 and "healthy: http on 127.0.0.1:" in results["http"][1]
     assert results["echo"][0] == 0 and "healthy: echo on 127.0.0.1:" in results["echo"][1]
+    for name in ("http+tls", "echo+tls"):  # the probe speaks TLS to a TLS server
+        assert results[name][0] == 0 and "healthy: " in results[name][1], results[name]
     assert results["dead"][0] != 0 and "unhealthy" in results["dead"][1], results["dead"]
 
 

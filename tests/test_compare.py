@@ -892,3 +892,48 @@ def test_http_fastapi_workload(tmp_path: Path) -> None:
     (share,) = [line for line in done.stdout.splitlines() if line.startswith("c=2:")]
     assert "uring reaches" in share and "of the httptools ceiling" in share
     assert "uvicorn-ringloop" in share
+
+
+def test_tls_commands(tmp_path: Path) -> None:
+    """--tls: ours and the uvicorn peers get the certificate; the other peers are left out."""
+    opts = compare_module.parse_args(["--tls", "--peers", "--app", "asgi", "--out", str(tmp_path)])
+    assert opts.peers == compare_module.TLS_PEERS
+    assert set(opts.skipped) == {"granian-asgi", "granian-wsgi", "uvloop-h11"}
+    cert, key = str(tmp_path / "tls" / "cert.pem"), str(tmp_path / "tls" / "key.pem")
+    tls = ["--ssl-certfile", cert, "--ssl-keyfile", key]
+    server = next(s for s in opts.lineup.values() if s.ours)
+    argv = compare_module.our_argv(server, opts)
+    assert " ".join(tls) in " ".join(argv)
+    for name in opts.peers:
+        peer = compare_module.peer_argv(name, opts, 8000, ())
+        assert " ".join(tls) in " ".join(peer) and peer[-1] == ASGI_HELLO
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls", "--protocol", "echo"], "--tls is for --protocol http"),
+        (["--tls", "--server-args=--ssl-certfile x"], "--ssl-certfile is set by the compare"),
+    ],
+)
+def test_tls_bad_arguments(args: list[str], message: str) -> None:
+    done = compare(*args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+@needs_wrk
+def test_http_over_tls_both_backends(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    done = compare(
+        "--tls", "--tools", "saturation", "--connections", "2", "--duration", "1",
+        "--warmup", "0.2", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    assert {r["backend"] for r in records} == {"uring", "epoll"}
+    for r in records:
+        assert r["requests"] > 0 and r["server_requests"] > 0 and r["errors"] == 0, r
+    assert (out / "tls" / "cert.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert "over TLS (https)" in done.stdout
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.server.log"))
+    assert "listening on https://" in logs

@@ -25,6 +25,7 @@ import pytest
 from server.aio import BackendSelector, RingEventLoop
 from server.backends.base import ACCEPTED, CLOSED, READY, RECEIVED
 from server.loop import MAX_SWEEP_INTERVAL_S, Dispatcher
+from server.protocols import HANDSHAKE_HEAD
 
 
 class FakeClock:
@@ -438,3 +439,35 @@ def test_the_grace_period_running_out_ends_the_loop_with_connections_open(caplog
     assert list(h.loop.protocols) == [1]  # left for the backend's shutdown to abort
     assert h.backend.log == []
     assert [r.getMessage() for r in caplog.records] == ["grace period over; closing 1 connections"]
+
+
+def test_a_tls_handshake_gets_the_handshake_timeout_not_the_header_one() -> None:
+    """pending_head() == HANDSHAKE_HEAD: bounded by handshake_timeout (2 s), then a
+    real head by header_timeout (100 s); bytes every 0.1 s beat the read timeout."""
+    h = Harness(idle_timeout=100.0, read_timeout=100.0, header_timeout=100.0, handshake_timeout=2.0)
+    assert h.loop.sweep_interval == pytest.approx(0.5)
+
+    def handshaking() -> Proto:
+        p = busy_reader()
+        p.head = HANDSHAKE_HEAD
+        return p
+
+    h.factory = handshaking
+    h.at(0, (ACCEPTED, 1, None), (ACCEPTED, 2, None))
+
+    def done_handshake() -> list[tuple[int, int, Any]]:
+        h.protos[1].head = 1  # connection 2 finished its handshake at 1.5 s: a head now
+        return [(RECEIVED, 2, b"x")]
+
+    for i in range(1, 40):
+        if i == 15:
+            h.at(i * 0.1, (RECEIVED, 1, b"x"), done_handshake)
+        else:
+            h.at(i * 0.1, (RECEIVED, 1, b"x"), (RECEIVED, 2, b"x"))
+    h.stop_at(4.0)
+    h.run(grace=0.0)
+    # Connection 1: first seen handshaking by the sweep at 0.5, cut at 2.5.
+    assert h.protos[0].timeouts == 1
+    assert len(h.protos[0].received) == 25
+    assert h.protos[1].timeouts == 0  # its head is far from 100 s
+    assert ("close", 1) in h.backend.log

@@ -73,12 +73,16 @@ class AsgiApp:
         app: the ASGI 3 callable.
         root_path: the mount point in front of the app (--root-path).
         server: the listener's (host, port).
+        scheme: ``"https"`` when the server speaks TLS.
     """
 
-    def __init__(self, app: AsgiCallable, root_path: str = "", server: Any = None) -> None:
+    def __init__(
+        self, app: AsgiCallable, root_path: str = "", server: Any = None, scheme: str = "http"
+    ) -> None:
         self.app = app
         self.root_path = root_path
         self.server = server
+        self.scheme = scheme
         self.state: dict[str, Any] = {}  # filled by lifespan startup
 
 
@@ -316,7 +320,7 @@ def build_scope(
         "asgi": ASGI,
         "http_version": "1.1" if http_version == b"1.1" else "1.0",
         "method": method.decode("ascii"),
-        "scheme": "http",
+        "scheme": app.scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,

@@ -68,6 +68,9 @@ class WsgiAdapter:
         app: the WSGI callable.
         server_name, server_port: for SERVER_NAME / SERVER_PORT.
         multiprocess: true when several workers serve the port.
+        multithread: true when the app runs in a thread pool.
+        url_scheme: ``"https"`` when the server speaks TLS (then also ``HTTPS=on``,
+            as CGI servers set it).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class WsgiAdapter:
         server_port: int,
         multiprocess: bool = False,
         multithread: bool = False,
+        url_scheme: str = "http",
     ) -> None:
         self._app = app
         self._base: dict[str, Any] = {
@@ -84,12 +88,14 @@ class WsgiAdapter:
             "SERVER_NAME": server_name,
             "SERVER_PORT": str(server_port),
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": url_scheme,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": multithread,
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
         }
+        if url_scheme == "https":
+            self._base["HTTPS"] = "on"
 
     def environ(self, request: Request) -> dict[str, Any]:
         path, query = split_target(request.target)

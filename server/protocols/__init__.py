@@ -6,7 +6,11 @@ difference in a benchmark comes from I/O alone.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+# What `ServerProtocol.pending_head` reports while a TLS handshake is in
+# progress: the loop bounds it with the handshake timeout, not the header one.
+HANDSHAKE_HEAD: Final = -1
 
 
 class Transport(Protocol):
@@ -45,12 +49,22 @@ class ServerProtocol(Protocol):
             it is then given a `Transport` (``connection_made``) and told of
             the connection's end and of write backpressure.  A class
             attribute: the synchronous protocols say False and pay nothing.
+
+    The loop only reads them, so a plain attribute or a property will do
+    (`server.protocols.tls.TlsConnection` forwards its inner object's).
     """
 
-    should_close: bool
-    busy: bool
-    responding: bool
-    needs_transport: bool
+    @property
+    def should_close(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def responding(self) -> bool: ...
+
+    @property
+    def needs_transport(self) -> bool: ...
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed bytes from the peer (``b""`` means EOF); return bytes to send."""
@@ -59,8 +73,9 @@ class ServerProtocol(Protocol):
     def pending_head(self) -> int:
         """Which request head is being read: 0 if none, else its number on
         this connection (1 for the first), so the loop can bound the time a
-        head takes as a whole (``--header-timeout``), not only the silence
-        between its bytes."""
+        head takes as a whole (``--timeout-header``), not only the silence
+        between its bytes; `HANDSHAKE_HEAD` for a TLS handshake
+        (``--timeout-handshake``)."""
         ...
 
     def timed_out(self) -> bytes:

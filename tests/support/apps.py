@@ -41,3 +41,26 @@ async def asgi_whoami(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def wsgi_scheme(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The URL scheme and HTTPS variable the server gave (TLS tests)."""
+    body = f"{environ['wsgi.url_scheme']} {environ.get('HTTPS')}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi_scheme(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The scope's scheme, and its request body echoed after it (TLS tests)."""
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan")
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    out = scope["scheme"].encode() + b" " + body
+    headers = [(b"content-length", b"%d" % len(out))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": out})
