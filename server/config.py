@@ -85,6 +85,10 @@ class Config:
     wsgi_threads: int = 0  # 0: a WSGI app runs inline, in the loop
     log_level: str = "info"
     workers: int = 1
+    access_log: bool = False
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics: str | None = None  # HOST:PORT
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
@@ -148,6 +152,28 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
     return value
+
+
+def allow_ips(text: str) -> str:
+    """A --forwarded-allow-ips value, checked (addresses, CIDR networks, or *)."""
+    from server.protocols.http.proxy import ProxyHeaders
+
+    try:
+        ProxyHeaders(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def host_port(text: str) -> str:
+    """A --metrics value, checked: HOST:PORT, [IPv6]:PORT."""
+    from server.metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def port_number(text: str) -> int:
@@ -274,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
     add("--workers", positive_int, "processes sharing the port with SO_REUSEPORT")
+    add(
+        "--forwarded-allow-ips",
+        allow_ips,
+        "with --proxy-headers: the proxies trusted, comma-separated addresses and CIDR "
+        "networks, or * for all",
+    )
+    add(
+        "--metrics",
+        host_port,
+        "serve the counters for Prometheus at http://HOST:PORT/metrics "
+        "(--workers N: worker i on PORT+i)",
+    )
     p.add_argument(
         "--factory",
         action="store_true",
@@ -293,7 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP_NODELAY on accepted connections: replies leave at once instead of "
         f"waiting for Nagle's algorithm (default: on; env {ENV_PREFIX}TCP_NODELAY=0 turns it off)",
     )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one line per response on stdout (client, request line, status, body bytes, "
+        f"duration) (default: off; env {ENV_PREFIX}ACCESS_LOG=1)",
+    )
+    p.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take the client address and scheme from Forwarded / X-Forwarded-For / "
+        "X-Forwarded-Proto when the peer is in --forwarded-allow-ips "
+        f"(default: off; env {ENV_PREFIX}PROXY_HEADERS=1)",
+    )
     return p
+
+
+_BOOLEAN_OPTIONS = ("tcp_nodelay", "access_log", "proxy_headers")
 
 
 def _env_boolean(parser: argparse.ArgumentParser, name: str) -> bool | None:
@@ -338,7 +394,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         if name in ("sqpoll", "factory"):
             # A store_true flag: present means on; otherwise the environment.
             value = True if value else _env_boolean(parser, env_name)
-        elif name == "tcp_nodelay" and value is None:
+        elif name in _BOOLEAN_OPTIONS and value is None:
             value = _env_boolean(parser, env_name)
         elif value is None and (env_name := _env_name(parser, name)) in os.environ:
             value = os.environ[env_name]
@@ -354,6 +410,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         if value is not None:
             values[name] = value
     config = Config(**values)
+    if config.metrics is not None and config.workers > 1:
+        _, port = config.metrics.rsplit(":", 1)
+        if int(port) == 0 or int(port) + config.workers - 1 > 65535:
+            parser.error(
+                f"--metrics {config.metrics} with --workers {config.workers}: worker i serves "
+                "on PORT+i, so PORT must be fixed and PORT+N-1 a TCP port"
+            )
     if config.ring_entries * config.cq_factor > MAX_CQ_ENTRIES:
         parser.error(
             f"--ring-entries {config.ring_entries} x --cq-factor {config.cq_factor} "

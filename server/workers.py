@@ -5,11 +5,13 @@ spreads new connections across them) and builds its own backend, so each
 has its own ring.  The parent only forwards SIGINT/SIGTERM, and SIGUSR1
 (so ``kill -USR1 <parent>`` makes every worker print its statistics line
 instead of killing the parent), and waits; it exits 0 when every worker did.
+With ``--metrics HOST:PORT``, worker i serves its own counters on PORT + i.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +20,15 @@ import sys
 from server.config import Config
 
 logger = logging.getLogger("server.workers")
+
+
+def _worker_config(config: Config, index: int) -> Config:
+    """Worker `index`'s config: its own --metrics port, PORT + index (each worker
+    has its own counters; a scraper sums them)."""
+    if config.metrics is None:
+        return config
+    host, _, port = config.metrics.rpartition(":")
+    return dataclasses.replace(config, metrics=f"{host}:{int(port) + index}")
 
 
 def run_workers(config: Config) -> int:
@@ -33,13 +44,13 @@ def run_workers(config: Config) -> int:
         print(f"ringserve: error: {exc}", file=sys.stderr)
         return 1
     pids: list[int] = []
-    for _ in range(config.workers):
+    for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
             probe.close()
             code = 1
             try:
-                code = Server(config).run()
+                code = Server(_worker_config(config, index)).run()
             finally:
                 os._exit(code)
         pids.append(pid)

@@ -305,6 +305,7 @@ def build_scope(
     headers: Any,
     http_version: bytes,
     client: Any,
+    scheme: str = "http",
 ) -> Scope:
     """The HTTP scope of one request (ASGI spec 2.4, "HTTP connection scope")."""
     raw_path, query = split_target(target)
@@ -316,7 +317,7 @@ def build_scope(
         "asgi": ASGI,
         "http_version": "1.1" if http_version == b"1.1" else "1.0",
         "method": method.decode("ascii"),
-        "scheme": "http",
+        "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,

@@ -99,6 +99,11 @@ class WsgiAdapter:
         env["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
         env["QUERY_STRING"] = query.decode("latin-1")
         env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
+        env["wsgi.url_scheme"] = request.scheme
+        client = request.client
+        if client:
+            env["REMOTE_ADDR"] = client[0]
+            env["REMOTE_PORT"] = str(client[1])
         env["wsgi.input"] = io.BytesIO(request.body)
         env["CONTENT_LENGTH"] = str(len(request.body)) if request.body else ""
         for name, value in request.headers:
@@ -197,6 +202,8 @@ class ThreadedWsgi:
             scope["headers"],
             scope["http_version"].encode("ascii"),
             b"".join(chunks),
+            tuple(scope["client"]) if scope.get("client") else None,
+            scope.get("scheme", "http"),
         )
         loop = asyncio.get_running_loop()
         try:

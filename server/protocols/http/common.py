@@ -24,7 +24,9 @@ class Request:
     """A complete request, body included, as the app sees it.
 
     Header names are lowercase; values are as received, without the
-    surrounding whitespace.
+    surrounding whitespace.  `client` is the peer's (host, port), or the one
+    trusted proxy headers name (None when unknown); `scheme` is "http", or
+    "https" when a trusted proxy says the client used TLS.
     """
 
     method: bytes
@@ -32,6 +34,8 @@ class Request:
     headers: Headers
     http_version: bytes
     body: bytes
+    client: tuple[str, int] | None = None
+    scheme: str = "http"
 
 
 @dataclass(slots=True)

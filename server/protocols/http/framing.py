@@ -120,6 +120,7 @@ class FramedConnection:
         "_body",
         "_body_bytes",
         "_buf",
+        "_client",
         "_conn",
         "_counters",
         "_expect",
@@ -129,11 +130,18 @@ class FramedConnection:
         "_keepalive",
         "_limits",
         "_method",
+        "_peer",
         "_peer_keepalive",
         "_remaining",
+        "_scheme",
         "_searched",
+        "_sent",
         "_state",
+        "_status",
+        "_t0",
         "_target",
+        "_transport",
+        "_trusted",
         "_version",
         "busy",
         "should_close",
@@ -163,6 +171,10 @@ class FramedConnection:
         self._expect = False  # it waits for 100 Continue, and no body byte came
         self._body: list[bytes] = _NO_BODY
         self._body_bytes = 0
+        # Who sent the request and over what: the peer, unless trusted proxy
+        # headers said otherwise (`server.protocols.http.observe`).
+        self._client: Any = None
+        self._scheme = "http"
         self.should_close = False
         self.busy = False
 
@@ -379,7 +391,15 @@ class FramedConnection:
         self._expect = False
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._body = _NO_BODY
-        request = Request(self._method, self._target, self._headers, self._version, body)
+        request = Request(
+            self._method,
+            self._target,
+            self._headers,
+            self._version,
+            body,
+            self._client,
+            self._scheme,
+        )
         try:
             resp = self._app(request)
         except Exception:
@@ -417,6 +437,20 @@ class FramedConnection:
         self._counters.client_errors += 1
         self.should_close = True
         out.append(self._error(status))
+
+    # -- the transport, for a subclass that needs one (``needs_transport``) -------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def connection_lost(self, exc: OSError | None) -> None:
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        pass  # a synchronous response is queued whole: nothing to pause
+
+    def resume_writing(self) -> None:
+        pass
 
     # -- what a parser module provides ------------------------------------------
 
@@ -470,7 +504,6 @@ class AsyncMode(FramedConnection):
     """
 
     __slots__ = (
-        "_client",
         "_close_after",
         "_continue_owed",
         "_cycle",
@@ -482,7 +515,6 @@ class AsyncMode(FramedConnection):
         "_request_done",
         "_streamed",
         "_streaming",
-        "_transport",
         "responding",
     )
 
@@ -507,9 +539,6 @@ class AsyncMode(FramedConnection):
         self._streamed = 0  # body bytes of it sent
 
     # -- the loop's side ----------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
 
     def connection_lost(self, exc: OSError | None) -> None:
         cycle = self._cycle
@@ -609,7 +638,13 @@ class AsyncMode(FramedConnection):
             self._client = self._transport.get_extra_info("peername") or ()
         app = self._app
         scope = build_scope(
-            app, self._method, self._target, self._headers, self._version, self._client or None
+            app,
+            self._method,
+            self._target,
+            self._headers,
+            self._version,
+            self._client or None,
+            self._scheme,
         )
         loop = asyncio.get_running_loop()
         start = getattr(loop, "run_eagerly", loop.create_task)
