@@ -74,7 +74,7 @@ def assert_lines(lines: list[str], expected: list[str]) -> None:
 
 def test_builtin_app_lines(make_http_server: Any, access: Lines) -> None:
     with make_http_server(access_log=True) as srv, connect(srv.address) as sock:
-        me = "127.0.0.1:%d" % sock.getsockname()[1]
+        me = f"127.0.0.1:{sock.getsockname()[1]}"
         data = (
             request("GET", "/?q=1&r")
             + request("HEAD", "/")
@@ -116,7 +116,7 @@ def _error_lines(address: tuple[str, int], access: Lines) -> None:
     expected = []
     for data, status, line, duration in cases:
         with connect(address) as sock:
-            me = "127.0.0.1:%d" % sock.getsockname()[1]
+            me = f"127.0.0.1:{sock.getsockname()[1]}"
             sock.sendall(data)
             assert HttpReader(sock).read_response().status == status
         expected.append(f"{me} - {line} {status} {len(error_body(status))} {duration}")
@@ -130,7 +130,7 @@ def test_the_servers_own_errors(make_http_server: Any, access: Lines) -> None:
 
 def test_a_408_for_a_body_that_stops(make_http_server: Any, access: Lines) -> None:
     with make_http_server(access_log=True, timeout_read=0.3) as srv, connect(srv.address) as sock:
-        me = "127.0.0.1:%d" % sock.getsockname()[1]
+        me = f"127.0.0.1:{sock.getsockname()[1]}"
         sock.sendall(request("POST", "/echo", headers=[("Content-Length", "10")]) + b"abc")
         assert HttpReader(sock).read_response().status == 408
         assert_lines(
@@ -215,7 +215,7 @@ def test_the_log_reaches_stdout_in_order() -> None:
     assert len(lines) == 50
     for i, line in enumerate(lines):
         assert re.fullmatch(
-            r'127\.0\.0\.1:[0-9]+ - "GET /\?n=%d HTTP/1\.1" 200 [0-9]+ %s' % (i, DURATION), line
+            rf'127\.0\.0\.1:[0-9]+ - "GET /\?n={i} HTTP/1\.1" 200 [0-9]+ {DURATION}', line
         ), line
 
 
