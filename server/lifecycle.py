@@ -346,7 +346,8 @@ class Server:
             self._metrics = self.aio.run_until_complete(start_metrics(host, port, self.statistics))
         except OSError as exc:
             listener.close()
-            raise StartupError(f"cannot listen on --metrics {address}: {exc.strerror}") from exc
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewrites strerror
+            raise StartupError(f"cannot listen on --metrics {address}: {why}") from exc
         self.metrics_address = self._metrics.sockets[0].getsockname()[:2]
 
     def _start_lifespan(self) -> bool:

@@ -8,7 +8,9 @@ listener is an `asyncio` server on the server's own loop
 (`server.aio.RingEventLoop`: the backend watches its file descriptors like
 any app's), so it needs no thread and it answers whatever ``--app`` serves.
 Its connections are not the backend's: a scrape changes no counter but
-``wait_calls`` and ``syscalls`` (the loop passes it takes).
+``wait_calls`` and ``syscalls`` (the loop passes it takes) and, on uring,
+``sqes_submitted``, ``cqes_reaped`` and ``ops_in_flight`` (the polls that
+watch its sockets).
 
 It speaks just enough HTTP/1.1 for a scraper: one request per connection,
 ``GET`` or ``HEAD`` of ``/metrics`` (any query), 404 for another path, 405
