@@ -10,6 +10,9 @@ def wsgi_who(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
     """``REMOTE_ADDR REMOTE_PORT wsgi.url_scheme``; /boom raises."""
     if environ["PATH_INFO"] == "/boom":
         raise RuntimeError("boom")
+    if environ["PATH_INFO"] == "/bad":  # a header the server refuses to send: its 500
+        start_response("200 OK", [("X-Bad", "a\r\nb")])
+        return [b"never sent"]
     body = " ".join(
         [
             environ.get("REMOTE_ADDR", "-"),
@@ -29,6 +32,12 @@ async def asgi_who(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"abc", "more_body": True})
         await send({"type": "http.response.body", "body": b"defgh"})
+        return
+    if scope["path"] == "/bad":  # a header the server refuses to send: its 500
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]}
+        )
+        await send({"type": "http.response.body", "body": b"never sent"})
         return
     client = scope["client"]
     host, port = client if client else ("-", "-")

@@ -166,6 +166,11 @@ def test_app_lines(make_http_server: Any, access: Lines, kind: str) -> None:
             assert responses[0].body == b"abcdefgh"
             expected.append(f'{me} - "GET /stream HTTP/1.1" 200 8 {{d}}')
         assert_lines(access.wait(3), expected)
+    with make_http_server(access_log=True, **APPS[kind]) as srv, connect(srv.address) as sock:
+        me = f"127.0.0.1:{sock.getsockname()[1]}"
+        sock.sendall(request("GET", "/bad"))
+        assert HttpReader(sock).read_response().status == 500
+        assert_lines(access.wait(4)[3:], [f'{me} - "GET /bad HTTP/1.1" 500 26 {{d}}'])
 
 
 def test_app_servers_own_errors(make_http_server: Any, access: Lines) -> None:
