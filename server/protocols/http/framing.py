@@ -704,6 +704,9 @@ class AsyncMode(FramedConnection):
         """A whole response, written at once (cached head, as the synchronous path)."""
         resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
+        # Counted before the write: epoll sends at once, and a client that has
+        # its response may read /stats (or a test the counters) at once.
+        self._counters.requests += 1
         if sent is None:
             self._counters.app_errors += 1
             self._write(error_response(500))
@@ -733,6 +736,7 @@ class AsyncMode(FramedConnection):
 
     def write_end(self) -> None:
         ended = self._stream_end()
+        self._counters.requests += 1  # before the write, as in write_response
         if ended is None:  # shorter than its content-length: the peer cannot frame it
             self._counters.app_errors += 1
             self._response_done(True)
@@ -759,8 +763,7 @@ class AsyncMode(FramedConnection):
             self._transport.resume_reading()
 
     def _response_done(self, close: bool) -> None:
-        """The response is complete (or refused)."""
-        self._counters.requests += 1
+        """The response is complete (or refused), and counted."""
         self._close_after = close or not self._request_done
         cycle = self._cycle
         if cycle is not None:
