@@ -60,7 +60,8 @@ def scrape(address: tuple[str, int], path: str = "/metrics") -> tuple[int, str, 
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.headers["content-type"], resp.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers["content-type"], exc.read().decode()
+        with exc:  # its socket, else closed whenever it is collected (a later test's fd count)
+            return exc.code, exc.headers["content-type"], exc.read().decode()
 
 
 def test_exposition_has_every_stats_field() -> None:
