@@ -112,6 +112,10 @@ class Config:
     ssl_ciphers: str | None = None  # the ssl module's default list
     ssl_version: int = SSL_PROTOCOL_TLS_SERVER
     timeout_handshake: float = 10.0
+    access_log: bool = False
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics: str | None = None  # HOST:PORT
 
     @property
     def tls(self) -> bool:
@@ -235,6 +239,28 @@ def cipher_list(text: str) -> str:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
     except ssl.SSLError:
         raise argparse.ArgumentTypeError(f"no cipher matches {text!r}") from None
+    return text
+
+
+def allow_ips(text: str) -> str:
+    """A --forwarded-allow-ips value, checked (addresses, CIDR networks, or *)."""
+    from server.protocols.http.proxy import ProxyHeaders
+
+    try:
+        ProxyHeaders(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def host_port(text: str) -> str:
+    """A --metrics value, checked: HOST:PORT, [IPv6]:PORT."""
+    from server.metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -464,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds a TLS handshake may take in all, then the connection is closed "
         "(ringserve's own; uvicorn has none)",
     )
+    add(
+        "--forwarded-allow-ips",
+        allow_ips,
+        "with --proxy-headers: the proxies trusted, comma-separated addresses and CIDR "
+        "networks, or * for all",
+    )
+    add(
+        "--metrics",
+        host_port,
+        "serve the counters for Prometheus at http://HOST:PORT/metrics "
+        "(--workers N: worker i on PORT+i)",
+    )
     p.add_argument(
         "--factory",
         action="store_true",
@@ -483,7 +521,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP_NODELAY on accepted connections: replies leave at once instead of "
         f"waiting for Nagle's algorithm (default: on; env {ENV_PREFIX}TCP_NODELAY=0 turns it off)",
     )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one line per response on stdout (client, request line, status, body bytes, "
+        f"duration) (default: off; env {ENV_PREFIX}ACCESS_LOG=1)",
+    )
+    p.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take the client address and scheme from Forwarded / X-Forwarded-For / "
+        "X-Forwarded-Proto when the peer is in --forwarded-allow-ips "
+        f"(default: off; env {ENV_PREFIX}PROXY_HEADERS=1)",
+    )
     return p
+
+
+_BOOLEAN_OPTIONS = ("tcp_nodelay", "access_log", "proxy_headers")
 
 
 def _env_boolean(parser: argparse.ArgumentParser, name: str) -> bool | None:
@@ -528,7 +584,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         if name in ("sqpoll", "factory"):
             # A store_true flag: present means on; otherwise the environment.
             value = True if value else _env_boolean(parser, env_name)
-        elif name == "tcp_nodelay" and value is None:
+        elif name in _BOOLEAN_OPTIONS and value is None:
             value = _env_boolean(parser, env_name)
         elif value is None and (env_name := _env_name(parser, name)) in os.environ:
             value = os.environ[env_name]
@@ -544,6 +600,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         if value is not None:
             values[name] = value
     config = Config(**values)
+    if config.metrics is not None and config.workers > 1:
+        _, port = config.metrics.rsplit(":", 1)
+        if int(port) == 0 or int(port) + config.workers - 1 > 65535:
+            parser.error(
+                f"--metrics {config.metrics} with --workers {config.workers}: worker i serves "
+                "on PORT+i, so PORT must be fixed and PORT+N-1 a TCP port"
+            )
     if config.ring_entries * config.cq_factor > MAX_CQ_ENTRIES:
         parser.error(
             f"--ring-entries {config.ring_entries} x --cq-factor {config.cq_factor} "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from server.accesslog import AccessLog
 from server.aio import BackendSelector, RingEventLoop
 from server.apps.asgi import AsgiApp, Lifespan, is_asgi
 from server.backends.base import Backend, BackendUnavailable
@@ -78,6 +79,9 @@ class Server:
         self._stop = asyncio.Event()  # set by the first SIGTERM/SIGINT (or request_stop)
         self._hurry = asyncio.Event()  # set by the second: stop waiting for requests
         self.address: tuple[str, int] = (config.host, config.port)
+        self.access_log = AccessLog(sys.stdout, config.log_level)
+        self._metrics: asyncio.base_events.Server | None = None
+        self.metrics_address: tuple[str, int] | None = None  # --metrics, as bound
 
     # -- the three phases ----------------------------------------------------
 
@@ -115,6 +119,8 @@ class Server:
         selector = BackendSelector(self.backend, owns_backend=False)
         self.aio = RingEventLoop(selector)
         self.dispatcher.attach(selector)
+        if config.metrics is not None:
+            self._start_metrics(config.metrics)
         if self.lifespan is not None and not self._start_lifespan():
             self._close_listener()
             raise StartupError(f"the app's lifespan startup failed: {self.lifespan.error}")
@@ -147,6 +153,10 @@ class Server:
 
     def shutdown(self) -> None:
         """Release everything; safe to call more than once."""
+        if self._metrics is not None and self.aio is not None and not self.aio.is_closed():
+            self._metrics.close()
+            self.aio.run_until_complete(self._metrics.wait_closed())
+            self._metrics = None
         if self.aio is not None and not self.aio.is_closed():
             _finish_tasks(self.aio)  # e.g. a lifespan that failed at startup
             self.aio.close()  # its selector stops watching the app's fds
@@ -158,6 +168,7 @@ class Server:
             self._threaded = None
         if self.listener is not None:
             self.listener.remove_file()
+        self.access_log.stop()  # after the loop: every line of the run is written
 
     def _close_listener(self) -> None:
         """Start-up failed before a backend owned the socket: close it (and its file)."""
@@ -201,6 +212,11 @@ class Server:
             "tls": config.tls,
             "app": config.app,
             "pid": os.getpid(),
+            "metrics": (
+                None
+                if self.metrics_address is None
+                else f"{self.metrics_address[0]}:{self.metrics_address[1]}"
+            ),
             "kernel": platform.release(),
             **self.backend.describe(),
         }
@@ -262,6 +278,19 @@ class Server:
             raise StartupError(f"--http {config.http} is not installed ({exc})") from exc
         limits = HttpLimits(config.max_header_bytes, config.max_body_bytes)
         counters = self.counters
+        access = self.access_log.start() if config.access_log else None
+        proxy = None
+        if config.proxy_headers:
+            from server.protocols.http.proxy import ProxyHeaders
+
+            proxy = ProxyHeaders(config.forwarded_allow_ips)
+        inline_wsgi = config.app is not None and self.asgi is None
+        if access is not None or proxy is not None or inline_wsgi:
+            # Off, none of this: the plain class, at no cost.  (An inline WSGI
+            # app is given REMOTE_ADDR; an ASGI one has its client anyway.)
+            from server.protocols.http.observe import observed
+
+            connection_class = observed(connection_class, proxy, access)
 
         def make() -> ServerProtocol:
             return connection_class(app, limits, counters)
@@ -332,6 +361,25 @@ class Server:
         finally:
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(s)
+
+    # A worker's metrics port is shared with the worker that replaces it, for the
+    # moments both run (`server.workers`).
+    metrics_reuse_port = False
+
+    def _start_metrics(self, address: str) -> None:
+        from server.metrics import parse_address, start_metrics
+
+        assert self.aio is not None
+        host, port = parse_address(address)
+        try:
+            self._metrics = self.aio.run_until_complete(
+                start_metrics(host, port, self.statistics, self.metrics_reuse_port)
+            )
+        except OSError as exc:
+            self._close_listener()
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewrites strerror
+            raise StartupError(f"cannot listen on --metrics {address}: {why}") from exc
+        self.metrics_address = self._metrics.sockets[0].getsockname()[:2]
 
     def _start_lifespan(self) -> bool:
         assert self.aio is not None and self.lifespan is not None

@@ -19,83 +19,13 @@ second ``--workers 2`` on the same port, and once it listened, SIGTERM to
 the first; each figure is one 6 s run with that one reload in it (2 shared
 cores, kernel 6.18):
 
-========  ================================  =====================================
-backend   wrk -t2 -c64 (keep-alive)         8 threads, a new connection each request
-========  ================================  =====================================
-epoll     65, 66, 69 read errors            5-14 resets, 1-5 closed before the response
-uring     79, 83 read errors                3-5 resets, 0-1 closed before the response
-========  ================================  =====================================
-
-So the parent owns the sockets, and none of them is closed before the
-server stops.  For TCP it opens one ``SO_REUSEPORT`` socket per slot (the
-kernel spreads connections over them by a hash, as before); a slot's
-worker, and the one that replaces it, serve that slot's socket, so a
-replacement inherits the very queue its predecessor stops taking from, and
-while a slot has no worker (a crash, a restart's backoff) its queue keeps
-the connections for the next one.  Why not one socket for all slots, as
-gunicorn and uvicorn have?  io_uring arms an accept as an exclusive waiter
-on the socket, and a multishot accept stays armed, first in the wait
-queue, so one worker gets every connection: under wrk -c64 on one shared socket two uring workers
-served 0 and 33,332 requests; with a socket per slot, 21,199 and 14,397
-(epoll: 19,973/27,403 shared, 36,740/23,975 per slot).  A socket the server
-is given (``--uds``, ``--fd``, systemd's) is the one socket every slot
-serves; with uring one worker then takes nearly all connections (8
-keep-alive clients on a Unix socket: 0 and 57,437 requests; epoll: 13,072
-and 14,555), which only a change to the uring backend's accept can cure.
-
-The socket is not the whole story: a retiring worker that closed its idle
-keep-alive connections at once (what SIGTERM does) would lose the requests
-their clients had already sent.  So retiring is a drain, not a stop
-(`WorkerServer._begin_drain`): the worker stops accepting, every
-connection gets its next response with ``Connection: close`` (the
-protocol's `drain()`), and once none is left, or after
-``--timeout-keep-alive`` (what an idle connection gets anyway), it stops as
-on SIGTERM.  Measured the same way, with two SIGHUPs in each 6 s run: 0
-errors for both backends and both clients in 12 runs (24 reloads); the
-same with the old workers stopped as on SIGTERM instead of drained: 158 and
-141 wrk read errors, and 5 connections closed before their response
-(epoll).  ``tests/test_workers.py`` runs that load.
-
-The parent's rules
-------------------
-
-- Each of the N slots has a serving worker (``current``) and at most one
-  starting (``pending``).  A pending worker that says it is ready (a byte
-  on its pipe, written once it serves) becomes the current one, and the
-  one it replaces is retired: sent ``RETIRE_SIGNAL``, it drains and exits 0.
-- SIGHUP starts a pending worker in every slot (a fresh fork, which
-  imports the ``--app`` again: new code takes effect); the server's own
-  options are not re-read.
-- ``--max-requests``: a worker that has served its N (+ jitter) requests
-  drains itself at once (that response already says ``Connection:
-  close``) and says so on its pipe; the parent starts its replacement.  The
-  slot's socket holds new connections meanwhile.
-- A worker that exits unexpectedly is logged with its status or signal and
-  restarted.  One that dies before it is ready or within
-  ``STARTUP_WINDOW_S`` of its start died "at start-up": its slot is
-  restarted after a backoff (``BACKOFF_FIRST_S``, doubling), and after
-  ``MAX_EARLY_DEATHS`` such deaths in a row the parent gives up: it stops
-  the other workers and exits 1.  A replacement that keeps dying while the
-  old worker still serves is given up on instead, and the old one kept
-  until the next SIGHUP.
-- SIGTERM or SIGINT: the parent forwards it to every worker that is not
-  already retiring and closes its own copies of the sockets (so
-  connections are refused once the workers stop accepting, as with one
-  process); it exits 0 once every worker has exited 0.  A second one is
-  forwarded to all, retiring ones too: they stop without waiting for the
-  requests in flight.
-- SIGUSR1 goes to every ready worker, which prints its statistics line.
-
-Workers run in their own process group, so a Ctrl-C in a terminal reaches
-the parent only (a worker that got it from the terminal and again from the
-parent would take the second one as "stop now"), and they get SIGTERM if
-the parent dies (``PR_SET_PDEATHSIG``) instead of serving on unsupervised.
-"""
+========  ================================  =============================="""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import random
@@ -129,6 +59,15 @@ READY: Final = b"R"
 LIMIT_REACHED: Final = b"M"
 _PR_SET_PDEATHSIG: Final = 1
 _FORWARDED: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
+
+
+def _worker_config(config: Config, index: int) -> Config:
+    """Worker `index`'s config: its own --metrics port, PORT + index (each worker
+    has its own counters; a scraper sums them)."""
+    if config.metrics is None:
+        return config
+    host, _, port = config.metrics.rpartition(":")
+    return dataclasses.replace(config, metrics=f"{host}:{int(port) + index}")
 
 
 def run_workers(config: Config) -> int:
@@ -285,7 +224,13 @@ class Supervisor:
             try:
                 os.close(read_end)
                 self._forget_in_child(slot)
-                code = _worker_main(config, slot.listener.for_child(), write_end, limit, mask)
+                code = _worker_main(
+                    _slot_config(config, slot.index),
+                    slot.listener.for_child(),
+                    write_end,
+                    limit,
+                    mask,
+                )
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -530,6 +475,14 @@ def _describe_exit(code: int) -> str:
 # -- a worker -----------------------------------------------------------------
 
 
+def _slot_config(config: Config, index: int) -> Config:
+    """Slot `index`'s config: its own --metrics port, PORT + index."""
+    if config.metrics is None:
+        return config
+    host, _, port = config.metrics.rpartition(":")
+    return dataclasses.replace(config, metrics=f"{host}:{int(port) + index}")
+
+
 def _worker_main(
     config: Config, listener: Listener, pipe: int, max_requests: int, mask: set[int]
 ) -> int:
@@ -549,11 +502,17 @@ def _worker_main(
 class WorkerServer(Server):
     """A `Server` that tells the parent it is ready, counts requests and drains on retire.
 
+    With ``--metrics HOST:PORT`` the worker of slot i serves its own counters
+    on PORT + i (a scraper sums them), sharing that port with SO_REUSEPORT
+    with the worker that replaces it while both run.
+
     Args:
         pipe: the write end of its pipe to the parent.
         max_requests: after this many requests, drain and say LIMIT_REACHED
             (0: never).
     """
+
+    metrics_reuse_port = True
 
     def __init__(self, config: Config, listener: Listener, pipe: int, max_requests: int) -> None:
         super().__init__(config, listener)

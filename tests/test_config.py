@@ -29,6 +29,10 @@ def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RINGSERVE_WORKERS",
         "RINGSERVE_MAX_REQUESTS",
         "RINGSERVE_MAX_REQUESTS_JITTER",
+        "RINGSERVE_ACCESS_LOG",
+        "RINGSERVE_PROXY_HEADERS",
+        "RINGSERVE_FORWARDED_ALLOW_IPS",
+        "RINGSERVE_METRICS",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -247,3 +251,81 @@ def test_socket_and_worker_options_are_validated(
         parse_config(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["access_log", "proxy_headers"])
+def test_access_log_and_proxy_headers_from_flag_then_environment(
+    option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag = "--" + option.replace("_", "-")
+    env = "RINGSERVE_" + option.upper()
+    assert getattr(parse_config([]), option) is False
+    assert getattr(parse_config([flag]), option) is True
+    monkeypatch.setenv(env, "1")
+    assert getattr(parse_config([]), option) is True
+    no_flag = "--no-" + option.replace("_", "-")
+    assert getattr(parse_config([no_flag]), option) is False
+    monkeypatch.setenv(env, "maybe")
+    with pytest.raises(SystemExit) as exc:
+        parse_config([])
+    assert exc.value.code == 2
+    assert f"{env}: 'maybe' is not a boolean" in capsys.readouterr().err
+
+
+def test_forwarded_allow_ips_is_validated(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_config([]).forwarded_allow_ips == "127.0.0.1"
+    value = "10.0.0.0/8, ::1,192.168.0.7"
+    assert parse_config(["--forwarded-allow-ips", value]).forwarded_allow_ips == value
+    monkeypatch.setenv("RINGSERVE_FORWARDED_ALLOW_IPS", "*")
+    assert parse_config([]).forwarded_allow_ips == "*"
+    with pytest.raises(SystemExit):
+        parse_config(["--forwarded-allow-ips", "10.0.0.0/8,proxy.local"])
+    assert (
+        "argument --forwarded-allow-ips: 'proxy.local' is not an IP address or network"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("RINGSERVE_FORWARDED_ALLOW_IPS", "10.0.0.0/40")
+    with pytest.raises(SystemExit):
+        parse_config([])
+    assert (
+        "RINGSERVE_FORWARDED_ALLOW_IPS: '10.0.0.0/40' is not an IP address or network"
+        in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9100", "'9100' is not HOST:PORT"),
+        ("host:", "'host:' is not HOST:PORT"),
+        ("0.0.0.0:70000", "70000 is not a TCP port"),
+        ("::1:9100", "'::1:9100': write an IPv6 host in brackets, [::1]:9100"),
+    ],
+)
+def test_metrics_address_is_validated(
+    value: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--metrics", value])
+    assert message in capsys.readouterr().err
+    monkeypatch.setenv("RINGSERVE_METRICS", value)
+    with pytest.raises(SystemExit):
+        parse_config([])
+    assert f"RINGSERVE_METRICS: {message}" in capsys.readouterr().err
+
+
+def test_metrics_with_workers_needs_room_for_a_port_each(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_config(["--metrics", "[::1]:9100"]).metrics == "[::1]:9100"
+    monkeypatch.setenv("RINGSERVE_METRICS", "127.0.0.1:9100")
+    assert parse_config(["--workers", "4"]).metrics == "127.0.0.1:9100"
+    for argv in (
+        ["--workers", "2", "--metrics", "127.0.0.1:0"],
+        ["--workers", "3", "--metrics", "h:65534"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_config(argv)
+        assert "worker i serves on PORT+i" in capsys.readouterr().err

@@ -309,6 +309,7 @@ def build_scope(
     headers: Any,
     http_version: bytes,
     client: Any,
+    scheme: str | None = None,
 ) -> Scope:
     """The HTTP scope of one request (ASGI spec 2.4, "HTTP connection scope")."""
     raw_path, query = split_target(target)
@@ -320,7 +321,7 @@ def build_scope(
         "asgi": ASGI,
         "http_version": "1.1" if http_version == b"1.1" else "1.0",
         "method": method.decode("ascii"),
-        "scheme": app.scheme,
+        "scheme": scheme or app.scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,

@@ -105,6 +105,17 @@ class WsgiAdapter:
         env["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
         env["QUERY_STRING"] = query.decode("latin-1")
         env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode("ascii")
+        scheme = request.scheme
+        if scheme is not None:  # a trusted proxy's word, over the listener's
+            env["wsgi.url_scheme"] = scheme
+            if scheme == "https":
+                env["HTTPS"] = "on"
+            else:
+                env.pop("HTTPS", None)
+        client = request.client
+        if client:
+            env["REMOTE_ADDR"] = client[0]
+            env["REMOTE_PORT"] = str(client[1])
         env["wsgi.input"] = io.BytesIO(request.body)
         env["CONTENT_LENGTH"] = str(len(request.body)) if request.body else ""
         for name, value in request.headers:
@@ -203,6 +214,8 @@ class ThreadedWsgi:
             scope["headers"],
             scope["http_version"].encode("ascii"),
             b"".join(chunks),
+            tuple(scope["client"]) if scope.get("client") else None,
+            scope.get("scheme"),
         )
         loop = asyncio.get_running_loop()
         try:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from server.protocols.tls import PLAIN_HTTP_REPLY
-from tests.backends.client import HELLO, HttpReader, connect, recv_until_eof, wait_for
+from tests.backends.client import HELLO, HttpReader, connect, recv_until_eof, request, wait_for
 from tests.support.tls import Pki, make_pki, poll_plaintext
 
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -404,3 +404,48 @@ def test_tls12_only(make_server: Callable[..., Any], pki: Pki) -> None:
         assert sock.version() == "TLSv1.2"
         sock.sendall(GET)
         assert HttpReader(sock).read_response().body == HELLO  # type: ignore[arg-type]
+
+
+# -- TLS behind (or without) a trusted proxy ----------------------------------------
+
+WHO = "tests.backends.observe_apps:"
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        {"app": WHO + "wsgi_who"},
+        {"app": WHO + "wsgi_who", "wsgi_threads": 2},
+        {"app": WHO + "asgi_who", "lifespan": "off"},
+    ],
+    ids=["wsgi", "wsgi-threads", "asgi"],
+)
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+def test_the_listeners_https_holds_unless_a_trusted_proxy_says_otherwise(
+    tls_server: Any, pki: Pki, app: dict[str, Any], trusted: bool
+) -> None:
+    allow = "127.0.0.1" if trusted else "10.0.0.0/8"
+    with (
+        tls_server(proxy_headers=True, forwarded_allow_ips=allow, **app) as srv,
+        TlsClient(srv.address, pki.client_context()) as sock,
+    ):
+        port = sock.getsockname()[1]
+        reader = HttpReader(sock)  # type: ignore[arg-type]
+        answers = []
+        for headers in (
+            [],
+            [("X-Forwarded-Proto", "http")],
+            [("X-Forwarded-For", "203.0.113.7")],
+        ):
+            sock.sendall(request("GET", "/who", headers=headers))
+            resp = reader.read_response()
+            assert resp.status == 200
+            answers.append(resp.body.decode())
+    if trusted:  # no proto header: the listener's https
+        assert answers == [
+            f"127.0.0.1 {port} https",
+            f"127.0.0.1 {port} http",
+            "203.0.113.7 0 https",
+        ]
+    else:
+        assert answers == [f"127.0.0.1 {port} https"] * 3

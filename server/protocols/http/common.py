@@ -24,7 +24,10 @@ class Request:
     """A complete request, body included, as the app sees it.
 
     Header names are lowercase; values are as received, without the
-    surrounding whitespace.
+    surrounding whitespace.  `client` is the peer's (host, port), or the one
+    trusted proxy headers name (None when unknown); `scheme` is what a
+    trusted proxy says the client used ("http" or "https"), or None: the
+    listener's own (https with TLS).
     """
 
     method: bytes
@@ -32,6 +35,8 @@ class Request:
     headers: Headers
     http_version: bytes
     body: bytes
+    client: tuple[str, int] | None = None
+    scheme: str | None = None
 
 
 @dataclass(slots=True)

@@ -121,6 +121,7 @@ class FramedConnection:
         "_body",
         "_body_bytes",
         "_buf",
+        "_client",
         "_conn",
         "_counters",
         "_expect",
@@ -130,11 +131,18 @@ class FramedConnection:
         "_keepalive",
         "_limits",
         "_method",
+        "_peer",
         "_peer_keepalive",
         "_remaining",
+        "_scheme",
         "_searched",
+        "_sent",
         "_state",
+        "_status",
+        "_t0",
         "_target",
+        "_transport",
+        "_trusted",
         "_version",
         "busy",
         "should_close",
@@ -164,6 +172,10 @@ class FramedConnection:
         self._expect = False  # it waits for 100 Continue, and no body byte came
         self._body: list[bytes] = _NO_BODY
         self._body_bytes = 0
+        # Who sent the request and over what: the peer, unless trusted proxy
+        # headers said otherwise (`server.protocols.http.observe`).
+        self._client: Any = None
+        self._scheme: str | None = None  # the listener's, unless a trusted proxy says
         self.should_close = False
         self.busy = False
 
@@ -385,7 +397,15 @@ class FramedConnection:
         self._expect = False
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._body = _NO_BODY
-        request = Request(self._method, self._target, self._headers, self._version, body)
+        request = Request(
+            self._method,
+            self._target,
+            self._headers,
+            self._version,
+            body,
+            self._client,
+            self._scheme,
+        )
         try:
             resp = self._app(request)
         except Exception:
@@ -423,6 +443,20 @@ class FramedConnection:
         self._counters.client_errors += 1
         self.should_close = True
         out.append(self._error(status))
+
+    # -- the transport, for a subclass that needs one (``needs_transport``) -------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def connection_lost(self, exc: OSError | None) -> None:
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        pass  # a synchronous response is queued whole: nothing to pause
+
+    def resume_writing(self) -> None:
+        pass
 
     # -- what a parser module provides ------------------------------------------
 
@@ -476,7 +510,6 @@ class AsyncMode(FramedConnection):
     """
 
     __slots__ = (
-        "_client",
         "_close_after",
         "_continue_owed",
         "_cycle",
@@ -489,7 +522,6 @@ class AsyncMode(FramedConnection):
         "_start_task",
         "_streamed",
         "_streaming",
-        "_transport",
         "responding",
     )
 
@@ -515,9 +547,6 @@ class AsyncMode(FramedConnection):
         self._streamed = 0  # body bytes of it sent
 
     # -- the loop's side ----------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
 
     def connection_lost(self, exc: OSError | None) -> None:
         cycle = self._cycle
@@ -615,7 +644,13 @@ class AsyncMode(FramedConnection):
             self._client = self._transport.get_extra_info("peername") or ()
         app = self._app
         scope = build_scope(
-            app, self._method, self._target, self._headers, self._version, self._client or None
+            app,
+            self._method,
+            self._target,
+            self._headers,
+            self._version,
+            self._client or None,
+            self._scheme,
         )
         start = self._start_task
         if start is None:  # the connection's first request: the loop it runs on
@@ -675,9 +710,11 @@ class AsyncMode(FramedConnection):
         self, status: int, headers: Any, body: bytes, reason: bytes | None = None
     ) -> None:
         """A whole response, written at once (cached head, as the synchronous path)."""
-        self._counters.requests += 1  # before the write: epoll may send it at once
         resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
+        # Counted before the write: epoll sends at once, and a client that has
+        # its response may read /stats (or a test the counters) at once.
+        self._counters.requests += 1
         if sent is None:
             self._counters.app_errors += 1
             self._write(error_response(500))
@@ -706,8 +743,8 @@ class AsyncMode(FramedConnection):
         return True
 
     def write_end(self) -> None:
-        self._counters.requests += 1  # before the write: epoll may send it at once
         ended = self._stream_end()
+        self._counters.requests += 1  # before the write, as in write_response
         if ended is None:  # shorter than its content-length: the peer cannot frame it
             self._counters.app_errors += 1
             self._response_done(True)
