@@ -91,6 +91,7 @@ class RequestCycle:
         "_body_done",
         "_conn",
         "_drain",
+        "_eof",
         "_waiter",
         "closed",
         "complete",
@@ -108,6 +109,7 @@ class RequestCycle:
         self._body_done = False
         self._waiter: asyncio.Future[None] | None = None  # receive() waiting
         self._drain: asyncio.Future[None] | None = None  # send() waiting for the drain
+        self._eof = False  # the peer sends nothing more
         self.closed = False  # the connection is gone
         self.started = False
         self.streaming = False
@@ -128,6 +130,13 @@ class RequestCycle:
 
     def body_done(self) -> None:
         self._body_done = True
+        self._wake()
+
+    def eof(self) -> None:
+        """The peer sent its EOF after the request: once the body is read, receive()
+        says http.disconnect (it will send nothing more).  send() goes on: a client
+        that only shut down its side still reads the response."""
+        self._eof = True
         self._wake()
 
     def disconnect(self) -> None:
@@ -166,7 +175,7 @@ class RequestCycle:
         if self._body:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self._body = []
-            self._body_bytes = 0
+            self._body_bytes = -1 if self._body_done else 0  # -1: the last piece went out
             conn.resume_reading()
             return {"type": "http.request", "body": body, "more_body": not self._body_done}
         if self.closed:
@@ -175,7 +184,7 @@ class RequestCycle:
             self._body_bytes = -1  # the last piece (maybe empty) goes out once
             return {"type": "http.request", "body": b"", "more_body": False}
         # Everything was read: what comes next is the end of the connection.
-        while not self.closed and not self.complete:
+        while not self.closed and not self.complete and not self._eof:
             self._waiter = waiter = asyncio.get_running_loop().create_future()
             await waiter
         return _DISCONNECT

@@ -528,6 +528,8 @@ class AsyncMode(FramedConnection):
         if self._hold:  # a response is pending: keep the bytes for after it
             if not data:
                 self._peer_eof = True
+                if self._cycle is not None:
+                    self._cycle.eof()
             elif self._buf:
                 self._buf += data
             else:
@@ -553,12 +555,14 @@ class AsyncMode(FramedConnection):
     # -- the framing's hooks ------------------------------------------------------------------
 
     def _start(self, head: bytes, out: list[bytes]) -> bool:
+        self._request_done = False  # a new request: its body is to come, if it has one
         if not super()._start(head, out):
             return False
         if self._cycle is None and self._state != HEAD:  # a body follows: start now
             self._continue_owed = self._expect
             self._expect = False  # 100 Continue waits for the app's receive()
             self._begin(out)
+            return not self.should_close  # the app failed, or answered and closes: stop
         return True
 
     def _data(self, piece: bytes, out: list[bytes]) -> bool:
@@ -598,6 +602,10 @@ class AsyncMode(FramedConnection):
         from server.apps.asgi import RequestCycle, build_scope
 
         cycle = RequestCycle(self)
+        if self._request_done:
+            cycle.body_done()  # no body: receive() has nothing to wait for
+        if self._peer_eof:
+            cycle.eof()  # a pipelined request after the peer's EOF
         self._cycle = cycle
         self._head_written = False
         self._close_after = False
@@ -767,7 +775,8 @@ class AsyncMode(FramedConnection):
             self._transport.close()
 
     def _abandon(self) -> None:
-        if self._transport is not None:
+        # Inside a framing call the loop closes it, after sending that call's output.
+        if self._out is None and self._transport is not None:
             self._transport.close()
 
     # -- what the parser module adds for streamed responses -------------------------------
