@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml setup.py uring_backend/_build.py
 	rm -f uring_backend/_liburing*.so  # a stale in-place build would shadow the new one
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,loadtest,dev]'
+	$(PY) -m pip install -q -e '.[test,loadtest,fastapi,dev]'
 	touch $(STAMP)
 
 serve: setup

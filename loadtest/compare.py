@@ -7,9 +7,11 @@ generator measures (SIGUSR1 at its markers); repeats alternate the
 servers' order and report medians, so a slow spell of a shared host hits
 both backends alike.  ``--http`` runs our servers with each parser asked,
 ``--baseline`` adds the servers of another checkout, ``--app`` picks the
-workload (`WORKLOADS`), and ``--peers`` adds uvloop, uvicorn and granian
-(HTTP) or uvloop and a C liburing server (echo) under the same load; for
-HTTP with wrk, `loadtest.h11_ceiling` runs on the server's CPU before and
+workload (`WORKLOADS`: the built-in app, a WSGI or ASGI hello, the FastAPI
+example; each server's answer to the workload's request is checked before
+each run), and ``--peers`` adds uvloop, uvicorn (also on our event loop) and
+granian (HTTP) or uvloop and a C liburing server (echo) under the same load;
+for HTTP with wrk, `loadtest.h11_ceiling` runs on the server's CPU before and
 after the runs for each parser, and each server's figure is reported as a
 share of its parser's (a range: the host's speed drifts).  The README's
 "The compare command" tells what is written where.  Exit status: 0 done; 1 a
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import http.client
 import importlib.metadata
 import importlib.util
 import json
@@ -60,7 +63,7 @@ LARGE_POINT = 10_000
 FD_MARGIN = 128  # file descriptors a process needs beyond one per connection
 URING_ECHO_HOST = "127.0.0.1"  # where uring_echo.c binds, whatever --host says
 _AT = ["--host", "{host}", "--port", "{port}"]
-_UVICORN = ["--loop", "uvloop", "--no-access-log", *_AT]
+_UVICORN = ["--no-access-log", *_AT]
 # Like ours: one serving process (beside granian's supervisor), one Python thread running the
 # app (granian's WSGI default is backlog/2 threads taking turns at the GIL), HTTP/1 only, our
 # default listen() backlog.
@@ -71,8 +74,13 @@ _GRANIAN = ["--workers", "1", "--runtime-threads", "1", "--blocking-threads", "1
 PEERS = {
     "http": {
         "uvloop-h11": ["-m", "loadtest.peers.uvloop_h11", *_AT],
-        "uvicorn": ["-m", "uvicorn", "--http", "h11", *_UVICORN],
-        "uvicorn-httptools": ["-m", "uvicorn", "--http", "httptools", *_UVICORN],
+        "uvicorn": ["-m", "uvicorn", "--http", "h11", "--loop", "uvloop", *_UVICORN],
+        "uvicorn-httptools": ["-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
+                              *_UVICORN],
+        # Our event loop (the server's io_uring backend, RINGSERVE_BACKEND) under uvicorn's
+        # httptools protocol: what the loop alone is worth, beside uvicorn-httptools.
+        "uvicorn-ringloop": ["-m", "uvicorn", "--http", "httptools", "--loop",
+                             "server.aio:new_event_loop", *_UVICORN],
         "granian-asgi": ["-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
                          *_GRANIAN],
         "granian-wsgi": ["-m", "granian", "--interface", "wsgi", *_GRANIAN],
@@ -81,34 +89,53 @@ PEERS = {
 }  # fmt: skip
 # The parser each HTTP peer runs (granian: hyper, in Rust): its ratio base and its ceiling.
 PEER_HTTP = {"uvloop-h11": "h11", "uvicorn": "h11", "uvicorn-httptools": "httptools",
-             "granian-asgi": "hyper", "granian-wsgi": "hyper"}  # fmt: skip
+             "uvicorn-ringloop": "httptools", "granian-asgi": "hyper",
+             "granian-wsgi": "hyper"}  # fmt: skip
 PEER_NEEDS = {"uvloop-h11": "uvloop", "uvicorn": "uvicorn", "uvicorn-httptools": "uvicorn",
-              "granian-asgi": "granian", "granian-wsgi": "granian",
+              "uvicorn-ringloop": "uvicorn", "granian-asgi": "granian", "granian-wsgi": "granian",
               "uvloop-echo": "uvloop"}  # fmt: skip
+# A peer's environment beyond ours (which it inherits, RINGSERVE_* included).
+PEER_ENV = {"uvicorn-ringloop": {"RINGSERVE_BACKEND": "uring"}}
 # Our peer programs print the listening line; uvicorn and granian are waited for at their socket.
 ANNOUNCED = {"uvloop-h11", "uvloop-echo", "c-uring-echo"}
 # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-PEER_CLEAN_EXITS = {p: (0, -signal.SIGTERM) for p in ("uvicorn", "uvicorn-httptools")}
-ASGI_HELLO, WSGI_HELLO = "loadtest.peers.uvicorn_app:app", "loadtest.peers.wsgi_app:app"
+PEER_CLEAN_EXITS = {
+    p: (0, -signal.SIGTERM) for p in ("uvicorn", "uvicorn-httptools", "uvicorn-ringloop")
+}
+ASGI_HELLO, WSGI_HELLO = "examples.asgi_hello:app", "loadtest.peers.wsgi_app:app"
+FASTAPI_APP = "examples.fastapi_app:app"
+HELLO = b"Hello from ringserve\n"  # the built-in app's GET /, and every hello's
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
     """What the HTTP servers serve (``--app``): our server's arguments (the ceiling's too)
-    and each peer's app arguments; a peer missing from `peers` cannot serve it.  Another
-    workload (an ASGI app, FastAPI) is another entry, once our server can run it."""
+    and each peer's app arguments (a peer missing from `peers` cannot serve it), the
+    request wrk sends (`path`) and the body every server must answer it with, checked
+    once per run before the load (`check_answer`), the Locust user, and the module the
+    app needs."""
 
     ours: tuple[str, ...]
     peers: dict[str, tuple[str, ...]]
+    path: str = "/"
+    body: bytes = HELLO
+    locust_user: str = "HttpAppUser"
+    needs: str | None = None
 
 
-# uvloop-h11 runs our HttpConnection and app(s) as ours do; granian-wsgi serves only WSGI.
+# uvloop-h11 runs our HttpConnection and app(s) as ours do (not ASGI); granian-wsgi serves
+# only WSGI, the other peers only ASGI.
+_ASGI_PEERS = ("uvicorn", "uvicorn-httptools", "uvicorn-ringloop", "granian-asgi")
 WORKLOADS = {
     "builtin": Workload((), {
-        "uvloop-h11": (), "uvicorn": (ASGI_HELLO,), "uvicorn-httptools": (ASGI_HELLO,),
-        "granian-asgi": (ASGI_HELLO,), "granian-wsgi": (WSGI_HELLO,)}),
+        "uvloop-h11": (), **{p: (ASGI_HELLO,) for p in _ASGI_PEERS},
+        "granian-wsgi": (WSGI_HELLO,)}),
     "wsgi": Workload(("--app", WSGI_HELLO), {
         "uvloop-h11": ("--app", WSGI_HELLO), "granian-wsgi": (WSGI_HELLO,)}),
+    "asgi": Workload(("--app", ASGI_HELLO), {p: (ASGI_HELLO,) for p in _ASGI_PEERS}),
+    "fastapi": Workload(("--app", FASTAPI_APP), {p: (FASTAPI_APP,) for p in _ASGI_PEERS},
+                        "/items/42?q=hello", b'{"item_id":42,"q":"hello"}', "FastApiUser",
+                        "fastapi"),
 }  # fmt: skip
 
 
@@ -179,7 +206,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--http", type=_choices(PARSERS), default=PARSERS[:1], help="our servers' parsers: "
         "h11 (default), httptools, or both (then named uring-h11, ..., uring-httptools, ...)")
     add("--app", choices=tuple(WORKLOADS), default="builtin", help="workload: builtin (our "
-        "built-in app, peers a hello) or wsgi (a WSGI hello, ours and the peers that run WSGI)")
+        "built-in app, peers a hello), wsgi (a WSGI hello, ours and the peers that run WSGI), "
+        f"asgi (the ASGI hello {ASGI_HELLO}) or fastapi ({FASTAPI_APP}, wrk asking "
+        f"{WORKLOADS['fastapi'].path}): ours and the ASGI peers")
     add("--baseline", type=Path, metavar="DIR", help="another ringserve checkout, extension "
         "built in place: its servers run beside ours as uring@base, epoll@base")
     # fmt: on
@@ -251,7 +280,9 @@ def ratio_pairs(servers: dict[str, Server]) -> list[tuple[str, str]]:
 
 
 def baseline_env(path: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(path)}
+    """Its own packages first (its cwd too); then ours, for a workload's app (examples/) that
+    an older checkout lacks."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join((str(path), str(PROJECT_ROOT)))}
 
 
 def baseline_problem(path: Path) -> str | None:
@@ -398,7 +429,9 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("RINGSERVE_")]
     peers = []
     for name in opts.peers:
-        peers.append(f"{name}: {shown(peer_argv(name, opts, '{port}', pinning.server_prefix))}")
+        env_vars = [f"{k}={v}" for k, v in PEER_ENV.get(name, {}).items()]
+        argv = peer_argv(name, opts, "{port}", pinning.server_prefix)
+        peers.append(f"{name}: {shown([*env_vars, *argv])}")
         if name == "c-uring-echo":
             cc = first_line("cc", "--version") or "cc not installed"
             peers[-1] += f" (built with {shlex.join(build_argv(URING_ECHO, opts.out))}; {cc})"
@@ -423,7 +456,8 @@ def collect_metadata(opts: argparse.Namespace, pinning: Pinning, wrk: str | None
         parsers=",".join(opts.http) if opts.protocol == "http" else "",
         granian=version("granian"),
         app=opts.app if opts.protocol == "http" else "", httptools=version("httptools"),
-        commit=commit_of(PROJECT_ROOT),
+        commit=commit_of(PROJECT_ROOT), fastapi=version("fastapi"),
+        starlette=version("starlette"), pydantic=version("pydantic"),
         baseline_checkout=f"{opts.baseline} at {commit_of(opts.baseline)}" if opts.baseline else "",
     )  # fmt: skip
 
@@ -465,7 +499,8 @@ def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path
         port = opts.port or free_port(host)
         argv = peer_argv(job.backend, opts, port, pinning.server_prefix)
         clean = PEER_CLEAN_EXITS.get(job.backend, (0,))
-        peer = servers.PeerProcess(argv, log, (host, port), clean, job.backend in ANNOUNCED)
+        env = {**os.environ, **PEER_ENV[job.backend]} if job.backend in PEER_ENV else None
+        peer = servers.PeerProcess(argv, log, (host, port), clean, job.backend in ANNOUNCED, env)
         try:
             peer.start()
             return peer
@@ -478,11 +513,16 @@ def start_server(job: Job, opts: argparse.Namespace, pinning: Pinning, log: Path
 def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) -> Result:
     """One fresh server, one measurement, the server stopped again."""
     stem = f"{opts.protocol}-{job.tool.name}-c{job.connections}-{job.backend}-r{job.run}"
+    workload = WORKLOADS[opts.app] if opts.protocol == "http" else None
     with start_server(job, opts, pinning, logs / f"{stem}.server.log") as server:
+        if workload is not None:
+            check_answer(server.address, workload.path, workload.body)
         window = tools.Window(server.snapshot)
         spec = tools.LoadSpec(opts.protocol, *server.address, job.connections, opts.duration,
                               opts.warmup, pinning.generator_prefix, pinning.generator_cpus,
                               logs / stem)  # fmt: skip
+        if workload is not None:
+            spec = dataclasses.replace(spec, path=workload.path, locust_user=workload.locust_user)
         measured = job.tool.run(spec, window)
         if window.before is None or window.after is None:
             raise RunError(f"{job.tool.name} did not report a measurement window")
@@ -492,6 +532,24 @@ def run_job(job: Job, opts: argparse.Namespace, pinning: Pinning, logs: Path) ->
     return results.result_from_run(opts.protocol, job.tool.name, job.backend, job.connections,
                                    measured, window.before, window.after, peak_rss_kib, status,
                                    http=mine.http, baseline=mine.baseline)  # fmt: skip
+
+
+def check_answer(address: tuple[str, int], path: str, body: bytes, timeout: float = 10.0) -> None:
+    """One ``GET path`` on a fresh connection: RunError unless it is a 200 with exactly
+    `body`, so a broken app (a 404, a 500, another answer) cannot benchmark as fast."""
+    host, port = address
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        status, got = resp.status, resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise RunError(f"GET {path} before the load failed: {exc!r}") from None
+    finally:
+        conn.close()
+    if status != 200 or got != body:
+        raise RunError(f"GET {path} before the load answered {status} {got[:200]!r}, expected "
+                       f"200 {body[:200]!r}: a broken app would benchmark as fast")  # fmt: skip
 
 
 def run_all(
@@ -532,7 +590,7 @@ def measure_ceiling(
     print(f"{name} (in memory, the server's CPU, {when}) ...", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "loadtest.h11_ceiling", "--json", "--duration",
             str(opts.duration), "--warmup", str(min(opts.warmup, 2.0)), "--http", parser,
-            *WORKLOADS[opts.app].ours]  # fmt: skip
+            "--path", WORKLOADS[opts.app].path, *WORKLOADS[opts.app].ours]  # fmt: skip
     if pinning.server_cpu is not None:
         argv += ["--cpu", str(pinning.server_cpu)]
     try:
@@ -596,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing := [m for m in needed if importlib.util.find_spec(m) is None]:
             raise SetupError(f"--peers needs {', '.join(missing)}, which is not installed: "
                              "pip install -e '.[loadtest]'")  # fmt: skip
+        if (need := WORKLOADS[opts.app].needs) and importlib.util.find_spec(need) is None:
+            raise SetupError(f"--app {opts.app} needs {need}, which is not installed: "
+                             f"pip install -e '.[{need}]'")  # fmt: skip
         logs = opts.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if "c-uring-echo" in opts.peers:
@@ -615,6 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers = f", parsers {meta.parsers}, app {opts.app}{peers}"
     if opts.baseline:
         peers += f"\nbaseline: {meta.baseline_checkout} (@base); this checkout at {meta.commit}"
+    framework = ""
+    if opts.app == "fastapi":
+        framework = (
+            f"; fastapi {meta.fastapi}; starlette {meta.starlette}; pydantic {meta.pydantic}"
+        )
     print(
         f"ringserve compare: {opts.protocol}, backends {', '.join(opts.backends)}{peers}\n"
         f"tools {', '.join(t.name for t in generators)}, connections "
@@ -622,8 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{opts.duration} s per point after {opts.warmup:g} s warm-up, {opts.repeat} run(s) each"
         f"\nkernel {meta.kernel}; {meta.cpu_model} x{meta.cpu_count}; Python {meta.python}; "
         f"{meta.liburing}; h11 {meta.h11}; httptools {meta.httptools}; locust {meta.locust}; "
-        f"{meta.wrk}"
-        f"\npinning: {pinning.description}\noutput: {opts.out}",
+        f"{meta.wrk}{framework}\npinning: {pinning.description}\noutput: {opts.out}",
         flush=True,
     )
     previous = signal.signal(signal.SIGTERM, _terminate)

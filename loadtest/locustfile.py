@@ -1,7 +1,8 @@
-"""Locust users for ringserve: ``HttpAppUser`` (HTTP) and ``EchoUser`` (raw TCP echo).
+"""Locust users for ringserve: ``HttpAppUser`` (HTTP), ``FastApiUser`` (the FastAPI
+example) and ``EchoUser`` (raw TCP echo).
 
 Pick them by class name (``locust -f loadtest/locustfile.py EchoUser``) or
-by tag (``--tags http``, ``--tags echo``).  The target defaults to
+by tag (``--tags http``, ``--tags fastapi``, ``--tags echo``).  The target defaults to
 $LOADTEST_HOST (else http://127.0.0.1:8080); Locust's ``--host`` wins; the
 echo user takes ``tcp://h:p``, ``h:p`` or any URL.  It all works in the web
 UI, headless, ``--processes`` and ``--master``/``--worker``.  Every response
@@ -17,7 +18,9 @@ seconds after spawning completes and prints the `loadtest` window markers.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import random
 import socket
 import sys
 import time
@@ -145,6 +148,58 @@ class HttpAppUser(FastHttpUser):
             catch_response=True,
         ) as resp:  # fmt: skip
             _expect(resp, body)
+
+
+class FastApiUser(FastHttpUser):
+    """``examples/fastapi_app.py``: ``GET /items/{id}?q=`` (3 of 4 requests) and ``POST
+    /items`` with a JSON body; each answer's status, content-type and JSON checked exactly."""
+
+    host = HOST
+    _ids = itertools.count()
+    TAGS = ("new", "sale", "ring", "uring")
+
+    def on_start(self) -> None:
+        self.user_id, self.seq = next(self._ids), itertools.count()
+        self.rng = random.Random(self.user_id)
+
+    @tag("fastapi")
+    @task(3)
+    def read_item(self) -> None:
+        item_id, q = self.rng.randint(1, 1_000_000), f"u{self.user_id}-{next(self.seq)}"
+        with self.client.get(
+            f"/items/{item_id}?q={q}", name="GET /items/{id}?q=", catch_response=True
+        ) as resp:
+            _expect_json(resp, 200, {"item_id": item_id, "q": q})
+
+    @tag("fastapi")
+    @task
+    def create_item(self) -> None:
+        price, quantity = round(self.rng.uniform(0.5, 100), 2), self.rng.randint(1, 10)
+        item = {"name": f"item {self.user_id}-{next(self.seq)}", "price": price,
+                "quantity": quantity, "tags": [self.rng.choice(self.TAGS)]}  # fmt: skip
+        with self.client.post("/items", json=item, name="POST /items", catch_response=True) as resp:
+            _expect_json(resp, 201, {**item, "total": round(price * quantity, 2)})
+
+
+def _expect_json(resp: Any, status: int, expected: Any) -> None:
+    """A success only for `status` with an ``application/json`` body equal to `expected`."""
+    ctype = resp.headers.get("content-type", "") if resp.headers else ""
+    if resp.status_code != status:
+        error = getattr(resp, "error", None)
+        resp.failure(
+            f"status {resp.status_code}, expected {status}" + (f": {error}" if error else "")
+        )
+        return
+    try:
+        got = json.loads(resp.content or b"")
+    except ValueError:
+        got = ValueError  # never equal to a JSON value
+    if ctype != "application/json":
+        resp.failure(f"content-type {ctype!r}, expected 'application/json'")
+    elif got != expected:
+        resp.failure(f"body {(resp.content or b'')[:80]!r}, expected {expected!r}")
+    else:
+        resp.success()
 
 
 def _expect(resp: Any, body: bytes) -> None:

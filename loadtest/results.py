@@ -52,13 +52,13 @@ class Metadata:
     uvloop: str
     uvicorn: str
     parsers: str  # our servers' HTTP parsers, "h11,httptools" ("": echo)
-    app: str  # the workload, "builtin" or "wsgi" ("": echo)
+    app: str  # the workload: builtin, wsgi, asgi or fastapi ("": echo)
     httptools: str
     granian: str
     commit: str  # of this checkout
     baseline_checkout: str  # "DIR at COMMIT" of --baseline, or ""
     # In-memory requests/s of each parser's HttpConnection + the workload's app
-    # on GET / (the request wrk sends), pinned like the server:
+    # on the request wrk sends (GET / or the workload's path), pinned like the server:
     # `loadtest.h11_ceiling`; None when not measured (echo, no saturation tool,
     # a parser not asked).
     h11_ceiling_rps: float | None = None
@@ -68,6 +68,10 @@ class Metadata:
     httptools_ceiling_rps: float | None = None
     httptools_ceiling_us_per_request: float | None = None
     httptools_ceiling_end_rps: float | None = None
+    # The ASGI framework's versions (they are part of what --app fastapi measures).
+    fastapi: str = ""
+    starlette: str = ""
+    pydantic: str = ""
 
 
 CEILINGS = ("h11", "httptools")  # the parsers with <parser>_ceiling_* fields above
@@ -199,7 +203,8 @@ COST: list[Metric] = [
 # Short names for column heads and ratio labels; ours by word (uring-httptools@base: u-ht@base).
 SHORT = {"uring": "u", "epoll": "e", "httptools": "ht", "uvloop-h11": "uv-h11",
          "uvloop-echo": "uv-echo", "c-uring-echo": "c-echo", "uvicorn-httptools": "uvi-ht",
-         "granian-asgi": "gr-asgi", "granian-wsgi": "gr-wsgi"}  # fmt: skip
+         "uvicorn-ringloop": "uvi-ring", "granian-asgi": "gr-asgi",
+         "granian-wsgi": "gr-wsgi"}  # fmt: skip
 
 
 def short(name: str) -> str:

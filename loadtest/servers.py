@@ -343,12 +343,15 @@ class PeerProcess(ServerProcess):
     else once its process tree listens on `address`'s port.
 
     `clean`: exit statuses `stop` reports as 0 (uvicorn re-raises the SIGTERM
-    it handled, so it ends with -SIGTERM).  Its stdout goes to the log too.
+    it handled, so it ends with -SIGTERM); `env`: its whole environment (None:
+    ours).  Its stdout goes to the log too.
     """
 
-    def __init__(self, argv: list[str], log: Path, address: tuple[str, int], clean: Sequence[int],
-                 announces: bool = False) -> None:  # fmt: skip
-        super().__init__(argv, log)
+    def __init__(
+        self, argv: list[str], log: Path, address: tuple[str, int], clean: Sequence[int],
+        announces: bool = False, env: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(argv, log, env=env)
         self.address, self.clean, self.announces = address, tuple(clean), announces
 
     def _ready(self) -> bool:

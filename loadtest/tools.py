@@ -1,14 +1,14 @@
 """The load generators `compare` drives, and how a generator run is measured.
 
-`run_locust` runs Locust headless with this package's locustfile
-(``--warmup-seconds`` discards the warm-up; Locust's latencies are whole
-milliseconds below 100 ms, so on loopback its percentiles read 0 or 1 while
-``avg_ms`` is exact); `run_wrk` runs wrk for HTTP ``GET /`` after a separate
-warm-up run; `run_echo_client` the native ``loadtest/echo_bench.c`` or
-`loadtest.client`, which print the same JSON.  Each runs its generator with
-`run_generator`, which marks a `Window` (snapshots of the server) at the
-edges of the generator's measured window, so the server's counters cover
-exactly the window the generator reports on.
+`run_locust` runs Locust headless with this package's locustfile and the
+workload's user (``--warmup-seconds`` discards the warm-up; Locust's latencies
+are whole milliseconds below 100 ms, so on loopback its percentiles read 0 or
+1 while ``avg_ms`` is exact); `run_wrk` runs wrk for HTTP ``GET /`` (or the
+workload's path) after a separate warm-up run; `run_echo_client` the native
+``loadtest/echo_bench.c`` or `loadtest.client`, which print the same JSON.
+Each runs its generator with `run_generator`, which marks a `Window`
+(snapshots of the server) at the edges of the generator's measured window,
+so the server's counters cover exactly the window the generator reports on.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class LoadSpec:
     cpu_prefix: tuple[str, ...]  # e.g. ("taskset", "-c", "1"), or ()
     cpus: int  # CPUs the generator may use
     log_prefix: Path  # files of this run: <prefix>.wrk.log, Locust's CSV, ...
+    path: str = "/"  # what wrk requests (HTTP)
+    locust_user: str = ""  # the Locust user class ("": HttpAppUser, or EchoUser for echo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +158,9 @@ def run_command(name: str, argv: Sequence[str], timeout: float) -> tuple[int, st
 def run_locust(spec: LoadSpec, window: Window) -> ToolResult:
     """Locust headless, one process, ``-u N -r N``; validating users."""
     users, prefix = str(spec.connections), f"{spec.log_prefix}.locust"
-    url, user = f"tcp://{spec.host}:{spec.port}", "EchoUser"
+    url, user = f"tcp://{spec.host}:{spec.port}", spec.locust_user or "EchoUser"
     if spec.protocol == "http":
-        url, user = f"http://{spec.host}:{spec.port}", "HttpAppUser"
+        url, user = f"http://{spec.host}:{spec.port}", spec.locust_user or "HttpAppUser"
     # Locust's -t takes whole seconds: round the warm-up up, so the
     # window after it is exactly the duration.
     warmup = math.ceil(spec.warmup_s)
@@ -210,13 +212,13 @@ def summarize_locust(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_wrk(wrk: str, spec: LoadSpec, window: Window) -> ToolResult:
-    """``wrk -t<T> -c<C> -d<D>s --latency``, GET /; warm-up as a separate run."""
+    """``wrk -t<T> -c<C> -d<D>s --latency``, GET `spec.path`; warm-up as a separate run."""
     threads = max(1, min(spec.cpus, spec.connections))
 
     def argv(seconds: int) -> list[str]:
         return [
             *spec.cpu_prefix, wrk, f"-t{threads}", f"-c{spec.connections}", f"-d{seconds}s",
-            "--timeout", "10s", "--latency", f"http://{spec.host}:{spec.port}/",
+            "--timeout", "10s", "--latency", f"http://{spec.host}:{spec.port}{spec.path}",
         ]  # fmt: skip
 
     if spec.warmup_s > 0:  # wrk takes whole seconds

@@ -82,6 +82,7 @@ class Config:
     factory: bool = False
     lifespan: LifespanMode = "auto"
     root_path: str = ""
+    wsgi_threads: int = 0  # 0: a WSGI app runs inline, in the loop
     log_level: str = "info"
     workers: int = 1
 
@@ -132,6 +133,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return value
 
 
@@ -258,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(get_args(LifespanMode)),
     )
     add("--root-path", str, "the ASGI root_path (the mount point in front of the app)")
+    add(
+        "--wsgi-threads",
+        non_negative_int,
+        "run a WSGI app in a pool of this many threads, so one that blocks stalls only its "
+        "own requests (0: inline, in the loop)",
+    )
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
     add("--workers", positive_int, "processes sharing the port with SO_REUSEPORT")
     p.add_argument(

@@ -77,6 +77,7 @@ class Server:
         self._shut_down = False
         self.dispatcher: Dispatcher | None = None
         self.asgi: AsgiApp | None = None
+        self._threaded: Any = None  # the WSGI thread pool (--wsgi-threads)
         self.lifespan: Lifespan | None = None
         self.aio: RingEventLoop | None = None  # the asyncio loop the server runs on
         self._stop = asyncio.Event()  # set by the first SIGTERM/SIGINT (or request_stop)
@@ -154,6 +155,9 @@ class Server:
         if self.backend is not None and not self._shut_down:
             self._shut_down = True
             self.backend.shutdown()
+        if self._threaded is not None:
+            self._threaded.close()
+            self._threaded = None
 
     def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
@@ -265,7 +269,14 @@ class Server:
             self.lifespan = Lifespan(self.asgi, config.lifespan)
             return self.asgi
         host, port = self.address  # the bound port, also when --port 0
-        return WsgiAdapter(obj, host, port, config.workers > 1)
+        adapter = WsgiAdapter(obj, host, port, config.workers > 1, config.wsgi_threads > 1)
+        if config.wsgi_threads:
+            from server.apps.wsgi import ThreadedWsgi
+
+            self._threaded = ThreadedWsgi(adapter, config.wsgi_threads, self.counters)
+            self.asgi = AsgiApp(self._threaded, config.root_path, self.address)
+            return self.asgi
+        return adapter
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -10,11 +10,14 @@ and the compiled C echo server included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,16 +29,18 @@ from typing import Any
 import psutil
 import pytest
 
+from examples import asgi_hello
 from loadtest import compare as compare_module
 from loadtest import h11_ceiling
-from loadtest.peers import uvicorn_app, wsgi_app
+from loadtest.peers import wsgi_app
 from loadtest.results import Metadata, ceiling_lines, records, result_from_run, tables
-from loadtest.servers import ServerProcess, ServerSnapshot, server_argv
+from loadtest.servers import RunError, ServerProcess, ServerSnapshot, server_argv
 from loadtest.tools import ToolResult, locust_percentile, parse_wrk
+from server.apps.asgi import AsgiApp
 from server.apps.builtin import BuiltinApp
-from server.apps.wsgi import WsgiAdapter
+from server.apps.wsgi import WsgiAdapter, load_app
 from server.protocols.http.common import Request
-from tests.support import open_fds
+from tests.support import URING_SKIP, open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG_VAR = "LOADTEST_COMPARE_TEST_TAG"
@@ -159,9 +164,10 @@ def test_http_peers(tmp_path: Path) -> None:
         "--connections", "4", "--duration", "1", "--warmup", "0", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    peers = ("uvloop-h11", "uvicorn", "uvicorn-httptools", "granian-asgi", "granian-wsgi")
+    peers = ("uvloop-h11", "uvicorn", "uvicorn-httptools", "uvicorn-ringloop", "granian-asgi",
+             "granian-wsgi")  # fmt: skip
     records = check_peer_outputs(out, "wrk", peers, done.stdout)
-    for ratio in ("u/uv-h11", "u/uvicorn", "u/uvi-ht", "u/gr-asgi", "u/gr-wsgi"):
+    for ratio in ("u/uv-h11", "u/uvicorn", "u/uvi-ht", "u/uvi-ring", "u/gr-asgi", "u/gr-wsgi"):
         assert ratio in done.stdout
     assert "c=4: uring reaches" in done.stdout and "uvicorn" in done.stdout.split("reaches")[1]
     assert all(r["h11_ceiling_rps"] > 0 and r["h11_ceiling_end_rps"] > 0 for r in records)
@@ -224,14 +230,15 @@ def test_h11_ceiling() -> None:
 
 
 @needs_wrk
-def test_h11_ceiling_sends_what_wrk_sends() -> None:
+@pytest.mark.parametrize("path", ["/", "/items/42?q=hello"])
+def test_h11_ceiling_sends_what_wrk_sends(path: str) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.settimeout(10)
         port = listener.getsockname()[1]
         wrk = subprocess.Popen(
-            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}/"],
+            ["wrk", "-t1", "-c1", "-d1s", f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -247,7 +254,7 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         finally:
             wrk.kill()
             wrk.wait()
-    assert data == h11_ceiling.wrk_request(port=port)
+    assert data == h11_ceiling.wrk_request(port=port, path=path)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +274,7 @@ def test_h11_ceiling_sends_what_wrk_sends() -> None:
         (["--server-args=--app=m:f"], "--app=m:f is set by the compare command"),
         (["--http", "h2"], "unknown h2 (choose from h11, httptools)"),
         (["--http", "h11,h11"], "repeats an item"),
-        (["--app", "fastapi"], "invalid choice: 'fastapi'"),
+        (["--app", "django"], "invalid choice: 'django'"),
         (["--protocol", "echo", "--http", "httptools"], "--http and --app are for --protocol http"),
         (["--protocol", "echo", "--app", "wsgi"], "--http and --app are for --protocol http"),
         (["--baseline", "/nonexistent"], "not a ringserve checkout"),
@@ -425,7 +432,12 @@ def test_locust_percentile() -> None:
 
 # -- the --http, --app, --peers and --baseline axes ----------------------------------
 
-WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "loadtest.peers.uvicorn_app:app"
+WSGI_HELLO, ASGI_HELLO = "loadtest.peers.wsgi_app:app", "examples.asgi_hello:app"
+FASTAPI_APP = "examples.fastapi_app:app"
+needs_fastapi = pytest.mark.skipif(
+    importlib.util.find_spec("fastapi") is None,
+    reason="FastAPI is not installed (pip install -e '.[fastapi]')",
+)
 
 
 def copy_checkout(dest: Path, built: bool = True) -> Path:
@@ -488,7 +500,8 @@ def test_baseline_servers_run_beside_ours_with_ratios(tmp_path: Path) -> None:
     assert "--http" not in compare_module.our_argv(opts.lineup["uring-h11@base"], opts)
     argv = compare_module.our_argv(opts.lineup["epoll-httptools@base"], opts)
     assert argv[argv.index("--http") + 1] == "httptools"
-    assert compare_module.baseline_env(base)["PYTHONPATH"] == str(base)
+    # Its own packages first; ours after, for a workload app (examples/) it may lack.
+    assert compare_module.baseline_env(base)["PYTHONPATH"] == f"{base}{os.pathsep}{ROOT}"
     jobs = compare_module.plan_jobs(opts, [_Tool()])  # type: ignore[list-item]
     assert len(jobs) == 2 * 2 * len(opts.servers)
     for point in (4, 8):
@@ -538,11 +551,17 @@ def test_peer_commands(tmp_path: Path) -> None:
         sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
         "--no-access-log", "--host", "127.0.0.1", "--port", "8000", ASGI_HELLO,
     ]  # fmt: skip
+    assert argv["uvicorn-ringloop"][3:] == [
+        sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop",
+        "server.aio:new_event_loop", "--no-access-log", "--host", "127.0.0.1", "--port", "8000",
+        ASGI_HELLO,
+    ]  # fmt: skip
+    assert compare_module.PEER_ENV == {"uvicorn-ringloop": {"RINGSERVE_BACKEND": "uring"}}
     assert argv["uvloop-h11"][-4:] == ["--host", "127.0.0.1", "--port", "8000"]
     # The WSGI workload: ours and the peers that run WSGI serve the WSGI hello.
     wsgi = compare_module.parse_args(["--peers", "--app", "wsgi", "--out", str(tmp_path)])
     assert wsgi.peers == ("uvloop-h11", "granian-wsgi")
-    assert wsgi.skipped == ("uvicorn", "uvicorn-httptools", "granian-asgi")
+    assert wsgi.skipped == ("uvicorn", "uvicorn-httptools", "uvicorn-ringloop", "granian-asgi")
     assert wsgi.servers == ("uring", "epoll", "uvloop-h11", "granian-wsgi")
     assert compare_module.peer_argv("uvloop-h11", wsgi, 8000, ())[-2:] == ["--app", WSGI_HELLO]
     assert compare_module.peer_argv("granian-wsgi", wsgi, 8000, ())[-1] == WSGI_HELLO
@@ -559,7 +578,7 @@ def _asgi(method: str, path: str, body: bytes, headers: list[tuple[bytes, bytes]
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
-    asyncio.run(uvicorn_app.app(scope, receive, send))
+    asyncio.run(asgi_hello.app(scope, receive, send))
     start, end = sent
     return start["status"], list(start["headers"]), end["body"]
 
@@ -681,9 +700,8 @@ def test_http_wsgi_workload(tmp_path: Path) -> None:
         "--connections", "2", "--duration", "1", "--warmup", "0", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "(uvicorn, uvicorn-httptools, granian-asgi skipped: they cannot serve --app wsgi)" in (
-        done.stdout
-    )
+    skipped = "uvicorn, uvicorn-httptools, uvicorn-ringloop, granian-asgi skipped"
+    assert f"({skipped}: they cannot serve --app wsgi)" in done.stdout
     records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
     assert {r["backend"] for r in records} == {"epoll", "uvloop-h11", "granian-wsgi"}
     for r in records:
@@ -694,3 +712,183 @@ def test_http_wsgi_workload(tmp_path: Path) -> None:
         assert "--interface wsgi" in granian and granian.endswith(WSGI_HELLO)
     for log in ("h11_ceiling.log", "h11_ceiling_end.log"):
         assert f'"app": "{WSGI_HELLO}"' in (out / "logs" / log).read_text()
+
+
+# -- the ASGI and FastAPI workloads -----------------------------------------------------
+
+ASGI_PEERS = ("uvicorn", "uvicorn-httptools", "uvicorn-ringloop", "granian-asgi")
+
+
+@pytest.mark.parametrize(
+    ("workload", "app", "path", "body", "user"),
+    [("asgi", ASGI_HELLO, "/", b"Hello from ringserve\n", "HttpAppUser"),
+     ("fastapi", FASTAPI_APP, "/items/42?q=hello", b'{"item_id":42,"q":"hello"}', "FastApiUser")],
+)  # fmt: skip
+def test_asgi_workload_commands(
+    workload: str, app: str, path: str, body: bytes, user: str, tmp_path: Path
+) -> None:
+    """Ours (each backend, each parser) run the app with --app; the ASGI peers serve it;
+    uvloop-h11 and granian-wsgi cannot, and are skipped."""
+    opts = compare_module.parse_args(
+        ["--peers", "--app", workload, "--http", "h11,httptools", "--out", str(tmp_path)]
+    )
+    assert (opts.peers, opts.skipped) == (ASGI_PEERS, ("uvloop-h11", "granian-wsgi"))
+    ours = ("uring-h11", "epoll-h11", "uring-httptools", "epoll-httptools")
+    assert opts.servers == (*ours, *ASGI_PEERS)
+    for name in ours:
+        argv = compare_module.our_argv(opts.lineup[name], opts)
+        backend, parser = name.split("-")
+        assert argv[argv.index("--backend") + 1] == backend, name
+        assert argv[argv.index("--http") + 1] == parser, name
+        assert argv[-2:] == ["--app", app], name
+    argv = {n: compare_module.peer_argv(n, opts, 8000, ()) for n in opts.peers}
+    at = ["--no-access-log", "--host", "127.0.0.1", "--port", "8000", app]
+    assert argv["uvicorn"] == [sys.executable, "-m", "uvicorn", "--http", "h11", "--loop",
+                               "uvloop", *at]  # fmt: skip
+    assert argv["uvicorn-httptools"] == [sys.executable, "-m", "uvicorn", "--http", "httptools",
+                                         "--loop", "uvloop", *at]  # fmt: skip
+    assert argv["uvicorn-ringloop"] == [sys.executable, "-m", "uvicorn", "--http", "httptools",
+                                        "--loop", "server.aio:new_event_loop", *at]  # fmt: skip
+    granian = " ".join(argv["granian-asgi"])
+    assert "-m granian --interface asgi --loop uvloop --no-ws --workers 1 --runtime-threads 1 " in (
+        granian
+    ) and granian.endswith(f"--port 8000 {app}")
+    # Each peer against our uring of its parser; uvicorn-ringloop's is httptools.
+    assert compare_module.ratio_pairs(opts.lineup)[2:] == [
+        ("uring-h11", "uvicorn"), ("uring-httptools", "uvicorn-httptools"),
+        ("uring-httptools", "uvicorn-ringloop"), ("uring-h11", "granian-asgi"),
+    ]  # fmt: skip
+    w = compare_module.WORKLOADS[workload]
+    assert (w.path, w.body, w.locust_user) == (path, body, user)
+    meta = compare_module.collect_metadata(opts, compare_module.plan_pinning([0], None), None)
+    assert "; uvicorn-ringloop: RINGSERVE_BACKEND=uring python -m uvicorn --http httptools " in (
+        meta.peers
+    )
+    assert meta.server_command.endswith(f"--app {app}") and meta.app == workload
+
+
+@pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
+def test_uvicorn_ringloop_runs_on_our_ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its environment asks for the uring backend (whatever ours says), and it has a ring."""
+    monkeypatch.setenv("RINGSERVE_BACKEND", "epoll")
+    opts = compare_module.parse_args(
+        ["--app", "asgi", "--peers", "uvicorn-ringloop", "--out", str(tmp_path)]
+    )
+    job = compare_module.Job(compare_module.LOCUST, "uvicorn-ringloop", 1, 1)
+    pinning = compare_module.plan_pinning([0], None)
+    with compare_module.start_server(job, opts, pinning, tmp_path / "peer.log") as peer:
+        assert psutil.Process(peer.pid).environ()["RINGSERVE_BACKEND"] == "uring"
+        fds = []
+        for fd in Path(f"/proc/{peer.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                fds.append(os.readlink(fd))
+        assert "anon_inode:[io_uring]" in fds
+        compare_module.check_answer(peer.address, "/", b"Hello from ringserve\n")
+        assert peer.stop() == 0
+
+
+@needs_fastapi
+def test_check_answer_refuses_a_wrong_answer() -> None:
+    fastapi = compare_module.WORKLOADS["fastapi"]
+    with ServerProcess(server_argv("epoll", args=["--app", FASTAPI_APP])) as server:
+        compare_module.check_answer(server.address, fastapi.path, fastapi.body)
+        wrong = b'{"item_id":43,"q":"hello"}'
+        with pytest.raises(RunError) as caught:
+            compare_module.check_answer(server.address, fastapi.path, wrong)
+        assert str(caught.value) == (
+            f"GET /items/42?q=hello before the load answered 200 {fastapi.body!r}, expected 200 "
+            f"{wrong!r}: a broken app would benchmark as fast"
+        )
+        with pytest.raises(RunError, match="answered 404"):
+            compare_module.check_answer(server.address, "/nowhere", fastapi.body)
+    with pytest.raises(RunError, match="before the load failed: ConnectionRefusedError"):
+        compare_module.check_answer(server.address, "/", b"")
+
+
+@needs_fastapi
+def test_compare_stops_at_a_wrong_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server whose app answers otherwise is not measured: the comparison fails."""
+    wrong = dataclasses.replace(compare_module.WORKLOADS["fastapi"], body=b'{"item_id":42}')
+    monkeypatch.setitem(compare_module.WORKLOADS, "fastapi", wrong)
+    status = compare_module.main([
+        "--app", "fastapi", "--backends", "epoll", "--tools", "locust", "--connections", "1",
+        "--duration", "1", "--out", str(tmp_path),
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "GET /items/42?q=hello before the load answered 200" in err
+    assert not (tmp_path / "results.json").exists()
+
+
+@needs_fastapi
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_ceiling_drives_an_asgi_app_on_the_loop(http: str) -> None:
+    app = AsgiApp(load_app(FASTAPI_APP), "", ("127.0.0.1", 8080))
+    got = h11_ceiling.measure(0.3, 10, 0.0, http, app, "/items/42?q=hello")  # type: ignore[arg-type]
+    assert got.requests > 0 and got.us_per_request > 0
+    with pytest.raises(RuntimeError, match=re.escape("unexpected response: b'HTTP/1.1 404 ")):
+        h11_ceiling.measure(0.1, 10, 0.0, http, app, "/nowhere")  # type: ignore[arg-type]
+
+
+async def _late_hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The hello, answered a loop iteration after the request (its first step suspends)."""
+    if scope["type"] == "http":
+        CALLS[0] += 1
+        await asyncio.sleep(0)
+    await asgi_hello.app(scope, receive, send)
+
+
+def test_ceiling_waits_for_an_asgi_app_that_suspends(capsys: pytest.CaptureFixture[str]) -> None:
+    before, cpus = CALLS[0], os.sched_getaffinity(0)
+    try:
+        argv = ["--app", "tests.test_compare:_late_hello", "--connections", "4", "--json"]
+        assert h11_ceiling.main([*argv, "--duration", "0.2", "--warmup", "0"]) == 0
+    finally:
+        os.sched_setaffinity(0, cpus)
+    got = json.loads(capsys.readouterr().out)
+    assert got["requests"] > 0 and CALLS[0] - before == got["requests"] + 1  # + the first check
+    assert got["path"] == "/"
+
+
+@needs_wrk
+@needs_fastapi
+def test_http_fastapi_workload(tmp_path: Path) -> None:
+    """Ours and uvicorn on our loop, serving the FastAPI example to Locust's FastApiUser and
+    to wrk on /items/42?q=hello, beside its in-memory ceiling."""
+    out = tmp_path / "fastapi"
+    done = compare(
+        "--app", "fastapi", "--http", "httptools", "--backends", "uring", "--peers",
+        "uvicorn-ringloop,granian-wsgi", "--tools", "locust,saturation", "--connections", "2",
+        "--duration", "1", "--warmup", "0", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(granian-wsgi skipped: they cannot serve --app fastapi)" in done.stdout
+    assert f"fastapi {importlib.metadata.version('fastapi')}; starlette " in done.stdout
+    records: list[dict[str, Any]] = json.loads((out / "results.json").read_text())
+    servers = ("uring", "uvicorn-ringloop")
+    assert {(r["tool"], r["backend"]) for r in records} == {
+        (t, s) for t in ("locust", "wrk") for s in servers
+    }
+    for r in records:
+        where = f"{r['tool']} {r['backend']}"
+        assert r["app"] == "fastapi" and r["requests"] > 0 and r["errors"] == 0, where
+        assert r["server_exit_status"] == 0 and r["httptools_ceiling_rps"] > 0, where
+        assert r["server_command"].endswith(f"--http httptools --app {FASTAPI_APP}")
+        assert r["peers"].startswith("uvicorn-ringloop: RINGSERVE_BACKEND=uring ")
+        assert r["peers"].endswith(f"--loop server.aio:new_event_loop --no-access-log --host "
+                                   f"127.0.0.1 --port '{{port}}' {FASTAPI_APP}")  # fmt: skip
+    logs = out / "logs"
+    for server in servers:
+        wrk_log = (logs / f"http-wrk-c2-{server}-r1.wrk.log").read_text()
+        assert "/items/42?q=hello" in wrk_log, server
+        entries = json.loads((logs / f"http-locust-c2-{server}-r1.locust.json").read_text())
+        names = {e["name"] for e in entries}
+        assert names == {"GET /items/{id}?q=", "POST /items"}, server
+    for log in ("httptools_ceiling.log", "httptools_ceiling_end.log"):
+        ceiling = json.loads((logs / log).read_text().splitlines()[-1])
+        assert (ceiling["app"], ceiling["path"]) == (FASTAPI_APP, "/items/42?q=hello")
+    (share,) = [line for line in done.stdout.splitlines() if line.startswith("c=2:")]
+    assert "uring reaches" in share and "of the httptools ceiling" in share
+    assert "uvicorn-ringloop" in share

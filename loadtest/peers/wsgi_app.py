@@ -4,7 +4,7 @@ What ``compare --app wsgi`` serves on every server that can run WSGI: ours
 (``python -m server --app loadtest.peers.wsgi_app:app``), ``uvloop-h11``
 (``--app`` the same) and ``granian --interface wsgi``, which serves it in
 the builtin workload too.  Same answers as `server.apps.builtin` and
-``uvicorn_app`` for what the load generators send: ``GET /`` (and HEAD) the
+``examples.asgi_hello`` for what the load generators send: ``GET /`` (and HEAD) the
 hello with the same headers, ``POST /echo`` the body back with the
 request's content-type; anything else 404, a known path with the wrong
 method 405.  No ``/stats``.

@@ -51,6 +51,10 @@ ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
 # Body bytes waiting for receive() beyond which the peer is not read.
 BODY_PAUSE_BYTES: Final = 64 * 1024
 _DISCONNECT: Final = {"type": "http.disconnect"}
+# Streamed body bytes a send() may write without returning to the loop: the backend
+# says WRITE_PAUSED from the loop, so an app streaming in a tight loop (each send()
+# returning at once) must let it run to hear it.  The backend's high-water mark.
+SEND_YIELD_BYTES: Final = 1 << 20
 
 
 class ClientDisconnected(OSError):
@@ -78,6 +82,9 @@ class AsgiApp:
     def __init__(self, app: AsgiCallable, root_path: str = "", server: Any = None) -> None:
         self.app = app
         self.root_path = root_path
+        # As uvicorn (and Starlette's routing) read the spec: path and raw_path are
+        # the full path, so root_path starts them.
+        self.raw_root_path = root_path.encode("latin-1")
         self.server = server
         self.state: dict[str, Any] = {}  # filled by lifespan startup
 
@@ -92,10 +99,12 @@ class RequestCycle:
         "_conn",
         "_drain",
         "_eof",
+        "_unyielded",
         "_waiter",
         "closed",
         "complete",
         "headers",
+        "reason",
         "started",
         "status",
         "streaming",
@@ -109,6 +118,7 @@ class RequestCycle:
         self._body_done = False
         self._waiter: asyncio.Future[None] | None = None  # receive() waiting
         self._drain: asyncio.Future[None] | None = None  # send() waiting for the drain
+        self._unyielded = 0  # streamed bytes since send() last let the loop run
         self._eof = False  # the peer sends nothing more
         self.closed = False  # the connection is gone
         self.started = False
@@ -116,6 +126,7 @@ class RequestCycle:
         self.complete = False
         self.status = 0
         self.headers: Any = ()
+        self.reason: bytes | None = None  # only from ringserve's own adapters
         self.task: asyncio.Task[None] | None = None
 
     # -- what the connection tells the cycle --------------------------------------
@@ -199,6 +210,7 @@ class RequestCycle:
             self.started = True
             self.status = message["status"]
             self.headers = message.get("headers", ())
+            self.reason = message.get("reason")
             return
         if kind != "http.response.body":
             raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
@@ -209,7 +221,7 @@ class RequestCycle:
         conn = self._conn
         if not self.streaming and not more:
             self.complete = True
-            conn.write_response(self.status, self.headers, body)
+            conn.write_response(self.status, self.headers, body, self.reason)
             return
         if not self.streaming:
             self.streaming = True
@@ -222,10 +234,21 @@ class RequestCycle:
             conn.write_end()
             return
         drain = self._drain
-        if drain is not None and not drain.done():
-            await drain
-            if self.closed:
-                raise ClientDisconnected("the client closed the connection")
+        if drain is None or drain.done():
+            self._unyielded += len(body)
+            if self._unyielded < SEND_YIELD_BYTES:
+                return
+            self._unyielded = 0
+            await asyncio.sleep(0)  # the loop hears of a WRITE_PAUSED, or the close
+            drain = self._drain
+            if drain is None or drain.done():
+                if self.closed:
+                    raise ClientDisconnected("the client closed the connection")
+                return
+        self._unyielded = 0
+        await drain
+        if self.closed:
+            raise ClientDisconnected("the client closed the connection")
 
 
 class Lifespan:
@@ -317,6 +340,9 @@ def build_scope(
     path = raw_path.decode("latin-1")
     if "%" in path:
         path = unquote(path, encoding="utf-8", errors="surrogateescape")
+    if app.root_path:
+        path = app.root_path + path
+        raw_path = app.raw_root_path + raw_path
     return {
         "type": "http",
         "asgi": ASGI,

@@ -1,24 +1,36 @@
 """A PEP 3333 adapter: serve any WSGI application on the HTTP protocol.
 
-The app runs synchronously inside the loop, as every request does here, so a
-slow app stalls every connection: this is for apps that answer quickly.  The
-request body is already complete (bounded by ``--max-body-bytes``) when the
-app is called, and the response iterable is consumed before the response is
-sent; a Content-Length is added when the app gives none.
+By default the app runs synchronously inside the loop, so a slow app stalls
+every connection: that is for apps that answer quickly.  With
+``--wsgi-threads N`` it runs in a pool of N threads instead (`ThreadedWsgi`,
+an ASGI app around the same adapter), so an app that blocks (a database
+call, a ``time.sleep``) holds up only its own requests.  The request body is
+complete (bounded by ``--max-body-bytes``) when the app is called, and the
+response iterable is consumed before the response is sent; a Content-Length
+is added when the app gives none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from server.protocols.http.common import Request, Response, split_target
+from server.protocols.http.common import (
+    APP_ERROR_BODY,
+    APP_ERROR_HEADERS,
+    Counters,
+    Request,
+    Response,
+    split_target,
+)
 
 logger = logging.getLogger("server.wsgi")
 
@@ -59,7 +71,12 @@ class WsgiAdapter:
     """
 
     def __init__(
-        self, app: WsgiApp, server_name: str, server_port: int, multiprocess: bool = False
+        self,
+        app: WsgiApp,
+        server_name: str,
+        server_port: int,
+        multiprocess: bool = False,
+        multithread: bool = False,
     ) -> None:
         self._app = app
         self._base: dict[str, Any] = {
@@ -69,7 +86,7 @@ class WsgiAdapter:
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
+            "wsgi.multithread": multithread,
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
         }
@@ -139,3 +156,63 @@ class WsgiAdapter:
         if not bodyless and not any(k.lower() == b"content-length" for k, _ in out):
             out.append((b"content-length", b"%d" % len(body)))
         return Response(status, out, body, reason or None)
+
+
+class ThreadedWsgi:
+    """An ASGI app that runs a `WsgiAdapter` in a pool of threads.
+
+    The body is gathered with ``receive()`` (the framing has bounded it), the
+    adapter runs in the pool with the same `Request` the inline path gives
+    it, and its `Response` goes back whole, through the parser's cached head.
+    An app that raises gets the inline path's answer (a 500 that keeps the
+    connection), so the bytes on the wire are the same either way.
+
+    Args:
+        adapter: the WSGI app, adapted.
+        threads: the pool's size.
+        counters: where an app's exception is counted (``app_errors``).
+    """
+
+    def __init__(self, adapter: WsgiAdapter, threads: int, counters: Counters) -> None:
+        self._adapter = adapter
+        self._counters = counters
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="wsgi")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # lifespan: nothing to do (auto treats the return as "not supported")
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        query = scope["query_string"]
+        target = scope["raw_path"] + (b"?" + query if query else b"")
+        request = Request(
+            scope["method"].encode("ascii"),
+            target,
+            scope["headers"],
+            scope["http_version"].encode("ascii"),
+            b"".join(chunks),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            response = await loop.run_in_executor(self.pool, self._adapter, request)
+        except Exception:
+            logger.exception("Exception in WSGI application")
+            self._counters.app_errors += 1
+            response = Response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
+        headers = response.headers
+        # "reason": the WSGI status line's own phrase, so the bytes are the
+        # inline path's (ASGI has no reason phrase; RequestCycle reads this key).
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        if response.reason is not None:
+            start["reason"] = response.reason
+        await send(start)
+        await send({"type": "http.response.body", "body": response.body})
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -20,10 +20,18 @@ from tests.backends.client import (
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def make_server(make_http_server: Any) -> Any:
-    """Every test here is HTTP: it runs with each parser as well as on each backend."""
-    return make_http_server
+@pytest.fixture(params=[0, 4], ids=["inline", "4-threads"])
+def make_server(make_http_server: Any, request: pytest.FixtureRequest) -> Any:
+    """Every test here is HTTP: it runs with each parser as well as on each backend,
+    and with the app inline and in a pool of threads (--wsgi-threads), where every
+    byte must be the same."""
+    threads = request.param
+
+    def factory(**overrides: Any) -> Any:
+        return make_http_server(wsgi_threads=threads, **overrides)
+
+    factory.threads = threads  # type: ignore[attr-defined]
+    return factory
 
 
 PLAIN = "tests.backends.wsgi_apps:app"
@@ -67,7 +75,7 @@ def test_plain_wsgi_environ(make_server) -> None:
     assert env["SERVER_NAME"] == "127.0.0.1"
     assert env["wsgi.url_scheme"] == "http"
     assert env["wsgi.version"] == [1, 0]
-    assert env["wsgi.multithread"] is False
+    assert env["wsgi.multithread"] is (make_server.threads > 1)  # PEP 3333
     assert env["wsgi.multiprocess"] is False
     assert env["wsgi.run_once"] is False
     assert env["headers"]["HTTP_HOST"] == "test"
@@ -171,3 +179,35 @@ def test_flask_app_many_clients(make_server) -> None:
         finally:
             for s in socks:
                 s.close()
+
+
+def test_a_blocking_app_stalls_only_its_own_request_in_a_thread_pool(make_server) -> None:
+    """--wsgi-threads: a request that blocks its thread for 1.5 s does not hold up a
+    request on another connection; inline, the whole loop waits for it."""
+    import threading
+    import time
+
+    with make_server(app="tests.backends.wsgi_apps:sleepy_app") as srv:
+        slow_done: list[float] = []
+
+        def slow() -> None:
+            with connect(srv.address) as s:
+                (resp,) = exchange(s, request("GET", "/slow"))
+                assert resp.body == b"/slow"
+                slow_done.append(time.monotonic())
+
+        started = time.monotonic()
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.3)  # the slow request is in its thread (or holds the loop)
+        with connect(srv.address) as s:
+            (resp,) = exchange(s, request("GET", "/fast"))
+        fast_took = time.monotonic() - started
+        t.join(10)
+    assert resp.body == b"/fast"
+    assert slow_done, "the slow request was answered"
+    if make_server.threads:
+        assert fast_took < 1.2, fast_took  # it did not wait for the slow one
+        assert slow_done[0] - started >= 1.5
+    else:
+        assert fast_took >= 1.5, fast_took  # inline: it waited

@@ -113,3 +113,14 @@ def __getattr__(name: str) -> Any:
         globals()["flask_app"] = value
         return value
     raise AttributeError(name)
+
+
+def sleepy_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``/slow`` blocks its thread (as a database call would); anything else answers at once."""
+    import time
+
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(1.5)
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]

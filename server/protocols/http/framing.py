@@ -383,6 +383,7 @@ class FramedConnection:
         try:
             resp = self._app(request)
         except Exception:
+            logger.exception("Exception in the application")
             self._counters.app_errors += 1
             resp = Response(500, APP_ERROR_HEADERS, APP_ERROR_BODY)
         self._counters.requests += 1
@@ -471,6 +472,7 @@ class AsyncMode(FramedConnection):
     __slots__ = (
         "_client",
         "_close_after",
+        "_continue_asked",
         "_continue_owed",
         "_cycle",
         "_head_written",
@@ -496,6 +498,7 @@ class AsyncMode(FramedConnection):
         self._client: Any = None
         self._reading_paused = False
         self._continue_owed = False
+        self._continue_asked = False  # receive() asked for it inside a framing call
         self._request_done = False
         self._head_written = False
         self._close_after = False
@@ -536,6 +539,12 @@ class AsyncMode(FramedConnection):
                 self._buf = bytearray(data)
             return b""
         out = super().receive_data(data)
+        if self._continue_asked:  # no body byte came with the head: the 100 is due now
+            self._continue_asked = False
+            if self._continue_owed:
+                self._continue_owed = False
+                if not self._head_written and not self.should_close:
+                    out += self._continue()
         if self._cycle is not None:
             self.busy = not self.should_close
         return out
@@ -566,6 +575,7 @@ class AsyncMode(FramedConnection):
         return True
 
     def _data(self, piece: bytes, out: list[bytes]) -> bool:
+        self._continue_owed = False  # the client did not wait for a 100
         if not super()._data(piece, out):
             return False
         self._body.pop()  # it goes to the app instead
@@ -581,8 +591,8 @@ class AsyncMode(FramedConnection):
         self._body = _NO_BODY
         self._request_done = True
         cycle = self._cycle
-        if cycle is None:
-            cycle = self._begin(out)
+        if cycle is None:  # no body: the request is whole before the app starts
+            cycle = self._begin(out, whole=True)
         elif not cycle.complete:
             self._out = out
             cycle.body_done()
@@ -595,15 +605,26 @@ class AsyncMode(FramedConnection):
         self.responding = True
         return True
 
+    def _fail(self, status: int, out: list[bytes]) -> None:
+        cycle = self._cycle
+        if cycle is not None:  # refused mid-body: the app's request ends there
+            cycle.disconnect()
+            if self._head_written:  # its response began: no error response in the middle
+                self._counters.client_errors += 1
+                self.should_close = True
+                return
+        super()._fail(status, out)
+
     # -- the cycle's side -----------------------------------------------------------------
 
-    def _begin(self, out: list[bytes]) -> Any:
-        """Make the request's cycle and run the app's first step."""
+    def _begin(self, out: list[bytes], whole: bool = False) -> Any:
+        """Make the request's cycle and run the app's first step (`whole`: the
+        request has no body, so receive() has it all at once)."""
         from server.apps.asgi import RequestCycle, build_scope
 
         cycle = RequestCycle(self)
-        if self._request_done:
-            cycle.body_done()  # no body: receive() has nothing to wait for
+        if whole:
+            cycle.body_done()
         if self._peer_eof:
             cycle.eof()  # a pipelined request after the peer's EOF
         self._cycle = cycle
@@ -642,7 +663,7 @@ class AsyncMode(FramedConnection):
             return
         if exc is not None and not isinstance(exc, OSError):
             logger.error("Exception in ASGI application", exc_info=exc)
-        if failed or not cycle.complete:
+        if failed or not (cycle.complete or cycle.closed):  # no answer to a gone client: fine
             self._counters.app_errors += 1
         if not self._head_written and not self._closing():
             # Nothing of the response went out: a 500, then close.
@@ -667,9 +688,13 @@ class AsyncMode(FramedConnection):
         elif self._transport is not None:
             self._transport.write(data)
 
-    def write_response(self, status: int, headers: Any, body: bytes) -> None:
+    def write_response(
+        self, status: int, headers: Any, body: bytes, reason: bytes | None = None
+    ) -> None:
         """A whole response, written at once (cached head, as the synchronous path)."""
-        resp = Response(status, headers if type(headers) is list else list(headers), body)
+        if not self._request_done:
+            self._keepalive = False  # answered before its body was read: it says it closes
+        resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
         if sent is None:
             self._counters.app_errors += 1
@@ -683,6 +708,8 @@ class AsyncMode(FramedConnection):
         self._response_done(close)
 
     def write_head(self, status: int, headers: Any) -> bool:
+        if not self._request_done:
+            self._keepalive = False
         data = self._stream_head(status, headers)
         if data is None:
             return False
@@ -711,6 +738,9 @@ class AsyncMode(FramedConnection):
 
     def send_continue(self) -> None:
         if self._continue_owed:
+            if self._out is not None:  # inside a framing call: the body may be in this read
+                self._continue_asked = True
+                return
             self._continue_owed = False
             if not self._head_written:
                 self._write(self._continue())
@@ -742,7 +772,9 @@ class AsyncMode(FramedConnection):
             self.should_close = True
             self._abandon()
             return
-        self._resume()
+        # Not from here: this runs inside the app's Task (its send()), and the
+        # next held request's Task cannot start eagerly inside another one.
+        asyncio.get_running_loop().call_soon(self._resume)
 
     def _end_cycle(self) -> bool:
         self._cycle = None
@@ -754,6 +786,8 @@ class AsyncMode(FramedConnection):
 
     def _resume(self) -> None:
         """The response ended outside a framing call: frame what was held."""
+        if self._transport is None:
+            return  # the connection went meanwhile
         out: list[bytes] = []
         if self._end_cycle() and (self._buf or self._peer_eof):
             self._out = out

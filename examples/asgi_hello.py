@@ -1,14 +1,20 @@
-"""The built-in app's ``GET /`` and ``POST /echo`` as a minimal ASGI app, for uvicorn.
+"""A raw ASGI 3 app answering what the built-in app answers: ``GET /`` and ``POST /echo``.
 
-Run: ``uvicorn loadtest.peers.uvicorn_app:app --http h11 --loop uvloop
---no-access-log --port 8080`` (or ``--http httptools``, or ``granian
---interface asgi``: ``compare`` says how).
+Run it on ringserve (either backend, either parser)::
+
+    python -m server --app examples.asgi_hello:app --backend uring --http httptools
+
+or on uvicorn or granian (``python -m uvicorn examples.asgi_hello:app``,
+``python -m granian --interface asgi examples.asgi_hello:app``).
+``loadtest.compare`` serves it on every ASGI peer (its builtin workload) and
+on ours too with ``--app asgi``.
 
 Same answers as `server.apps.builtin` for what the load generators send:
-``GET /`` (and HEAD) the hello, ``POST /echo`` the body back with the
-request's content-type (so Locust's validating ``HttpAppUser`` runs against
-it unchanged); anything else 404, a known path with the wrong method 405.
-No ``/stats``.
+``GET /`` (and HEAD) the hello with the same headers, ``POST /echo`` the
+body back with the request's content-type (so Locust's validating
+``HttpAppUser`` runs against it unchanged); anything else 404, a known path
+with the wrong method 405.  No ``/stats``.  It takes part in the lifespan
+protocol (it has nothing to set up), so it starts under every ``--lifespan``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,19 @@ async def _echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        kind = message["type"]  # lifespan.startup or lifespan.shutdown
+        await send({"type": f"{kind}.complete"})
+        if kind == "lifespan.shutdown":
+            return
+
+
 async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     path, method = scope["path"], scope["method"]
