@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if config.workers > 1:
+    if config.workers > 1 or config.max_requests:  # recycling needs a parent to replace it
         from server.workers import run_workers
 
         return run_workers(config)

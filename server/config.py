@@ -30,6 +30,7 @@ ENV_PREFIX = "RINGSERVE_"
 MAX_RING_ENTRIES = 8192
 MAX_CQ_ENTRIES = 65536  # IORING_MAX_CQ_ENTRIES; uring_backend.ring has it too (not imported: epoll)
 MAX_RECV_BUFFERS = 32768
+MAX_UDS_PATH_BYTES = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -85,6 +86,11 @@ class Config:
     wsgi_threads: int = 0  # 0: a WSGI app runs inline, in the loop
     log_level: str = "info"
     workers: int = 1
+    max_requests: int = 0  # 0: workers are never recycled
+    max_requests_jitter: int = 0
+    uds: str | None = None
+    uds_mode: int = 0o666
+    fd: int | None = None
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
@@ -150,6 +156,29 @@ def positive_float(text: str) -> float:
     return value
 
 
+def file_mode(text: str) -> int:
+    """Permission bits in octal: 660, 0660 or 0o660."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode (e.g. 660)") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text} is not a mode between 000 and 777")
+    return value
+
+
+def socket_path(text: str) -> str:
+    """A Unix socket path: not empty, and short enough for sockaddr_un."""
+    size = len(os.fsencode(text))
+    if size == 0:
+        raise argparse.ArgumentTypeError("the path is empty")
+    if size > MAX_UDS_PATH_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"the path is {size} bytes; a Unix socket path has at most {MAX_UDS_PATH_BYTES}"
+        )
+    return text
+
+
 def port_number(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -187,12 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         kind: Callable[[str], Any],
         help_text: str,
         choices: list[str] | None = None,
+        shown_default: str | None = None,
+        metavar: str | None = None,
     ) -> None:
         # default=None marks "not on the command line": parse_config then
         # takes the environment variable, else the Config default.
         name = flag.lstrip("-").replace("-", "_")
-        help_text += f" (default: {getattr(d, name)}; env {ENV_PREFIX}{name.upper()})"
-        p.add_argument(flag, type=kind, default=None, help=help_text, choices=choices)
+        shown = getattr(d, name) if shown_default is None else shown_default
+        help_text += f" (default: {shown}; env {ENV_PREFIX}{name.upper()})"
+        p.add_argument(
+            flag, type=kind, default=None, help=help_text, choices=choices, metavar=metavar
+        )
 
     add("--backend", str, "I/O mechanism", choices=list(get_args(BackendName)))
     add("--protocol", str, "what to speak on each connection", choices=list(get_args(ProtocolName)))
@@ -273,7 +307,50 @@ def build_parser() -> argparse.ArgumentParser:
         "own requests (0: inline, in the loop)",
     )
     add("--log-level", str, "logging level", choices=["debug", "info", "warning", "error"])
-    add("--workers", positive_int, "processes sharing the port with SO_REUSEPORT")
+    add(
+        "--workers",
+        positive_int,
+        "worker processes; above 1 (or with --max-requests) a parent supervises them: it "
+        "restarts one that dies, and replaces them on SIGHUP, each new one ready before the "
+        "old one finishes its requests",
+    )
+    add(
+        "--max-requests",
+        non_negative_int,
+        "a worker that has served this many HTTP requests (plus --max-requests-jitter) "
+        "finishes them and is replaced; a supervising parent runs even with --workers 1",
+        shown_default="0, never",
+        metavar="N",
+    )
+    add(
+        "--max-requests-jitter",
+        non_negative_int,
+        "add a random 0..J to each worker's --max-requests, so they are not replaced together",
+        metavar="J",
+    )
+    add(
+        "--uds",
+        socket_path,
+        "listen on a Unix socket at this path instead of TCP (a stale socket file is "
+        "replaced, a live one refused; removed at exit)",
+        shown_default="TCP",
+        metavar="PATH",
+    )
+    add(
+        "--uds-mode",
+        file_mode,
+        "permissions of the --uds socket file, in octal, set before it listens",
+        shown_default="666",
+        metavar="MODE",
+    )
+    add(
+        "--fd",
+        non_negative_int,
+        "serve the listening socket (TCP or Unix) inherited as this file descriptor; systemd "
+        "socket activation (LISTEN_FDS, LISTEN_PID) needs no option",
+        shown_default="none",
+        metavar="N",
+    )
     p.add_argument(
         "--factory",
         action="store_true",
@@ -359,4 +436,26 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             f"--ring-entries {config.ring_entries} x --cq-factor {config.cq_factor} "
             f"is over the kernel's {MAX_CQ_ENTRIES} CQ entries"
         )
+    _check_combinations(parser, config, values)
     return config
+
+
+def _check_combinations(
+    parser: argparse.ArgumentParser, config: Config, given: dict[str, Any]
+) -> None:
+    """Options that mean nothing together: exit 2 rather than ignore one of them.
+
+    `given` holds what came from the command line or the environment.
+    """
+    if config.uds is not None and config.fd is not None:
+        parser.error("--uds and --fd both name the socket to serve: give one")
+    other = "--uds" if config.uds is not None else "--fd" if config.fd is not None else None
+    for name in ("host", "port"):
+        if other is not None and name in given:
+            parser.error(f"--{name} is for TCP; it cannot be combined with {other}")
+    if "uds_mode" in given and config.uds is None:
+        parser.error("--uds-mode needs --uds")
+    if config.max_requests_jitter and not config.max_requests:
+        parser.error("--max-requests-jitter needs --max-requests")
+    if config.max_requests and config.protocol != "http":
+        parser.error("--max-requests counts HTTP requests; it cannot be used with --protocol echo")

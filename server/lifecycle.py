@@ -20,6 +20,7 @@ from server.aio import BackendSelector, RingEventLoop
 from server.apps.asgi import AsgiApp, Lifespan, is_asgi
 from server.backends.base import Backend, BackendUnavailable
 from server.config import Config, load_backend
+from server.listeners import Listener, ListenerError, open_listener
 from server.loop import Dispatcher
 from server.protocols import ServerProtocol
 from server.protocols.echo import EchoConnection
@@ -36,27 +37,16 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def make_listener(config: Config, reuse_port: bool = False) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket.
+def make_listener(config: Config) -> Listener:
+    """The socket `config` names (``server/listeners.py``: TCP, --uds, --fd, systemd's).
 
-    Accepted sockets inherit TCP_NODELAY (on unless --no-tcp-nodelay) from it
-    (Linux copies the option on accept), so neither backend spends a syscall
-    per connection on it.
+    Raises:
+        StartupError: it cannot be opened or used.
     """
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(config.tcp_nodelay))
-        sock.bind((config.host, config.port))
-        sock.listen(config.backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
-    return sock
+        return open_listener(config)
+    except ListenerError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 class Server:
@@ -64,15 +54,17 @@ class Server:
 
     Args:
         config: the run's configuration.
-        listener: an already listening socket (tests, workers); by default
-            one is made from the config.
+        listener: an already listening socket (tests), or the `Listener` a
+            worker inherits; by default one is made from the config.
     """
 
-    def __init__(self, config: Config, listener: socket.socket | None = None) -> None:
+    def __init__(self, config: Config, listener: Listener | socket.socket | None = None) -> None:
         self.config = config
         self.counters = Counters()
         self.started_at = time.monotonic()
-        self._listener = listener
+        if isinstance(listener, socket.socket):
+            listener = Listener.of(listener)
+        self.listener = listener
         self.backend: Backend | None = None
         self._shut_down = False
         self.dispatcher: Dispatcher | None = None
@@ -93,16 +85,18 @@ class Server:
             StartupError: the port, the app or the backend is unusable.
         """
         config = self.config
-        listener = self._listener or make_listener(config, reuse_port=config.workers > 1)
-        self.address = listener.getsockname()[:2]
+        if self.listener is None:
+            self.listener = make_listener(config)
+        listener = self.listener
+        self.address = listener.wsgi_address()
         try:
             factory = self._protocol_factory()
             self.backend = load_backend(config.backend, config.backend_options())
         except BackendUnavailable as exc:
-            listener.close()
+            self._close_listener()
             raise StartupError(str(exc)) from exc
         except BaseException:
-            listener.close()
+            self._close_listener()
             raise
         http = config.protocol == "http"
         self.dispatcher = Dispatcher(
@@ -118,9 +112,9 @@ class Server:
         self.aio = RingEventLoop(selector)
         self.dispatcher.attach(selector)
         if self.lifespan is not None and not self._start_lifespan():
-            listener.close()
+            self._close_listener()
             raise StartupError(f"the app's lifespan startup failed: {self.lifespan.error}")
-        self.backend.listen(listener)  # only now: the app is ready
+        self.backend.listen(listener.sock)  # only now: the app is ready
 
     def serve(self) -> None:
         """Run the asyncio loop until a stop is asked for and in-flight requests finish."""
@@ -158,6 +152,14 @@ class Server:
         if self._threaded is not None:
             self._threaded.close()
             self._threaded = None
+        if self.listener is not None:
+            self.listener.remove_file()
+
+    def _close_listener(self) -> None:
+        """Start-up failed before a backend owned the socket: close it (and its file)."""
+        assert self.listener is not None
+        self.listener.sock.close()
+        self.listener.remove_file()
 
     def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
@@ -184,13 +186,11 @@ class Server:
 
     def listening(self) -> dict[str, Any]:
         """The start-up event, for tools and tests: one JSON line on stdout."""
-        host, port = self.address
         config = self.config
-        assert self.backend is not None
+        assert self.backend is not None and self.listener is not None
         return {
             "event": "listening",
-            "host": host,
-            "port": port,
+            **self.listener.facts(),
             "backend": config.backend,
             "protocol": config.protocol,
             "http": config.http if config.protocol == "http" else None,
@@ -202,12 +202,11 @@ class Server:
 
     def banner(self) -> str:
         """The start-up line for people (tools read `listening()` instead)."""
-        host, port = self.address
         config = self.config
-        assert self.backend is not None
+        assert self.backend is not None and self.listener is not None
         facts = ", ".join(f"{k}={v}" for k, v in self.backend.describe().items())
         what = f"http ({config.http})" if config.protocol == "http" else "echo"
-        url = f"http://{host}:{port}" if config.protocol == "http" else f"{host}:{port}"
+        url = self.listener.where("http" if config.protocol == "http" else None)
         return (
             f"ringserve {what} on {config.backend}{f' ({facts})' if facts else ''}, "
             f"kernel {platform.release()}, pid {os.getpid()}, listening on {url}"

@@ -25,6 +25,7 @@ from server.config import Config
 from server.lifecycle import Server
 from tests.support import BACKENDS, URING_SKIP, open_fds
 from tests.support.ci import pytest_make_collect_report, pytest_runtest_makereport
+from tests.support.server import ServerProcess
 
 __all__ = [
     "BACKENDS",
@@ -190,3 +191,33 @@ def make_http_server(
         return serve_in_thread(backend_name, http=http_parser, **overrides)
 
     yield factory
+
+
+@pytest.fixture
+def spawn_bare() -> Iterator[Callable[..., ServerProcess]]:
+    """Factory for server processes (not started) with exactly the given arguments;
+    each is killed at the end, its workers too.  ``argv`` replaces the whole command."""
+    procs: list[ServerProcess] = []
+
+    def factory(
+        *args: str, env: dict[str, str] | None = None, argv: list[str] | None = None
+    ) -> ServerProcess:
+        srv = ServerProcess(*args, env=env)
+        if argv is not None:
+            srv.argv = argv
+        procs.append(srv)
+        return srv
+
+    yield factory
+    for p in procs:
+        p.kill_all()
+
+
+@pytest.fixture
+def spawn(spawn_bare: Callable[..., ServerProcess]) -> Callable[..., ServerProcess]:
+    """`spawn_bare` for servers on 127.0.0.1."""
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return spawn_bare("--host", "127.0.0.1", *args, env=env)
+
+    return factory

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from tests.backends.client import (
     wait_for,
 )
 from tests.support import BACKENDS, URING_SKIP
-from tests.support.server import ServerProcess, clean_env
+from tests.support.server import clean_env
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -38,20 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GET = request("GET", "/")
 GET_CLOSE = request("GET", "/", headers=[("Connection", "close")])
 GET_STATS = request("GET", "/stats", headers=[("Connection", "close")])
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for servers on 127.0.0.1 (not started); every one is killed at the end."""
-    procs: list[ServerProcess] = []
-
-    def factory(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        procs.append(ServerProcess("--host", "127.0.0.1", *args, env=env))
-        return procs[-1]
-
-    yield factory
-    for p in procs:
-        p.kill()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -184,8 +169,11 @@ def test_sigterm_lets_request_in_flight_finish(spawn, backend: str) -> None:
 def test_sigterm_refuses_new_connections(spawn, backend: str) -> None:
     srv = spawn("--backend", backend, "--port", "0", "--timeout-graceful-shutdown", "15").start()
     with connect(srv.address) as busy:
-        busy.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
-        wait_for(lambda: srv.stats()["open_connections"] == 1, what="the busy connection")
+        head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345"
+        busy.sendall(head)
+        # Its bytes received, not only the connection accepted: until then it is
+        # idle, and a stop closes an idle connection at once.
+        wait_for(lambda: srv.stats()["bytes_in"] >= len(head), what="the busy connection")
         srv.signal(signal.SIGTERM)
         wait_for(lambda: refused(srv.address), what="new connections to be refused")
         for _ in range(3):
@@ -369,10 +357,15 @@ def test_bad_app_exits_1(backend: str, app: str, message: str) -> None:
     assert proc.stdout == ""
 
 
-def test_workers_need_a_fixed_port() -> None:
-    proc = run_cli("--backend", "epoll", "--port", "0", "--workers", "2")
-    assert proc.returncode == 1
-    assert proc.stderr == "ringserve: error: --workers needs a fixed --port\n"
+def test_workers_take_port_0_too(spawn) -> None:
+    """The parent binds the port, so --port 0 gives every worker the same one."""
+    srv = spawn("--backend", "epoll", "--port", "0", "--workers", "2").start()
+    wait_for(lambda: len(srv.json_lines("listening")) == 2, what="both workers listening")
+    ports = {line["port"] for line in srv.json_lines("listening")}
+    assert ports == {srv.address[1]} and srv.address[1] != 0, ports
+    assert srv.fetch(GET_CLOSE).body == HELLO
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0, srv.output()
 
 
 # -- options in a running server ---------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from server import config as config_module
 from server.config import Config, parse_config
-from server.lifecycle import make_listener
+from server.listeners import tcp_listener
 from tests.support import URING_SKIP
 
 
@@ -20,6 +20,15 @@ def _no_ringserve_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RINGSERVE_RING_ENTRIES",
         "RINGSERVE_TIMEOUT_HEADER",
         "RINGSERVE_SQPOLL",
+        "RINGSERVE_UDS",
+        "RINGSERVE_UDS_MODE",
+        "RINGSERVE_FD",
+        "RINGSERVE_HOST",
+        "RINGSERVE_PORT",
+        "RINGSERVE_PROTOCOL",
+        "RINGSERVE_WORKERS",
+        "RINGSERVE_MAX_REQUESTS",
+        "RINGSERVE_MAX_REQUESTS_JITTER",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -85,7 +94,7 @@ def test_cq_factor_is_bounded_by_the_kernel_cq_limit(
 @pytest.mark.parametrize("nodelay", [True, False])
 def test_accepted_sockets_inherit_tcp_nodelay_from_the_listener(nodelay: bool) -> None:
     """Both backends rely on Linux copying TCP_NODELAY on accept (no per-connection syscall)."""
-    listener = make_listener(Config(port=0, tcp_nodelay=nodelay))
+    listener = tcp_listener(Config(port=0, tcp_nodelay=nodelay))
     with listener, socket.create_connection(listener.getsockname()[:2], timeout=5):
         listener.setblocking(True)
         accepted, _ = listener.accept()
@@ -173,3 +182,68 @@ def test_http_parser_choice(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert "RINGSERVE_HTTP: invalid choice 'picohttp' (choose from h11, httptools)" in (
         capsys.readouterr().err
     )
+
+
+# -- the listening socket and the workers ---------------------------------------------
+
+
+def test_socket_and_worker_options_from_flags_then_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = parse_config([])
+    assert (config.uds, config.uds_mode, config.fd) == (None, 0o666, None)
+    assert (config.max_requests, config.max_requests_jitter) == (0, 0)
+    config = parse_config(["--uds", "/run/r.sock", "--uds-mode", "660"])
+    assert (config.uds, config.uds_mode) == ("/run/r.sock", 0o660)
+    assert parse_config(["--fd", "3"]).fd == 3
+    config = parse_config(["--max-requests", "1000", "--max-requests-jitter", "50"])
+    assert (config.max_requests, config.max_requests_jitter) == (1000, 50)
+    monkeypatch.setenv("RINGSERVE_UDS", "/run/env.sock")
+    monkeypatch.setenv("RINGSERVE_UDS_MODE", "0o600")
+    monkeypatch.setenv("RINGSERVE_MAX_REQUESTS", "7")
+    monkeypatch.setenv("RINGSERVE_MAX_REQUESTS_JITTER", "3")
+    config = parse_config([])
+    assert (config.uds, config.uds_mode, config.max_requests) == ("/run/env.sock", 0o600, 7)
+    assert config.max_requests_jitter == 3
+    assert parse_config(["--uds", "/run/cli.sock"]).uds == "/run/cli.sock"  # the command line wins
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--uds-mode", "9"], {}, "argument --uds-mode: '9' is not an octal mode (e.g. 660)"),
+        (["--uds-mode", "1777"], {}, "argument --uds-mode: 1777 is not a mode between 000 and 777"),
+        ([], {"RINGSERVE_UDS_MODE": "rw"}, "RINGSERVE_UDS_MODE: 'rw' is not an octal mode"),
+        (["--uds", ""], {}, "argument --uds: the path is empty"),
+        (["--uds", "/" + "x" * 107], {}, "the path is 108 bytes; a Unix socket path has at most"),
+        (["--fd", "-1"], {}, "argument --fd: -1 must be 0 or more"),
+        ([], {"RINGSERVE_FD": "three"}, "RINGSERVE_FD: invalid literal for int()"),
+        (["--max-requests", "-5"], {}, "argument --max-requests: -5 must be 0 or more"),
+        ([], {"RINGSERVE_MAX_REQUESTS_JITTER": "-1"}, "RINGSERVE_MAX_REQUESTS_JITTER: -1 must be"),
+        (["--uds", "/r.sock", "--fd", "3"], {}, "--uds and --fd both name the socket to serve"),
+        (["--uds", "/r.sock", "--port", "80"], {}, "--port is for TCP; it cannot be "
+                                                   "combined with --uds"),
+        (["--fd", "3"], {"RINGSERVE_HOST": "::1"}, "--host is for TCP; it cannot be "
+                                                   "combined with --fd"),
+        (["--uds-mode", "600"], {}, "--uds-mode needs --uds"),
+        (["--max-requests-jitter", "5"], {}, "--max-requests-jitter needs --max-requests"),
+        (
+            ["--max-requests", "5", "--protocol", "echo"],
+            {},
+            "--max-requests counts HTTP requests; it cannot be used with --protocol echo",
+        ),
+    ],
+)  # fmt: skip
+def test_socket_and_worker_options_are_validated(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        parse_config(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -98,6 +98,16 @@ class Backend(Protocol):
     def stop_accepting(self) -> None:
         """Stop accepting and close the listening socket (new connects are refused)."""
 
+    def accepting(self) -> bool:
+        """False once the listening socket is closed and no accept can complete any more.
+
+        A connection that an accept still in flight brings in after
+        `stop_accepting` is served, not closed (with ``--workers`` the socket is
+        shared, and another worker would have served it); a retiring worker
+        waits for this before it counts its connections as done.
+        """
+        ...
+
     def wait(self, timeout: float | None) -> list[Event]:
         """Block once, for at most `timeout` seconds, and return every event ready."""
         ...

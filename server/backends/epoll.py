@@ -105,6 +105,9 @@ class EpollBackend(BackendCore[_Conn]):
             self._listener.close()
             self._listener = None
 
+    def accepting(self) -> bool:
+        return self._listener is not None  # accept() is synchronous: nothing is in flight
+
     def _poll(self, timeout: float | None, events: list[Event]) -> None:
         if self._accept_retry_at and time.monotonic() >= self._accept_retry_at:
             self._accept_retry_at = 0.0

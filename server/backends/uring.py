@@ -6,6 +6,11 @@ How this mechanism behaves, and what follows for this module:
   connection; the CQE's ``res`` is the new fd.  It ends (no
   ``IORING_CQE_F_MORE``) on any error: EMFILE/ENFILE re-arm after a timeout
   op of ``ACCEPT_RETRY_DELAY_S``, so open connections keep being served.
+  Cancelling it (`stop_accepting`) is asynchronous: connections it accepts
+  meanwhile (seen with ``--sqpoll``) are served, and so are those parked at
+  ``--max-connections``, as they were accepted from a queue that other
+  workers share (``--workers``); closing them would reset their clients.
+  Only `shutdown` closes them.
   Accepted sockets inherit ``TCP_NODELAY`` from the listener (Linux copies
   it on accept), so no per-connection ``setsockopt`` is needed.
 - Each connection has one multishot recv with buffer selection: the kernel
@@ -197,8 +202,12 @@ class UringBackend(BackendCore[_Conn]):
             self._disarm_accept()  # the listener closes when the accept ends
         else:
             self._close_listener()
-        while self._parked:
-            os.close(self._parked.popleft())
+        if self._shutting_down:  # else parked connections are served as room frees
+            while self._parked:
+                os.close(self._parked.popleft())
+
+    def accepting(self) -> bool:
+        return self._listener is not None  # closed once the accept has ended
 
     def _poll(self, timeout: float | None, events: list[Event]) -> None:
         data_uds, datas, others = self._ring.wait(timeout)
@@ -421,7 +430,7 @@ class UringBackend(BackendCore[_Conn]):
         if not flags & F_MORE:
             self._accept_armed = False
         if res >= 0:
-            if not self._accepting:
+            if self._shutting_down:
                 os.close(res)
                 self._extra_syscalls += 1
             elif not self._room():

@@ -70,6 +70,15 @@ class ServerProtocol(Protocol):
     def stop_keepalive(self) -> None:
         """Close after the response being handled (used at shutdown)."""
 
+    def drain(self) -> None:
+        """Close after the next response, but stay open for it (a retiring worker).
+
+        Unlike `stop_keepalive`, an idle connection is not closed at once:
+        its client may have sent its next request already, and closing would
+        lose it (the client sees the connection end instead of a response).
+        Protocols without requests to finish set ``should_close`` at once.
+        """
+
 
 class AsyncServerProtocol(ServerProtocol, Protocol):
     """A `ServerProtocol` that also answers later (``needs_transport`` is True)."""

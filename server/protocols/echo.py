@@ -33,3 +33,6 @@ class EchoConnection:
 
     def stop_keepalive(self) -> None:
         self.should_close = True
+
+    def drain(self) -> None:
+        self.should_close = True  # a stream has no request boundary to wait for

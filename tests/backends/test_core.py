@@ -242,3 +242,71 @@ def test_uring_never_closes_an_fd_while_an_op_names_it(scenario: str) -> None:
         client.close()
         backend.shutdown()
     assert backend.statistics().ops_in_flight == 0
+
+
+def _backend(name: str, **options: int):
+    if name == "uring":
+        if URING_SKIP is not None:
+            pytest.skip(URING_SKIP)
+        from server.backends.uring import UringBackend
+
+        return UringBackend(BackendOptions(ring_entries=64, recv_buffers=64, **options))
+    from server.backends.epoll import EpollBackend
+
+    return EpollBackend(BackendOptions(**options))
+
+
+@pytest.mark.parametrize("name", ["epoll", "uring"])
+def test_accepting_turns_false_once_no_accept_can_complete(name: str) -> None:
+    """What a retiring worker waits for before it counts its connections as done."""
+    backend = _backend(name)
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        backend.listen(listener)
+        backend.wait(0)
+        assert backend.accepting()
+        backend.stop_accepting()
+        deadline = time.monotonic() + 5
+        while backend.accepting():  # uring: until the cancelled accept has ended
+            assert time.monotonic() < deadline
+            backend.wait(0.05)
+        assert listener.fileno() == -1  # and the backend closed its socket
+    finally:
+        backend.shutdown()
+
+
+@pytest.mark.skipif(URING_SKIP is not None, reason=str(URING_SKIP))
+def test_uring_serves_the_connections_it_parked_after_stop_accepting() -> None:
+    """A connection the kernel accepted for us is ours to serve: with --workers the
+    accept queue is shared, and closing it would reset a client another worker
+    would have served.  (It used to be closed.)"""
+    backend = _backend("uring", max_connections=1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    events: list = []
+
+    def pump(until, limit_s: float = 5.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while not until():
+            assert time.monotonic() < deadline, events
+            events.extend(backend.wait(0.05))
+
+    backend.listen(listener)
+    first = socket.create_connection(listener.getsockname(), timeout=5)
+    second = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        pump(lambda: backend._parked)  # the second is accepted, and parked: no room
+        (first_cid,) = [cid for kind, cid, _ in events if kind == ACCEPTED]
+        backend.stop_accepting()
+        backend.close(first_cid)
+        first.shutdown(socket.SHUT_WR)
+        pump(lambda: len([e for e in events if e[0] == ACCEPTED]) == 2)
+        second_cid = [cid for kind, cid, _ in events if kind == ACCEPTED][1]
+        second.sendall(b"still served")
+        pump(lambda: (RECEIVED, second_cid, b"still served") in events)
+        backend.send(second_cid, b"answered")
+        backend.wait(0.05)
+        assert second.recv(100) == b"answered"
+    finally:
+        first.close()
+        second.close()
+        backend.shutdown()

@@ -57,6 +57,13 @@ def test_stop_keepalive_closes_at_once() -> None:
     assert conn.busy is False
 
 
+def test_drain_closes_at_once() -> None:
+    """A byte stream has no request to wait for: a retiring worker closes it as a stop does."""
+    conn = EchoConnection()
+    conn.drain()
+    assert conn.should_close is True
+
+
 def test_fresh_connection_state() -> None:
     conn = EchoConnection()
     assert conn.should_close is False

@@ -743,6 +743,32 @@ def test_stop_keepalive_on_a_fresh_connection_closes_at_once() -> None:
     assert counters.requests == 0
 
 
+def test_drain_after_a_response_waits_for_the_next_request_and_closes_after_it() -> None:
+    """A retiring worker's drain: the client may have sent its next request already, so
+    the idle connection stays open, and that request's answer carries the close."""
+    conn, counters = connect(app)
+    assert conn.receive_data(GET) == GET_ANSWER
+    conn.drain()
+    assert (conn.should_close, conn.busy) == (False, False)
+    assert conn.receive_data(GET + get(b"/never")) == answer(
+        b"GET", b"/", b"", b"connection: close"
+    )
+    assert (conn.should_close, conn.busy) == (True, False)
+    assert counters.requests == 2
+
+
+@pytest.mark.parametrize("cut", [None, 5, len(GET) - 1])
+def test_drain_of_a_fresh_or_busy_connection_answers_one_request(cut: int | None) -> None:
+    conn, counters = connect(app)
+    if cut is not None:
+        assert conn.receive_data(GET[:cut]) == b""
+        assert conn.busy is True
+    conn.drain()
+    assert conn.should_close is False
+    assert conn.receive_data(GET[cut or 0 :]) == answer(b"GET", b"/", b"", b"connection: close")
+    assert (conn.should_close, counters.requests) == (True, 1)
+
+
 @pytest.mark.parametrize("cut", [5, len(GET) - 1, len(GET) - 2])
 def test_stop_keepalive_while_busy_answers_with_connection_close(cut: int) -> None:
     conn, counters = connect(app)

@@ -9,14 +9,18 @@ given, so a variable set where the tests run cannot change what they test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import psutil
 
 from loadtest import servers
 from tests.backends.client import HttpReader, HttpResponse, connect
@@ -42,6 +46,18 @@ class ServerProcess(servers.ServerProcess):
         """Start it and wait for its listening line; returns itself."""
         super().start(timeout)
         return self
+
+    def _ready(self) -> bool:
+        if self.listening.get("uds") is not None:  # no TCP address: see `uds`
+            return True
+        return super()._ready()
+
+    @property
+    def uds(self) -> str:
+        """The path of the Unix socket it listens on."""
+        path = self.listening["uds"]
+        assert isinstance(path, str), self.listening
+        return path
 
     def output(self) -> str:
         return f"stdout:\n{''.join(self.stdout_lines)}stderr:\n{''.join(self.stderr_lines)}"
@@ -77,11 +93,32 @@ class ServerProcess(servers.ServerProcess):
         except subprocess.TimeoutExpired:
             raise AssertionError(f"server did not exit in {timeout} s\n{self.output()}") from None
 
+    def kill_all(self) -> None:
+        """Kill it and its workers (they lead process groups of their own: `kill` misses them)."""
+        children: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error, AssertionError):
+            children = psutil.Process(self.pid).children()
+        self.kill()
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
     def fetch(self, data: bytes) -> HttpResponse:
-        """One request on a fresh connection; its response."""
+        """One request on a fresh connection (to its Unix socket, if that is what it serves)."""
+        if self.listening.get("uds") is not None:
+            return unix_fetch(self.uds, data)
         with connect(self.address) as sock:
             sock.sendall(data)
             return HttpReader(sock).read_response()
+
+
+def unix_fetch(path: str, data: bytes, timeout: float = 10.0) -> HttpResponse:
+    """One request on a fresh connection to the Unix socket at `path`; its response."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        return HttpReader(sock).read_response()
 
 
 def local_server(

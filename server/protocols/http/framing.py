@@ -41,6 +41,7 @@ from typing import Any, Final
 
 import h11
 
+from server.apps.asgi import RequestCycle, build_scope
 from server.protocols.http import llhttp
 from server.protocols.http.common import (
     APP_ERROR_BODY,
@@ -203,6 +204,11 @@ class FramedConnection:
         self._keepalive = False
         if not self.busy:
             self.should_close = True
+
+    def drain(self) -> None:
+        # The next response says "Connection: close" and the loop closes
+        # after it; an idle connection waits for it (or its keep-alive timeout).
+        self._keepalive = False
 
     # -- framing -------------------------------------------------------------
 
@@ -481,6 +487,7 @@ class AsyncMode(FramedConnection):
         "_peer_eof",
         "_reading_paused",
         "_request_done",
+        "_start_task",
         "_streamed",
         "_streaming",
         "_transport",
@@ -493,6 +500,7 @@ class AsyncMode(FramedConnection):
 
     def _init_async(self) -> None:
         self._transport: Any = None
+        self._start_task: Any = None  # the loop's run_eagerly (or create_task)
         self._cycle: Any = None  # server.apps.asgi.RequestCycle
         self._out: list[bytes] | None = None  # output of the framing call in progress
         self._client: Any = None
@@ -620,8 +628,6 @@ class AsyncMode(FramedConnection):
     def _begin(self, out: list[bytes], whole: bool = False) -> Any:
         """Make the request's cycle and run the app's first step (`whole`: the
         request has no body, so receive() has it all at once)."""
-        from server.apps.asgi import RequestCycle, build_scope
-
         cycle = RequestCycle(self)
         if whole:
             cycle.body_done()
@@ -636,8 +642,10 @@ class AsyncMode(FramedConnection):
         scope = build_scope(
             app, self._method, self._target, self._headers, self._version, self._client or None
         )
-        loop = asyncio.get_running_loop()
-        start = getattr(loop, "run_eagerly", loop.create_task)
+        start = self._start_task
+        if start is None:  # the connection's first request: the loop it runs on
+            loop = asyncio.get_running_loop()
+            self._start_task = start = getattr(loop, "run_eagerly", loop.create_task)
         self._out = out
         try:
             cycle.task = task = start(app.app(scope, cycle.receive, cycle.send))
@@ -694,6 +702,7 @@ class AsyncMode(FramedConnection):
         """A whole response, written at once (cached head, as the synchronous path)."""
         if not self._request_done:
             self._keepalive = False  # answered before its body was read: it says it closes
+        self._counters.requests += 1  # before the write: epoll may send it at once
         resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
         if sent is None:
@@ -726,6 +735,7 @@ class AsyncMode(FramedConnection):
         return True
 
     def write_end(self) -> None:
+        self._counters.requests += 1  # before the write: epoll may send it at once
         ended = self._stream_end()
         if ended is None:  # shorter than its content-length: the peer cannot frame it
             self._counters.app_errors += 1
@@ -756,8 +766,7 @@ class AsyncMode(FramedConnection):
             self._transport.resume_reading()
 
     def _response_done(self, close: bool) -> None:
-        """The response is complete (or refused)."""
-        self._counters.requests += 1
+        """The response is complete (or refused); it was counted before its last write."""
         self._close_after = close or not self._request_done
         cycle = self._cycle
         if cycle is not None:
