@@ -201,14 +201,7 @@ class RingEventLoop(asyncio.SelectorEventLoop):
         return super().call_soon(callback, *args, context=context)
 
     def run_eagerly(self, coro: Any) -> asyncio.Task[Any]:
-        """A Task for `coro` whose first step has already run (in the Task's own context).
-
-        Called from inside another Task's step (a response that ends in the app's
-        send() frames the next pipelined request), the Task is an ordinary one: a step
-        cannot run inside another's (asyncio refuses to enter a Task then).
-        """
-        if asyncio.current_task(self) is not None:
-            return asyncio.Task(coro, loop=self)
+        """A Task for `coro` whose first step has already run (in the Task's own context)."""
         self._eager = True
         try:
             return asyncio.Task(coro, loop=self)
