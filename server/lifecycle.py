@@ -113,6 +113,9 @@ class Server:
         self.dispatcher.attach(selector)
         if self.lifespan is not None and not self._start_lifespan():
             self._close_listener()
+            # The loop and the backend go now: left to the garbage collector, the
+            # loop's close would reach a ring already closed (EBADF), fds meanwhile open.
+            self.shutdown()
             raise StartupError(f"the app's lifespan startup failed: {self.lifespan.error}")
         self.backend.listen(listener.sock)  # only now: the app is ready
 
