@@ -143,7 +143,14 @@ def serve_in_thread(
     st.start()
     try:
         yield st
-        if check_teardown and st.server is not None and st.server.asgi is not None:
+        server = st.server
+        if (
+            check_teardown
+            and server is not None
+            and server.asgi is not None
+            and server.aio is not None
+            and not server.aio.is_closed()  # (the test may have stopped it)
+        ):
             st.wait_no_app_tasks()
     finally:
         st.stop()
