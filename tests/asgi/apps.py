@@ -23,6 +23,8 @@ Routes of `app` (query parameters in brackets):
 - ``/no-read`` [sleep, status]: responds (at once, or after ``asyncio.sleep``), never
   calling receive();
 - ``/disconnect``: receive() until ``http.disconnect``, noting each message;
+- ``/send-after-complete`` [what]: a whole response, then another body message or a
+  trailers message (what send() raised noted);
 - ``/after-response``: a whole response, then receive() (noted);
 - ``/send-after-disconnect``: starts a stream, waits for the disconnect, sends
   again until send() raises (the exception noted; at most 2 s);
@@ -257,6 +259,26 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             if message["type"] == "http.disconnect":
                 break
         control.note("disconnected", path)
+    elif path == "/send-after-complete":
+        # [what]: "body" (another body message) or "trailers" (the trailers message,
+        # after a start that asked for them: the server offers no trailers extension)
+        trailers = query.get("what") == "trailers"
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        if trailers:
+            start["trailers"] = True
+        await send(start)
+        await send({"type": "http.response.body", "body": b"complete"})
+        extra = (
+            {"type": "http.response.trailers", "headers": [(b"x-t", b"1")]}
+            if trailers
+            else {"type": "http.response.body", "body": b"late"}
+        )
+        try:
+            await send(extra)
+        except RuntimeError as exc:
+            control.note("late-send", str(exc))
+            return
+        control.note("late-send", None)
     elif path == "/after-response":
         await _respond(send, b"done")
         control.note("after-response", await receive())

@@ -532,6 +532,38 @@ def test_receive_after_the_response_is_a_disconnect(make_server, fresh_control: 
         assert again.body == b"not read"
 
 
+@pytest.mark.parametrize("what", ["body", "trailers"])
+def test_send_after_the_response_completed_raises(
+    make_server, fresh_control: Control, what: str
+) -> None:
+    """A body message after the last one, or trailers (no trailers extension in the
+    scope: a clean refusal): send() raises RuntimeError, the response on the wire is
+    the complete one alone, and the connection goes on."""
+    with make_server() as srv, connect(srv.address) as s:
+        s.sendall(request("GET", f"/send-after-complete?what={what}"))
+        # no content-length from the app: chunked, as uvicorn frames it
+        expected = (
+            head(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked") + b"8\r\ncomplete\r\n0\r\n\r\n"
+        )
+        assert read_expected(s, expected) == expected
+        wait_for(lambda: fresh_control.seen("late-send"), what="the late send()")
+        message = (
+            "the response is already complete"
+            if what == "body"
+            else "expected 'http.response.body', got 'http.response.trailers'"
+        )
+        assert fresh_control.seen("late-send") == [(message,)]
+        (again,) = exchange(s, request("GET", "/no-read"))
+        assert again.body == b"not read"
+        assert_silent(s, 0.1)
+    assert "extensions" not in scope_of_once(srv_factory=make_server)
+
+
+def scope_of_once(srv_factory: Any) -> dict[str, Any]:
+    with srv_factory() as srv, connect(srv.address) as s:
+        return scope_of(s, request("GET", "/scope"))
+
+
 def test_send_after_the_client_left_raises_an_oserror(make_server, fresh_control: Control) -> None:
     with make_server() as srv:
         with connect(srv.address) as s:
