@@ -123,6 +123,9 @@ class Server:
             self._start_metrics(config.metrics)
         if self.lifespan is not None and not self._start_lifespan():
             self._close_listener()
+            # The loop and the backend go now: left to the garbage collector, the
+            # loop's close would reach a ring already closed (EBADF), fds meanwhile open.
+            self.shutdown()
             raise StartupError(f"the app's lifespan startup failed: {self.lifespan.error}")
         self.backend.listen(listener.sock)  # only now: the app is ready
 

@@ -3,15 +3,19 @@
 The server is built *inside* its thread: a ring made with
 IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN belongs to the task that created
 it.  Leaving the context stops it gracefully and asserts a clean teardown:
-no connection open, no op in flight, and the process's fd count back where
-it started.
+no connection open, no op in flight, the process's fd count back where it
+started, and for an ASGI app no asyncio task of the app left running once
+the test's connections are gone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,6 +84,38 @@ class ServerThread:
         assert self.server is not None
         return self.server.statistics()
 
+    def app_tasks(self) -> list[asyncio.Task[Any]]:
+        """The asyncio tasks running on the server's loop other than its own (the
+        serving coroutine and the lifespan's): what the app has left running.
+
+        Collected on the loop's thread (asyncio.all_tasks is not thread-safe).
+        """
+        server = self.server
+        assert server is not None and server.aio is not None
+        lifespan = server.lifespan
+        own = {getattr(lifespan, "_task", None)}
+        found: concurrent.futures.Future[list[asyncio.Task[Any]]] = concurrent.futures.Future()
+
+        def collect() -> None:
+            found.set_result(
+                [
+                    t
+                    for t in asyncio.all_tasks(server.aio)
+                    if t not in own and t.get_coro().__qualname__ != "Dispatcher.serve"
+                ]
+            )
+
+        server.aio.call_soon_threadsafe(collect)
+        return found.result(5)
+
+    def wait_no_app_tasks(self, timeout: float = 5.0) -> None:
+        """Wait until the app has no task left on the loop; fail, naming them, if it has."""
+        deadline = time.monotonic() + timeout
+        while tasks := self.app_tasks():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"asyncio tasks left running: {tasks}")
+            time.sleep(0.01)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.server is not None:
             self.server.request_stop()
@@ -96,8 +132,10 @@ def serve_in_thread(
 ) -> Iterator[ServerThread]:
     """Run a server on 127.0.0.1 (a free port) with Config overrides.
 
-    On exit: graceful stop, then (unless check_teardown is False) assert
-    zero open connections, zero ops in flight and no leaked fds.
+    On exit (unless check_teardown is False): for an ASGI app, no task of
+    the app left on the loop (waited for a few seconds: the test's last
+    connection may just have closed); then a graceful stop, zero open
+    connections, zero ops in flight and no leaked fds.
     """
     fds_before = open_fds()
     config = dataclasses.replace(Config(), backend=backend, host="127.0.0.1", port=0, **overrides)
@@ -105,6 +143,15 @@ def serve_in_thread(
     st.start()
     try:
         yield st
+        server = st.server
+        if (
+            check_teardown
+            and server is not None
+            and server.asgi is not None
+            and server.aio is not None
+            and not server.aio.is_closed()  # (the test may have stopped it)
+        ):
+            st.wait_no_app_tasks()
     finally:
         st.stop()
     if check_teardown:

@@ -51,6 +51,10 @@ ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
 # Body bytes waiting for receive() beyond which the peer is not read.
 BODY_PAUSE_BYTES: Final = 64 * 1024
 _DISCONNECT: Final = {"type": "http.disconnect"}
+# Streamed body bytes a send() may write without returning to the loop: the backend
+# says WRITE_PAUSED from the loop, so an app streaming in a tight loop (each send()
+# returning at once) must let it run to hear it.  The backend's high-water mark.
+SEND_YIELD_BYTES: Final = 1 << 20
 
 
 class ClientDisconnected(OSError):
@@ -81,6 +85,9 @@ class AsgiApp:
     ) -> None:
         self.app = app
         self.root_path = root_path
+        # As uvicorn (and Starlette's routing) read the spec: path and raw_path are
+        # the full path, so root_path starts them.
+        self.raw_root_path = root_path.encode("latin-1")
         self.server = server
         self.scheme = scheme
         self.state: dict[str, Any] = {}  # filled by lifespan startup
@@ -95,6 +102,8 @@ class RequestCycle:
         "_body_done",
         "_conn",
         "_drain",
+        "_eof",
+        "_unyielded",
         "_waiter",
         "closed",
         "complete",
@@ -113,6 +122,8 @@ class RequestCycle:
         self._body_done = False
         self._waiter: asyncio.Future[None] | None = None  # receive() waiting
         self._drain: asyncio.Future[None] | None = None  # send() waiting for the drain
+        self._unyielded = 0  # streamed bytes since send() last let the loop run
+        self._eof = False  # the peer sends nothing more
         self.closed = False  # the connection is gone
         self.started = False
         self.streaming = False
@@ -134,6 +145,13 @@ class RequestCycle:
 
     def body_done(self) -> None:
         self._body_done = True
+        self._wake()
+
+    def eof(self) -> None:
+        """The peer sent its EOF after the request: once the body is read, receive()
+        says http.disconnect (it will send nothing more).  send() goes on: a client
+        that only shut down its side still reads the response."""
+        self._eof = True
         self._wake()
 
     def disconnect(self) -> None:
@@ -172,7 +190,7 @@ class RequestCycle:
         if self._body:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self._body = []
-            self._body_bytes = 0
+            self._body_bytes = -1 if self._body_done else 0  # -1: the last piece went out
             conn.resume_reading()
             return {"type": "http.request", "body": body, "more_body": not self._body_done}
         if self.closed:
@@ -181,7 +199,7 @@ class RequestCycle:
             self._body_bytes = -1  # the last piece (maybe empty) goes out once
             return {"type": "http.request", "body": b"", "more_body": False}
         # Everything was read: what comes next is the end of the connection.
-        while not self.closed and not self.complete:
+        while not self.closed and not self.complete and not self._eof:
             self._waiter = waiter = asyncio.get_running_loop().create_future()
             await waiter
         return _DISCONNECT
@@ -220,10 +238,21 @@ class RequestCycle:
             conn.write_end()
             return
         drain = self._drain
-        if drain is not None and not drain.done():
-            await drain
-            if self.closed:
-                raise ClientDisconnected("the client closed the connection")
+        if drain is None or drain.done():
+            self._unyielded += len(body)
+            if self._unyielded < SEND_YIELD_BYTES:
+                return
+            self._unyielded = 0
+            await asyncio.sleep(0)  # the loop hears of a WRITE_PAUSED, or the close
+            drain = self._drain
+            if drain is None or drain.done():
+                if self.closed:
+                    raise ClientDisconnected("the client closed the connection")
+                return
+        self._unyielded = 0
+        await drain
+        if self.closed:
+            raise ClientDisconnected("the client closed the connection")
 
 
 class Lifespan:
@@ -316,6 +345,9 @@ def build_scope(
     path = raw_path.decode("latin-1")
     if "%" in path:
         path = unquote(path, encoding="utf-8", errors="surrogateescape")
+    if app.root_path:
+        path = app.root_path + path
+        raw_path = app.raw_root_path + raw_path
     return {
         "type": "http",
         "asgi": ASGI,

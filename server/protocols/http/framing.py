@@ -511,6 +511,7 @@ class AsyncMode(FramedConnection):
 
     __slots__ = (
         "_close_after",
+        "_continue_asked",
         "_continue_owed",
         "_cycle",
         "_head_written",
@@ -537,6 +538,7 @@ class AsyncMode(FramedConnection):
         self._client: Any = None
         self._reading_paused = False
         self._continue_owed = False
+        self._continue_asked = False  # receive() asked for it inside a framing call
         self._request_done = False
         self._head_written = False
         self._close_after = False
@@ -566,12 +568,20 @@ class AsyncMode(FramedConnection):
         if self._hold:  # a response is pending: keep the bytes for after it
             if not data:
                 self._peer_eof = True
+                if self._cycle is not None:
+                    self._cycle.eof()
             elif self._buf:
                 self._buf += data
             else:
                 self._buf = bytearray(data)
             return b""
         out = super().receive_data(data)
+        if self._continue_asked:  # no body byte came with the head: the 100 is due now
+            self._continue_asked = False
+            if self._continue_owed:
+                self._continue_owed = False
+                if not self._head_written and not self.should_close:
+                    out += self._continue()
         if self._cycle is not None:
             self.busy = not self.should_close
         return out
@@ -591,15 +601,18 @@ class AsyncMode(FramedConnection):
     # -- the framing's hooks ------------------------------------------------------------------
 
     def _start(self, head: bytes, out: list[bytes]) -> bool:
+        self._request_done = False  # a new request: its body is to come, if it has one
         if not super()._start(head, out):
             return False
         if self._cycle is None and self._state != HEAD:  # a body follows: start now
             self._continue_owed = self._expect
             self._expect = False  # 100 Continue waits for the app's receive()
             self._begin(out)
+            return not self.should_close  # the app failed, or answered and closes: stop
         return True
 
     def _data(self, piece: bytes, out: list[bytes]) -> bool:
+        self._continue_owed = False  # the client did not wait for a 100
         if not super()._data(piece, out):
             return False
         self._body.pop()  # it goes to the app instead
@@ -629,6 +642,16 @@ class AsyncMode(FramedConnection):
         self.responding = True
         return True
 
+    def _fail(self, status: int, out: list[bytes]) -> None:
+        cycle = self._cycle
+        if cycle is not None:  # refused mid-body: the app's request ends there
+            cycle.disconnect()
+            if self._head_written:  # its response began: no error response in the middle
+                self._counters.client_errors += 1
+                self.should_close = True
+                return
+        super()._fail(status, out)
+
     # -- the cycle's side -----------------------------------------------------------------
 
     def _begin(self, out: list[bytes], whole: bool = False) -> Any:
@@ -637,6 +660,8 @@ class AsyncMode(FramedConnection):
         cycle = RequestCycle(self)
         if whole:
             cycle.body_done()
+        if self._peer_eof:
+            cycle.eof()  # a pipelined request after the peer's EOF
         self._cycle = cycle
         self._head_written = False
         self._close_after = False
@@ -681,7 +706,7 @@ class AsyncMode(FramedConnection):
             return
         if exc is not None and not isinstance(exc, OSError):
             logger.error("Exception in ASGI application", exc_info=exc)
-        if failed or not cycle.complete:
+        if failed or not (cycle.complete or cycle.closed):  # no answer to a gone client: fine
             self._counters.app_errors += 1
         if not self._head_written and not self._closing():
             # Nothing of the response went out: a 500, then close.
@@ -710,6 +735,8 @@ class AsyncMode(FramedConnection):
         self, status: int, headers: Any, body: bytes, reason: bytes | None = None
     ) -> None:
         """A whole response, written at once (cached head, as the synchronous path)."""
+        if not self._request_done:
+            self._keepalive = False  # answered before its body was read: it says it closes
         resp = Response(status, headers if type(headers) is list else list(headers), body, reason)
         sent = self._send(resp)
         # Counted before the write: epoll sends at once, and a client that has
@@ -727,6 +754,8 @@ class AsyncMode(FramedConnection):
         self._response_done(close)
 
     def write_head(self, status: int, headers: Any) -> bool:
+        if not self._request_done:
+            self._keepalive = False
         data = self._stream_head(status, headers)
         if data is None:
             return False
@@ -756,6 +785,9 @@ class AsyncMode(FramedConnection):
 
     def send_continue(self) -> None:
         if self._continue_owed:
+            if self._out is not None:  # inside a framing call: the body may be in this read
+                self._continue_asked = True
+                return
             self._continue_owed = False
             if not self._head_written:
                 self._write(self._continue())
@@ -823,7 +855,8 @@ class AsyncMode(FramedConnection):
             self._transport.close()
 
     def _abandon(self) -> None:
-        if self._transport is not None:
+        # Inside a framing call the loop closes it, after sending that call's output.
+        if self._out is None and self._transport is not None:
             self._transport.close()
 
     # -- what the parser module adds for streamed responses -------------------------------
