@@ -242,26 +242,27 @@ def cipher_list(text: str) -> str:
     return text
 
 
+def _checked_by(check: Callable[[str], object], text: str) -> str:
+    """`text`, if `check` accepts it; its ValueError becomes the usage error."""
+    try:
+        check(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def allow_ips(text: str) -> str:
     """A --forwarded-allow-ips value, checked (addresses, CIDR networks, or *)."""
     from server.protocols.http.proxy import ProxyHeaders
 
-    try:
-        ProxyHeaders(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return _checked_by(ProxyHeaders, text)
 
 
 def host_port(text: str) -> str:
     """A --metrics value, checked: HOST:PORT, [IPv6]:PORT."""
     from server.metrics import parse_address
 
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return _checked_by(parse_address, text)
 
 
 def port_number(text: str) -> int:

@@ -535,7 +535,6 @@ class AsyncMode(FramedConnection):
         self._start_task: Any = None  # the loop's run_eagerly (or create_task)
         self._cycle: Any = None  # server.apps.asgi.RequestCycle
         self._out: list[bytes] | None = None  # output of the framing call in progress
-        self._client: Any = None
         self._reading_paused = False
         self._continue_owed = False
         self._continue_asked = False  # receive() asked for it inside a framing call
